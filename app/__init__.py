@@ -1,0 +1,3 @@
+"""Ivy v2 AI router."""
+
+__version__ = "2.0.0"

@@ -1,0 +1,131 @@
+"""Request context for every HTTP request: id, body-size limit, the request log line, metrics.
+
+A plain ASGI middleware (not BaseHTTPMiddleware): it wraps receive/send without copying
+bodies or spawning tasks, so it stays cheap on the hot path and works for streamed answers.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import PayloadTooLarge
+from app.observability.logging import get_logger
+from app.state import State
+
+log = get_logger()
+
+ROUTER_PATHS = frozenset({"/ai/router/v2", "/ai/router/", "/ai/router"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state_dict: dict[str, Any] = scope.setdefault("state", {})
+        supplied = _header(scope, b"x-request-id")
+        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        state_dict["request_id"] = request_id
+        ivy: State | None = state_dict.get("ivy")
+        path = scope["path"]
+        is_router = path in ROUTER_PATHS
+        status_holder = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                if is_router:
+                    overhead = state_dict.get("overhead_ms")
+                    if overhead is not None:
+                        headers.append((b"x-ivy-overhead-ms", f"{overhead:.3f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await self._reject_too_large(scope, send_with_id, request_id)
+            self._finish(ivy, scope, state_dict, status_holder[0], started, is_router)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    # HTTPException, because FastAPI turns other errors raised while reading into a 400.
+                    raise HTTPException(413, f"request body over {self.max_body} bytes")
+            return message
+
+        if ivy is not None and is_router:
+            ivy.metrics.in_flight.inc()
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            if ivy is not None and is_router:
+                ivy.metrics.in_flight.dec()
+            self._finish(ivy, scope, state_dict, status_holder[0], started, is_router)
+
+    async def _reject_too_large(self, scope: Scope, send: Send, request_id: str) -> None:
+        body = orjson.dumps({"error": {"code": PayloadTooLarge.code, "request_id": request_id,
+                                       "message": f"request body over {self.max_body} bytes"}})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _finish(self, ivy: State | None, scope: Scope, st: dict[str, Any], status: int, started: float,
+                is_router: bool) -> None:
+        if scope["path"] == "/metrics":
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        intent = st.get("intent") or "none"
+        provider = st.get("provider") or "none"
+        fields: dict[str, Any] = {
+            "request_id": st["request_id"], "method": scope["method"], "path": scope["path"], "status": status,
+            "latency_ms": round(latency_ms, 2), "user_id": st.get("user_id"), "org_id": st.get("org_id"),
+            "intent": intent, "model_provider": provider,
+        }
+        for key in ("fallback", "bucket", "error_code", "retry_after"):
+            if st.get(key) is not None:
+                fields[key] = st[key]
+        if status == 429:
+            log.warning("rate_limited", **fields)
+        elif status >= 500:
+            log.error("request", **fields)
+        else:
+            log.info("request", **fields)
+        if ivy is None or not is_router:
+            return
+        endpoint = "v2" if scope["path"].endswith("v2") else "v1"
+        ivy.metrics.requests.labels(endpoint, intent, provider, str(status)).inc()
+        if status == 429:
+            return
+        ivy.metrics.request_latency.labels(endpoint, intent, provider).observe(latency_ms / 1000)
+        ivy.latency.record(intent, latency_ms, error=status >= 500)
+        if status >= 400:
+            ivy.metrics.errors.labels(str(st.get("error_code") or status)).inc()

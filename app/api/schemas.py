@@ -1,0 +1,80 @@
+"""Request and response bodies of the public endpoints (these are what /openapi.json shows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+MAX_QUERY_CHARS = 8000
+
+
+class RouterRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    query: str = Field(description="What the rep typed; 1..8000 characters after trimming.")
+    context: dict[str, Any] = Field(default_factory=dict, description="CRM context: lead, activities, emails.")
+    stream: StrictBool = Field(default=False, description="Answer as server-sent events.")
+
+    @field_validator("query", mode="after")
+    @classmethod
+    def _trim(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("query must not be empty")
+        if len(value) > MAX_QUERY_CHARS:
+            raise ValueError(f"query must be at most {MAX_QUERY_CHARS} characters")
+        return value
+
+
+class Modal(BaseModel):
+    type: Literal["email_composer", "lead_insights"]
+    payload: dict[str, Any]
+
+
+class Citation(BaseModel):
+    source: str = Field(description="A lead field (lead.budget), a context item (emails[0]) or a doc section.")
+    snippet: str
+
+
+class Fallback(BaseModel):
+    used: bool
+    reason: str | None = None
+    failures: list[str] = Field(default_factory=list, description="provider:reason for each link that failed.")
+
+
+class IntentInfo(BaseModel):
+    confidence: float
+    reasons: list[str]
+
+
+class RouterResponse(BaseModel):
+    request_id: str
+    intent: Literal["conversational", "rag", "modal"]
+    provider: Literal["gemini", "openai", "local"]
+    model: str
+    answer: str
+    modal: Modal | None = None
+    citations: list[Citation] = Field(default_factory=list)
+    fallback: Fallback
+    intent_detail: IntentInfo
+    suggestions: list[str] = Field(default_factory=list, description="Organic follow-ups (IVY_ORGANIC_ENABLED).")
+    latency_ms: dict[str, float] = Field(description="total and per stage")
+
+
+class V1Response(BaseModel):
+    request_id: str
+    response: str
+    intent: Literal["conversational", "rag"]
+    provider: Literal["gemini", "openai", "local"]
+    model: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,119 @@
+"""One Settings object, read from the environment (and `.env`) by the runbook's variable names.
+
+Invalid values refuse the start: on-call flips these by hand at 3 a.m., and a typo that
+silently falls back to a default is worse than a service that says which variable is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(Exception):
+    """Raised with one human line per invalid variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", case_sensitive=False, extra="ignore"
+    )
+
+    # Providers
+    active_model: Literal["gemini", "openai"] = "gemini"
+    gemini_api_key: SecretStr | None = None
+    openai_api_key: SecretStr | None = None
+    gemini_base_url: AnyHttpUrl = AnyHttpUrl("https://generativelanguage.googleapis.com")
+    openai_base_url: AnyHttpUrl = AnyHttpUrl("https://api.openai.com/v1")
+    gemini_model: str = Field(default="gemini-2.5-flash", min_length=1)
+    openai_model: str = Field(default="gpt-4.1-mini", min_length=1)
+
+    # Feature flags
+    ivy_modal_heuristics: bool = True
+    ivy_organic_enabled: bool = True
+
+    # Rate limiting
+    ai_rate_limit_per_min: int = Field(default=60, ge=1, le=1_000_000)
+    ai_org_rate_limit_per_min: int = Field(default=600, ge=1, le=10_000_000)
+    ai_rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    ai_rate_limit_fail_open: bool = True
+    redis_url: str | None = None
+    redis_timeout_ms: int = Field(default=50, ge=1, le=10_000)
+
+    # Circuit breaker
+    ivy_breaker_window: int = Field(default=20, ge=1, le=10_000)
+    ivy_breaker_min_calls: int = Field(default=5, ge=1, le=10_000)
+    ivy_breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    ivy_breaker_slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    ivy_breaker_open_seconds: float = Field(default=30.0, gt=0, le=3600)
+    ivy_breaker_half_open_calls: int = Field(default=2, ge=1, le=100)
+
+    # Retrieval
+    ivy_knowledge_dir: Path = PACKAGE_DIR / "knowledge"
+
+    # Observability
+    ivy_log_file: Path = REPO_ROOT / "logs" / "ai_router.log"
+    ivy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ivy_log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    ivy_log_backups: int = Field(default=5, ge=0, le=100)
+    ivy_latency_window_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    ivy_latency_summary_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    # HTTP
+    ivy_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("ivy_log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("gemini_api_key", "openai_api_key", "redis_url", "ai_rate_limit_burst", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `export OPENAI_API_KEY=` is how people unset a key in a shell; treat it as absent.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_redis_scheme(self) -> Settings:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return self
+
+    @property
+    def rate_limit_burst(self) -> int:
+        """User bucket capacity: one minute's allowance unless set, so a rep never waits in normal use."""
+        return self.ai_rate_limit_burst or self.ai_rate_limit_per_min
+
+    def provider_key(self, name: str) -> SecretStr | None:
+        return self.gemini_api_key if name == "gemini" else self.openai_api_key
+
+
+_ALLOWED = {
+    "bool_parsing": "allowed: true or false",
+    "literal_error": None,  # pydantic already lists the allowed values
+}
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc") or ()
+    name = str(loc[0]).upper() if isinstance(loc, tuple) and loc else "configuration"
+    value = error.get("input")
+    msg = str(error.get("msg", "invalid value"))
+    hint = _ALLOWED.get(str(error.get("type")))
+    shown = "" if isinstance(value, dict) else f"={value!r}"
+    return f"{name}{shown}: {msg}" + (f" ({hint})" if hint else "")
+
+
+def load_settings() -> Settings:
+    """Build Settings or raise ConfigError with one line naming each bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors(include_url=False))
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,168 @@
+"""The ASGI entry point: `python -m uvicorn app.main:app`.
+
+`create_app()` reads the settings first (a bad value refuses the start with one line naming
+the variable), and the lifespan creates every client into a typed State and closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from app import __version__
+from app.api.errors import install_error_handlers
+from app.api.middleware import RequestContextMiddleware
+from app.api.routes import router
+from app.config import ConfigError, Settings, load_settings
+from app.observability.latency import LatencyWindow
+from app.observability.logging import configure_logging, get_logger, shutdown_logging
+from app.observability.metrics import BREAKER_STATE_VALUE, Metrics
+from app.providers.base import Provider
+from app.providers.chain import Link, ProviderChain
+from app.providers.gemini import GeminiProvider
+from app.providers.openai import OpenAIProvider
+from app.resilience.breaker import BreakerConfig, CircuitBreaker
+from app.resilience.breaker import State as BreakerState
+from app.resilience.ratelimit import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from app.retrieval.retriever import KnowledgeBase
+from app.state import State
+
+log = get_logger()
+
+SLO_P95_MS = {"conversational": 1500.0, "rag": 2200.0}
+
+
+def build_limiter(settings: Settings) -> RateLimiter:
+    limits = Limits(
+        user_per_min=settings.ai_rate_limit_per_min,
+        user_capacity=settings.rate_limit_burst,
+        org_per_min=settings.ai_org_rate_limit_per_min,
+        org_capacity=settings.ai_org_rate_limit_per_min,
+    )
+    if not settings.redis_url:
+        return MemoryRateLimiter(limits)
+    timeout = settings.redis_timeout_ms / 1000
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        max_connections=256, health_check_interval=30,
+    )
+    return RedisRateLimiter(client, limits)
+
+
+def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics
+                ) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
+    def on_transition(name: str, before: BreakerState, after: BreakerState, reason: str) -> None:
+        metrics.breaker_transitions.labels(name, before, after).inc()
+        metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUE[after])
+        level = log.warning if after == "open" else log.info
+        level("circuit_breaker", provider=name, model_provider=name, from_state=before, to_state=after,
+              reason=reason)
+
+    config = BreakerConfig(
+        window=settings.ivy_breaker_window, min_calls=settings.ivy_breaker_min_calls,
+        failure_rate=settings.ivy_breaker_failure_rate, slow_call_rate=settings.ivy_breaker_slow_call_rate,
+        open_seconds=settings.ivy_breaker_open_seconds, half_open_calls=settings.ivy_breaker_half_open_calls,
+    )
+    order = [settings.active_model, "openai" if settings.active_model == "gemini" else "gemini"]
+    links: list[Link] = []
+    breakers: dict[str, CircuitBreaker] = {}
+    for name in order:
+        key = settings.provider_key(name)
+        if key is None:
+            log.warning("provider_disabled", model_provider=name,
+                        message=f"{name.upper()}_API_KEY is not set: {name} is left out of the chain")
+            continue
+        provider: Provider
+        if name == "openai":
+            provider = OpenAIProvider(http, api_key=key.get_secret_value(), base_url=str(settings.openai_base_url),
+                                      model=settings.openai_model)
+        else:
+            provider = GeminiProvider(http, api_key=key.get_secret_value(), base_url=str(settings.gemini_base_url),
+                                      model=settings.gemini_model)
+        breakers[name] = CircuitBreaker(name, config, on_transition=on_transition)
+        metrics.breaker_state.labels(name).set(0)
+        links.append(Link(provider, breakers[name]))
+    return ProviderChain(links, metrics), breakers
+
+
+async def _latency_summaries(state: State) -> None:
+    """A `p95`/`p99` line per interval while traffic flows; WARNING when an intent breaks its SLO."""
+    interval = state.settings.ivy_latency_summary_seconds
+    last_seen = -1
+    while True:
+        await asyncio.sleep(interval)
+        snap = state.latency.snapshot()
+        total = snap["requests"]
+        if total == 0 or total == last_seen:
+            continue
+        last_seen = int(str(total))
+        intents = snap["intents"]
+        assert isinstance(intents, dict)
+        log.info("latency_summary", window_seconds=snap["window_seconds"], error_rate=snap["error_rate"],
+                 **{f"{i}_{k}": v for i, d in intents.items() for k, v in d.items() if k.startswith("p")})
+        for intent, slo in SLO_P95_MS.items():
+            p95 = intents.get(intent, {}).get("p95_ms")
+            if p95 is not None and p95 > slo:
+                log.warning("latency_slo_breach", intent=intent, p95_ms=p95, slo_p95_ms=slo,
+                            p99_ms=intents[intent]["p99_ms"])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    resolved = settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, State]]:
+        configure_logging(resolved.ivy_log_file, level=resolved.ivy_log_level,
+                          max_bytes=resolved.ivy_log_max_bytes, backups=resolved.ivy_log_backups)
+        metrics = Metrics()
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300, enable_cleanup_closed=True),
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+        chain, breakers = build_chain(resolved, http, metrics)
+        state = State(
+            settings=resolved, metrics=metrics, latency=LatencyWindow(resolved.ivy_latency_window_seconds),
+            limiter=build_limiter(resolved), chain=chain, breakers=breakers,
+            kb=KnowledgeBase.from_folder(resolved.ivy_knowledge_dir), http=http,
+        )
+        log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
+                 model_provider=chain.names[0], limiter_backend=state.limiter.backend,
+                 modal_heuristics=resolved.ivy_modal_heuristics, organic=resolved.ivy_organic_enabled,
+                 rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections))
+        summaries = asyncio.create_task(_latency_summaries(state))
+        try:
+            yield {"ivy": state}
+        finally:
+            summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await summaries
+            await http.close()
+            await state.limiter.close()
+            log.info("router_stopped", uptime_seconds=round(time.time() - state.started_at, 1))
+            shutdown_logging()
+
+    app = FastAPI(
+        title="Ivy v2 AI router", version=__version__, lifespan=lifespan,
+        description="Rate limiting, intent classification and provider failover for the CRM assistant.",
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=resolved.ivy_max_body_bytes)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,295 @@
+"""One request, top to bottom: rate limit -> classify -> retrieve -> generate -> JSON tool -> respond.
+
+Each stage is a plain function over plain data; the routes only parse HTTP and call `answer`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from app.api.errors import RateLimited
+from app.api.schemas import Citation, Fallback, IntentInfo, Modal, RouterResponse
+from app.intent.classifier import Classification, classify
+from app.observability.logging import get_logger
+from app.providers import prompts
+from app.providers.base import GenerationRequest, Passage, ProviderError
+from app.providers.chain import ChainResult, LinkFailure
+from app.resilience.ratelimit import Decision, retry_after_header
+from app.retrieval.retriever import retrieve
+from app.state import State
+from app.tools.email import _make_email_json_fallback, parse_email
+
+log = get_logger()
+
+# Generation budgets per intent, inside the runbook's p95 SLOs (conversational 1.5 s, rag 2.2 s)
+# with room left for everything around the provider call.
+BUDGET_SECONDS = {"conversational": 1.3, "rag": 2.0, "modal": 2.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    request_id: str
+    user_key: str  # normalised rate-limit key (user id, or the client address if X-User-ID is missing)
+    org_key: str | None
+    user_id: str | None  # as sent, for logs
+    org_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    modal_heuristics: bool
+    organic: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the route needs to render, log and measure one answered request."""
+
+    response: RouterResponse
+    rate_headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Timer:
+    started: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round((now - self._mark) * 1000, 3)
+        self._mark = now
+
+    def total(self) -> dict[str, float]:
+        return {"total": round((time.perf_counter() - self.started) * 1000, 3), **self.stages}
+
+
+# --- stage 1: rate limit -------------------------------------------------------------------------
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers, structured form) plus X-RateLimit-*."""
+    reset = max(0, int(decision.reset_after + 0.999))
+    return {
+        "RateLimit-Policy": f'"user";q={decision.limit};w=60',
+        "RateLimit": f'"user";r={decision.remaining};t={reset}',
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+    }
+
+
+async def admit(state: State, caller: Caller) -> dict[str, str]:
+    """Take a token for this caller or raise RateLimited; returns the rate-limit headers."""
+    started = time.perf_counter()
+    backend = state.limiter.backend
+    try:
+        decision = await state.limiter.check(caller.user_key, caller.org_key)
+    except Exception as exc:  # Redis down or slow: the limiter must not take the service down with it
+        return _limiter_failed(state, exc)
+    finally:
+        state.metrics.limiter_latency.labels(backend).observe(time.perf_counter() - started)
+    state.limiter_health.last_ok_at = time.monotonic()
+    outcome = "allowed" if decision.allowed else "refused"
+    state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
+    headers = rate_limit_headers(decision)
+    if decision.allowed:
+        return headers
+    retry = retry_after_header(decision.retry_after)
+    state.metrics.rate_limited.labels(decision.bucket or "user").inc()
+    state.latency.record_rate_limited()
+    raise RateLimited(
+        f"rate limit exceeded for {decision.bucket}; retry in {retry}s",
+        headers={**headers, "Retry-After": retry},
+        bucket=decision.bucket, retry_after=int(retry),
+    )
+
+
+def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
+    health = state.limiter_health
+    now = time.monotonic()
+    health.last_error, health.last_error_at = f"{type(exc).__name__}: {exc}"[:200], now
+    health.failures += 1
+    fail_open = state.settings.ai_rate_limit_fail_open
+    state.metrics.limiter_errors.labels(state.limiter.backend, "fail_open" if fail_open else "fail_closed").inc()
+    if now - health.last_warned_at >= 10.0:  # one line per 10 s in a storm, with the count
+        health.last_warned_at = now
+        log.warning("rate_limiter_unavailable", backend=state.limiter.backend, fail_open=fail_open,
+                    error=health.last_error, failures_so_far=health.failures)
+    if fail_open:
+        return {}
+    raise RateLimited("rate limiter unavailable; failing closed", headers={"Retry-After": "1"},
+                      bucket="unavailable", retry_after=1)
+
+
+# --- stages 2-5 ----------------------------------------------------------------------------------
+
+def _citations(passages: list[Passage]) -> list[Citation]:
+    return [Citation(source=p.source, snippet=p.text[:300]) for p in passages]
+
+
+def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
+    if not lead:
+        return []
+    if c.intent == "modal" and c.modal_type == "email_composer":
+        return ["Make it shorter", "Add a meeting link"]
+    if c.intent == "modal":
+        return ["Draft a follow-up email", "What are the next steps?"]
+    return ["Draft a follow-up email to this lead", "Show this lead's score and insights"]
+
+
+def build_generation_request(query: str, context: dict[str, Any], c: Classification,
+                             passages: list[Passage]) -> GenerationRequest:
+    lead = context.get("lead") if isinstance(context.get("lead"), dict) else {}
+    assert isinstance(lead, dict)
+    notes: tuple[str, ...] = ()
+    if "lead:no_score_or_insights" in c.reasons:
+        notes = ("This lead has no lead score or AI insights yet.",)
+    if c.modal_type == "email_composer":
+        system, schema = prompts.SYSTEM_EMAIL, prompts.EMAIL_SCHEMA
+    elif c.modal_type == "lead_insights":
+        system, schema = prompts.SYSTEM_INSIGHTS, None
+    else:
+        system, schema = (prompts.SYSTEM_RAG if c.intent == "rag" else prompts.SYSTEM), None
+    prompt = prompts.user_prompt(query, passages, lead)
+    if notes:
+        prompt = "Note: " + " ".join(notes) + "\n\n" + prompt
+    return GenerationRequest(
+        intent=c.intent, query=query, system=system, prompt=prompt, lead=lead, passages=tuple(passages),
+        modal_type=c.modal_type, notes=notes, json_schema=schema,
+    )
+
+
+def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer
+         ) -> tuple[Classification, list[Passage], GenerationRequest]:
+    c = classify(query, context, modal_heuristics=flags.modal_heuristics)
+    timer.lap("classify")
+    passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
+    timer.lap("retrieve")
+    return c, passages, build_generation_request(query, context, c, passages)
+
+
+async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags
+                 ) -> Outcome:
+    timer = Timer()
+    rate_headers = await admit(state, caller)
+    timer.lap("rate_limit")
+    c, passages, request = plan(state, query, context, flags, timer)
+    return Outcome(await respond(state, caller, c, passages, request, flags, timer), rate_headers)
+
+
+async def respond(state: State, caller: Caller, c: Classification, passages: list[Passage],
+                  request: GenerationRequest, flags: Flags, timer: Timer) -> RouterResponse:
+    budget = BUDGET_SECONDS[c.intent]
+    modal: Modal | None = None
+    if c.modal_type == "email_composer":
+        result = await state.chain.generate(request, budget=budget, json_mode=True)
+        timer.lap("generate")
+        draft, reason = _email_payload(result, request)
+        timer.lap("tool")
+        modal = Modal(type="email_composer", payload=draft)
+        text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
+    else:
+        result = await state.chain.generate(request, budget=budget)
+        timer.lap("generate")
+        reason = result.degraded_reason
+        text = result.generation.text
+        if c.modal_type == "lead_insights":
+            modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, text))
+
+    if reason:
+        state.metrics.fallbacks.labels(reason).inc()
+    return RouterResponse(
+        request_id=caller.request_id,
+        intent=c.intent,
+        provider=result.generation.provider,
+        model=result.generation.model,
+        answer=text,
+        modal=modal,
+        citations=_citations(passages),
+        fallback=_fallback(reason, result.failures),
+        intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
+        suggestions=_suggestions(c, request.lead) if flags.organic else [],
+        latency_ms=timer.total(),
+    )
+
+
+def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
+    return Fallback(used=reason is not None, reason=reason, failures=[f"{f.provider}:{f.reason}" for f in failures])
+
+
+def _email_payload(result: ChainResult, request: GenerationRequest) -> tuple[dict[str, Any], str | None]:
+    """Validate the model's JSON, repair it, or fall back to the deterministic draft."""
+    if result.generation.provider == "local":
+        return _make_email_json_fallback(request.lead, request.query), "provider_unavailable"
+    draft, outcome = parse_email(result.generation.text)
+    if draft is None:
+        log.warning("email_json_fallback", reason=outcome, model_provider=result.generation.provider)
+        return _make_email_json_fallback(request.lead, request.query), outcome
+    payload = draft.model_dump()
+    if not payload["to"]:
+        payload["to"] = str(request.lead.get("email") or "")
+    # A repaired draft is still the model's: the answer is not degraded, so no fallback reason.
+    return payload, result.degraded_reason
+
+
+def _insights_payload(lead: dict[str, Any], summary: str) -> dict[str, Any]:
+    return {
+        "leadId": lead.get("id"),
+        "leadScore": lead.get("leadScore"),
+        "aiInsights": lead.get("aiInsights") or [],
+        "summary": summary,
+    }
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def answer_stream(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags
+                        ) -> tuple[AsyncIterator[bytes], dict[str, str], Classification]:
+    """Admit and plan now (so a 429 is a real 429), then stream: meta, delta..., done | error."""
+    timer = Timer()
+    rate_headers = await admit(state, caller)
+    timer.lap("rate_limit")
+    c, passages, request = plan(state, query, context, flags, timer)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
+        if c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
+            response = await respond(state, caller, c, passages, request, flags, timer)
+            yield _sse("delta", {"text": response.answer})
+            yield _sse("done", response.model_dump(mode="json"))
+            return
+        failures: list[LinkFailure] = []
+        provider, parts = "local", []
+        try:
+            async for link_name, chunk in state.chain.stream(request, budget=BUDGET_SECONDS[c.intent],
+                                                              failures=failures):
+                provider = link_name
+                parts.append(chunk)
+                yield _sse("delta", {"text": chunk})
+        except ProviderError as exc:
+            # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
+            log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason)
+            yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
+                                 "reason": exc.reason, "request_id": caller.request_id})
+            return
+        timer.lap("generate")
+        reason = failures[0].reason if failures else None
+        if reason:
+            state.metrics.fallbacks.labels(reason).inc()
+        yield _sse("done", {
+            "request_id": caller.request_id, "intent": c.intent, "provider": provider,
+            "answer": "".join(parts), "citations": [x.model_dump() for x in _citations(passages)],
+            "fallback": _fallback(reason, failures).model_dump(),
+            "suggestions": _suggestions(c, request.lead) if flags.organic else [],
+            "latency_ms": timer.total(),
+        })
+
+    return events(), rate_headers, c

@@ -1,0 +1,122 @@
+"""The provider interface and the error tree every adapter speaks.
+
+Adapters translate their provider's failures into this small tree, so that the
+chain, the circuit breaker and the logs reason about one vocabulary::
+
+    ProviderError                 any failure of one provider call
+    ├── ProviderTimeout           no complete answer within the deadline      (counts for the breaker)
+    ├── ProviderUnavailable       5xx, connection refused/reset, cut stream   (counts)
+    ├── ProviderRateLimited       429; carries retry_after seconds if given   (opens the breaker)
+    ├── ProviderAuthError         401/403: the key is missing or rejected     (opens the breaker)
+    ├── ProviderBadRequest        400 caused by our request                   (does not count)
+    └── ProviderMalformedOutput   2xx whose body is not what the format says  (counts)
+
+Adapters never retry: the chain owns the one retry policy (move to the next link).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+ProviderName = Literal["gemini", "openai", "local"]
+Intent = Literal["conversational", "rag", "modal"]
+ModalType = Literal["email_composer", "lead_insights"]
+
+
+class ProviderError(Exception):
+    """A provider call failed. ``reason`` is the short tag used in logs, metrics and `fallback.reason`."""
+
+    reason = "provider_error"
+    counts_as_failure = True
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.message = message
+
+
+class ProviderTimeout(ProviderError):
+    reason = "timeout"
+
+
+class ProviderUnavailable(ProviderError):
+    reason = "unavailable"
+
+
+class ProviderRateLimited(ProviderError):
+    reason = "rate_limited"
+
+    def __init__(self, provider: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(provider, message)
+        self.retry_after = retry_after
+
+
+class ProviderAuthError(ProviderError):
+    reason = "auth"
+
+
+class ProviderBadRequest(ProviderError):
+    reason = "bad_request"
+    counts_as_failure = False
+
+
+class ProviderMalformedOutput(ProviderError):
+    reason = "malformed_output"
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A retrieved piece of evidence and where it came from (a lead field or a doc section)."""
+
+    source: str
+    text: str
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything a provider needs for one answer.
+
+    Remote providers send ``system`` and ``prompt``; the offline provider builds its answer
+    from the structured fields instead, which is why both travel together.
+    """
+
+    intent: Intent
+    query: str
+    system: str
+    prompt: str
+    lead: dict[str, Any] = field(default_factory=dict)
+    passages: tuple[Passage, ...] = ()
+    modal_type: ModalType | None = None
+    notes: tuple[str, ...] = ()  # facts the router asserts, e.g. "this lead has no score yet"
+    json_schema: dict[str, Any] | None = None
+    max_output_tokens: int = 512
+    temperature: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    provider: ProviderName
+    model: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Provider(Protocol):
+    name: ProviderName
+    model: str
+
+    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
+        """Answer in plain text."""
+        ...
+
+    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
+        """Answer with a JSON document matching ``request.json_schema`` (text is the raw JSON)."""
+        ...
+
+    def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
+        """Yield text chunks; raise a ProviderError if the stream fails."""
+        ...

@@ -1,0 +1,147 @@
+"""Gemini ``generateContent`` over the shared aiohttp session (no SDK at runtime).
+
+The request body is what ``google.genai.Client().aio.models.generate_content`` sends for the
+same call with ``response_json_schema`` (checked against the SDK in ``tests/providers``). We use
+``responseJsonSchema`` rather than ``responseSchema``: it takes standard JSON Schema verbatim,
+whereas ``responseSchema`` wants Google's OpenAPI subset (upper-case types) that the SDK
+rewrites client-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from app.providers.base import (
+    Generation,
+    GenerationRequest,
+    ProviderMalformedOutput,
+    ProviderName,
+    ProviderUnavailable,
+)
+
+# Shared HTTP plumbing lives in openai.py (the first adapter) until it earns its own module.
+from app.providers.openai import error_in_stream, optional_int, parse_event, post_json, stream_sse
+
+
+class GeminiProvider:
+    """``POST {base_url}/v1beta/models/{model}:generateContent`` with the ``x-goog-api-key`` header."""
+
+    name: ProviderName = "gemini"
+
+    def __init__(self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str) -> None:
+        self._session = session
+        self._api_key = api_key
+        self.model = model.removeprefix("models/")
+        self.base_url = base_url.rstrip("/")
+        # Accept both the host root (the SDK's notion of base_url) and a root that already names
+        # the API version.
+        root = self.base_url if self.base_url.endswith(("/v1beta", "/v1")) else f"{self.base_url}/v1beta"
+        self._generate_url = f"{root}/models/{self.model}:generateContent"
+        self._stream_url = f"{root}/models/{self.model}:streamGenerateContent?alt=sse"
+
+    def __repr__(self) -> str:
+        return f"GeminiProvider(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self._api_key, "Content-Type": "application/json"}
+
+    def _body(self, request: GenerationRequest, *, json_mode: bool = False) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "temperature": request.temperature,
+            "maxOutputTokens": request.max_output_tokens,
+        }
+        if json_mode:
+            config["responseMimeType"] = "application/json"
+            if request.json_schema is not None:
+                config["responseJsonSchema"] = request.json_schema
+        body: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": request.prompt}]}]}
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        body["generationConfig"] = config
+        return body
+
+    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+        return await self._complete(request, seconds=timeout, json_mode=False)
+
+    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+        """Text is the raw model text; repairing / validating the JSON is the caller's job."""
+        return await self._complete(request, seconds=timeout, json_mode=True)
+
+    async def _complete(self, request: GenerationRequest, *, seconds: float, json_mode: bool) -> Generation:
+        payload = await post_json(
+            self._session, self._generate_url, provider=self.name, headers=self._headers(),
+            body=self._body(request, json_mode=json_mode), seconds=seconds, secret=self._api_key,
+        )
+        if not isinstance(payload, dict):
+            raise ProviderMalformedOutput(self.name, "answer is not a JSON object")
+        text, finish = self._candidate_text(payload)
+        if not text.strip():
+            raise ProviderMalformedOutput(self.name, f"empty answer (finishReason={finish})")
+        usage = payload.get("usageMetadata")
+        if not isinstance(usage, dict):
+            usage = {}
+        output = optional_int(usage.get("candidatesTokenCount"))
+        thoughts = optional_int(usage.get("thoughtsTokenCount"))
+        if output is not None and thoughts is not None:
+            output += thoughts  # thinking tokens are billed as output
+        return Generation(
+            text=text,
+            provider=self.name,
+            model=str(payload.get("modelVersion") or self.model),
+            input_tokens=optional_int(usage.get("promptTokenCount")),
+            output_tokens=output,
+        )
+
+    def _candidate_text(self, payload: dict[str, Any]) -> tuple[str, str | None]:
+        """Text of the first candidate (thought parts skipped) and its finishReason, if any."""
+        candidates = payload.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            feedback = payload.get("promptFeedback")
+            block = feedback.get("blockReason") if isinstance(feedback, dict) else None
+            if block:
+                raise ProviderMalformedOutput(self.name, f"prompt blocked ({block})")
+            raise ProviderMalformedOutput(self.name, "answer has no candidates")
+        candidate = candidates[0]
+        if not isinstance(candidate, dict):
+            raise ProviderMalformedOutput(self.name, "candidate is not an object")
+        finish = candidate.get("finishReason")
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list):
+            parts = []
+        text = "".join(
+            p["text"] for p in parts
+            if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+        )
+        return text, finish if isinstance(finish, str) else None
+
+    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:  # noqa: ASYNC109
+        """Yield candidate text pieces. There is no sentinel: the last chunk carries finishReason,
+        so a stream that ends without one was cut short."""
+        produced = False
+        finished = False
+        events = stream_sse(
+            self._session, self._stream_url, provider=self.name, headers=self._headers(),
+            body=self._body(request), seconds=timeout, secret=self._api_key,
+        )
+        async with contextlib.aclosing(events):
+            async for data in events:
+                event = parse_event(self.name, data)
+                if "error" in event:
+                    raise error_in_stream(self.name, event, self._api_key)
+                if not event.get("candidates") and not event.get("promptFeedback"):
+                    continue  # e.g. a usage-only chunk
+                text, finish = self._candidate_text(event)
+                if text:
+                    produced = True
+                    yield text
+                if finish is not None:
+                    finished = True
+        if not finished:
+            raise ProviderUnavailable(self.name, "stream ended before a finishReason")
+        if not produced:
+            raise ProviderMalformedOutput(self.name, "stream finished with an empty answer")

@@ -1,0 +1,126 @@
+"""A circuit breaker per provider, after resilience4j's count-based model.
+
+CLOSED: calls flow; the last ``window`` outcomes are kept. Once at least ``min_calls`` are
+recorded, a failure rate >= ``failure_rate`` or a slow-call rate >= ``slow_call_rate`` opens it.
+OPEN: calls are refused for ``open_seconds`` (or the provider's Retry-After on a 429).
+HALF_OPEN: up to ``half_open_calls`` trial calls go through; all succeed -> CLOSED, any
+failure -> OPEN again.
+
+The clock is injected so tests drive time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+State = Literal["closed", "open", "half_open"]
+TransitionListener = Callable[[str, State, State, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    window: int = 20
+    min_calls: int = 5
+    failure_rate: float = 0.5
+    slow_call_rate: float = 0.8
+    slow_call_seconds: float = 1.0
+    open_seconds: float = 30.0
+    half_open_calls: int = 2
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_transition: TransitionListener | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.on_transition = on_transition
+        self.state: State = "closed"
+        self.reason: str | None = None
+        self._outcomes: deque[tuple[bool, bool]] = deque(maxlen=config.window)  # (failed, slow)
+        self._open_until = 0.0
+        self._trials_started = 0
+        self._trials_ok = 0
+
+    def _move(self, to: State, reason: str) -> None:
+        if to == self.state:
+            return
+        before, self.state, self.reason = self.state, to, reason
+        self._trials_started = self._trials_ok = 0
+        if to == "closed":
+            self._outcomes.clear()
+        if self.on_transition is not None:
+            self.on_transition(self.name, before, to, reason)
+
+    def current_state(self) -> State:
+        if self.state == "open" and self.clock() >= self._open_until:
+            self._move("half_open", "open period elapsed")
+        return self.state
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open, this reserves one of the trial calls."""
+        state = self.current_state()
+        if state == "closed":
+            return True
+        if state == "half_open" and self._trials_started < self.config.half_open_calls:
+            self._trials_started += 1
+            return True
+        return False
+
+    def seconds_until_retry(self) -> float:
+        return max(0.0, self._open_until - self.clock()) if self.state == "open" else 0.0
+
+    def record_success(self, duration: float) -> None:
+        slow = duration >= self.config.slow_call_seconds
+        if self.state == "half_open":
+            self._trials_ok += 1
+            if self._trials_ok >= self.config.half_open_calls:
+                self._move("closed", "trial calls succeeded")
+            return
+        self._record(False, slow)
+
+    def record_failure(self, reason: str, *, open_for: float | None = None) -> None:
+        """A failure; ``open_for`` forces the breaker open (429 Retry-After, rejected key)."""
+        if open_for is not None or self.state == "half_open":
+            self.trip(reason, open_for)
+            return
+        self._record(True, False, reason)
+
+    def trip(self, reason: str, open_for: float | None = None) -> None:
+        self._open_until = self.clock() + (open_for if open_for is not None else self.config.open_seconds)
+        self._move("open", reason)
+
+    def _record(self, failed: bool, slow: bool, reason: str = "") -> None:
+        if self.state != "closed":
+            return
+        self._outcomes.append((failed, slow))
+        n = len(self._outcomes)
+        if n < self.config.min_calls:
+            return
+        failures = sum(1 for f, _ in self._outcomes if f)
+        slows = sum(1 for _, s in self._outcomes if s)
+        if failures / n >= self.config.failure_rate:
+            self.trip(f"failure rate {failures}/{n} ({reason})")
+        elif slows / n >= self.config.slow_call_rate:
+            self.trip(f"slow call rate {slows}/{n}")
+
+    def snapshot(self) -> dict[str, object]:
+        state = self.current_state()
+        failures = sum(1 for f, _ in self._outcomes if f)
+        return {
+            "state": state,
+            "reason": self.reason,
+            "calls_in_window": len(self._outcomes),
+            "failures_in_window": failures,
+            "retry_in_seconds": round(self.seconds_until_retry(), 1),
+        }

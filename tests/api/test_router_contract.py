@@ -1,0 +1,152 @@
+"""The endpoints' contracts, against the real app on its embedded defaults (no keys, no Redis)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import LEAD, LEAD_NO_SCORE
+
+V2 = "/ai/router/v2"
+
+
+def ask(client: TestClient, query: str, context: dict | None = None, path: str = V2, **headers: str):
+    hdrs = {"X-User-ID": "rep-1", **headers}
+    return client.post(path, json={"query": query, "context": context or {}}, headers=hdrs)
+
+
+def test_v2_answers_the_runbook_health_check_with_every_contract_field(client: TestClient) -> None:
+    r = ask(client, "health check")
+    assert r.status_code == 200
+    body = r.json()
+    for field in ("request_id", "intent", "provider", "model", "answer", "modal", "citations", "fallback",
+                  "latency_ms"):
+        assert field in body, field
+    assert body["provider"] == "local"
+    assert body["intent"] == "conversational"
+    assert body["fallback"] == {"used": True, "reason": "no_provider_configured",
+                                "failures": ["none:no_provider_configured"]}
+    assert body["latency_ms"]["total"] >= body["latency_ms"]["classify"] >= 0
+    assert {"rate_limit", "classify", "retrieve", "generate"} <= set(body["latency_ms"])
+    assert r.headers["x-request-id"] == body["request_id"]
+
+
+def test_supplied_request_id_is_echoed_and_used(client: TestClient) -> None:
+    r = ask(client, "hello", **{"X-Request-ID": "req-abc-123"})
+    assert r.headers["x-request-id"] == "req-abc-123"
+    assert r.json()["request_id"] == "req-abc-123"
+
+
+def test_hostile_request_id_is_replaced_not_echoed(client: TestClient) -> None:
+    r = ask(client, "hello", **{"X-Request-ID": "x" * 500})
+    assert r.headers["x-request-id"] != "x" * 500
+    assert len(r.json()["request_id"]) == 32
+
+
+def test_rag_answer_cites_the_lead_field_it_used(client: TestClient) -> None:
+    r = ask(client, "what's their budget?", {"lead": LEAD_NO_SCORE})
+    body = r.json()
+    assert body["intent"] == "rag"
+    sources = [c["source"] for c in body["citations"]]
+    assert "lead.budget" in sources
+    assert "$40k" in body["answer"]
+
+
+def test_rag_answer_cites_the_knowledge_base_section(client: TestClient) -> None:
+    body = ask(client, "does our product support SSO with Okta?").json()
+    assert body["intent"] == "rag"
+    assert any(c["source"].startswith("kb/security-and-sso.md#") for c in body["citations"])
+
+
+def test_email_request_opens_the_composer_with_a_draft_to_the_lead(client: TestClient) -> None:
+    body = ask(client, "draft a follow-up email to dana", {"lead": LEAD}).json()
+    assert body["intent"] == "modal"
+    assert body["modal"]["type"] == "email_composer"
+    payload = body["modal"]["payload"]
+    assert payload["to"] == "dana@northwind.io"
+    assert payload["subject"] and "Dana" in payload["body"]
+    assert body["fallback"]["reason"] == "provider_unavailable"
+
+
+def test_score_request_opens_insights_only_when_the_lead_has_a_score(client: TestClient) -> None:
+    with_score = ask(client, "show me this lead's score", {"lead": LEAD}).json()
+    assert with_score["intent"] == "modal"
+    assert with_score["modal"]["type"] == "lead_insights"
+    assert with_score["modal"]["payload"]["leadScore"] == 82
+
+    without = ask(client, "show me this lead's score", {"lead": LEAD_NO_SCORE}).json()
+    assert without["intent"] == "rag"
+    assert without["modal"] is None
+    assert "no lead score or AI insights" in without["answer"]
+
+
+def test_modal_heuristics_off_answers_the_same_request_without_a_modal(make_client) -> None:
+    client = make_client(ivy_modal_heuristics=False)
+    body = ask(client, "draft a follow-up email to dana", {"lead": LEAD}).json()
+    assert body["intent"] == "conversational"
+    assert body["modal"] is None
+
+
+def test_organic_off_drops_suggestions(make_client) -> None:
+    on = ask(make_client(), "what's their budget?", {"lead": LEAD}).json()
+    off = ask(make_client(ivy_organic_enabled=False), "what's their budget?", {"lead": LEAD}).json()
+    assert on["suggestions"]
+    assert off["suggestions"] == []
+
+
+def test_v1_keeps_its_contract_and_never_opens_a_modal(client: TestClient) -> None:
+    r = ask(client, "draft a follow-up email to dana", {"lead": LEAD}, path="/ai/router/")
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"request_id", "response", "intent", "provider", "model"}
+    assert body["intent"] == "conversational"
+    assert ask(client, "what's their budget", {"lead": LEAD}, path="/ai/router/").json()["intent"] == "rag"
+
+
+def test_health_reports_the_memory_limiter_when_no_redis_is_configured(client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "checks": {"redis": {"ok": True, "latency_ms": 0.0, "backend": "memory"}}}
+
+
+def test_router_health_shows_latency_per_intent_breakers_flags_and_limits(client: TestClient) -> None:
+    ask(client, "hello")
+    ask(client, "what's their budget?", {"lead": LEAD})
+    body = client.get("/ai/router/health").json()
+    intents = body["latency"]["intents"]
+    assert intents["conversational"]["count"] == 1 and intents["rag"]["count"] == 1
+    assert {"p50_ms", "p95_ms", "p99_ms"} <= set(intents["rag"])
+    assert body["latency"]["error_rate"] == 0.0
+    assert body["providers"]["chain"] == ["local"]
+    assert body["providers"]["configured"]["gemini"] == {"model": "gemini-2.5-flash", "key_set": False}
+    assert body["flags"] == {"IVY_MODAL_HEURISTICS": True, "IVY_ORGANIC_ENABLED": True}
+    assert body["rate_limit"]["AI_RATE_LIMIT_PER_MIN"] == 60
+    assert body["knowledge_base"]["warm"] is True
+    assert body["version"] and body["uptime_seconds"] >= 0
+
+
+def test_metrics_expose_latency_histograms_by_endpoint_intent_and_provider(client: TestClient) -> None:
+    ask(client, "hello")
+    text = client.get("/metrics").text
+    assert 'ivy_request_latency_seconds_bucket{endpoint="v2",intent="conversational",le="1.5",provider="local"}' \
+        in text
+    assert 'le="2.2"' in text
+    assert 'ivy_requests_total{endpoint="v2",intent="conversational",provider="local",status="200"} 1.0' in text
+
+
+def test_openapi_describes_both_router_endpoints(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert {"/ai/router/v2", "/ai/router/", "/health", "/ai/router/health", "/metrics"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert "query" in schemas["RouterRequest"]["properties"]
+    assert "citations" in schemas["RouterResponse"]["properties"]
+
+
+def test_stream_sends_meta_deltas_and_done(client: TestClient) -> None:
+    r = client.post(V2, json={"query": "what's their budget?", "context": {"lead": LEAD}, "stream": True},
+                    headers={"X-User-ID": "rep-1"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [block.split("\n")[0] for block in r.text.strip().split("\n\n")]
+    assert events[0] == "event: meta" and events[-1] == "event: done"
+    assert "event: delta" in events
+    assert "$40k" in r.text

@@ -1,0 +1,85 @@
+"""The breaker's state machine, driven by a controllable clock (no sleeps)."""
+
+from __future__ import annotations
+
+from app.resilience.breaker import BreakerConfig, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(**overrides: float) -> tuple[CircuitBreaker, Clock, list[tuple[str, str, str]]]:
+    clock = Clock()
+    seen: list[tuple[str, str, str]] = []
+    config = BreakerConfig(**{"window": 10, "min_calls": 4, "failure_rate": 0.5, "open_seconds": 30,
+                              "half_open_calls": 2, "slow_call_seconds": 1.0, "slow_call_rate": 0.8,
+                              **overrides})  # type: ignore[arg-type]
+    breaker = CircuitBreaker("gemini", config, clock=clock,
+                             on_transition=lambda _n, a, b, r: seen.append((a, b, r)))
+    return breaker, clock, seen
+
+
+def test_stays_closed_below_the_minimum_number_of_calls() -> None:
+    b, _, seen = make()
+    for _ in range(3):
+        b.record_failure("timeout")
+    assert b.current_state() == "closed" and seen == []
+
+
+def test_opens_when_the_failure_rate_crosses_the_threshold() -> None:
+    b, _, seen = make()
+    b.record_success(0.1)
+    b.record_success(0.1)
+    b.record_failure("timeout")
+    assert b.current_state() == "closed"
+    b.record_failure("unavailable")
+    assert b.current_state() == "open"
+    assert seen[0][:2] == ("closed", "open") and "failure rate 2/4" in seen[0][2]
+    assert not b.allow()
+
+
+def test_opens_on_slow_calls() -> None:
+    b, _, _ = make()
+    for _ in range(4):
+        b.record_success(1.5)
+    assert b.current_state() == "open"
+    assert "slow call rate" in (b.reason or "")
+
+
+def test_open_half_opens_after_the_wait_and_closes_after_successful_trials() -> None:
+    b, clock, seen = make()
+    b.trip("test")
+    clock.now += 29.9
+    assert not b.allow()
+    clock.now += 0.2
+    assert b.allow() and b.allow()
+    assert not b.allow()  # only two trial calls in half-open
+    b.record_success(0.1)
+    assert b.current_state() == "half_open"
+    b.record_success(0.1)
+    assert b.current_state() == "closed"
+    assert [s[:2] for s in seen] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_failed_trial_reopens_for_a_full_wait() -> None:
+    b, clock, _ = make()
+    b.trip("test")
+    clock.now += 31
+    assert b.allow()
+    b.record_failure("timeout")
+    assert b.current_state() == "open"
+    clock.now += 29
+    assert b.current_state() == "open"
+
+
+def test_a_retry_after_opens_for_exactly_that_long() -> None:
+    b, clock, _ = make()
+    b.record_failure("rate_limited", open_for=5)
+    assert b.current_state() == "open"
+    clock.now += 5.01
+    assert b.current_state() == "half_open"

@@ -1,0 +1,156 @@
+"""The same token-bucket cases against both backends: in-process and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.resilience.ratelimit import (
+    Limits,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    normalise_id,
+    retry_after_header,
+)
+
+Make = Callable[[Limits], Awaitable[tuple[RateLimiter, Callable[[float], Awaitable[None]]]]]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    """Returns (limiter, advance): advance moves a fake clock (memory) or waits for real (redis)."""
+    clients: list[aioredis.Redis] = []
+
+    async def make(limits: Limits) -> tuple[RateLimiter, Callable[[float], Awaitable[None]]]:
+        if request.param == "memory":
+            clock = FakeClock()
+
+            async def advance(seconds: float) -> None:
+                clock.now += seconds
+
+            return MemoryRateLimiter(limits, clock=clock), advance
+        url: str = request.getfixturevalue("redis_url")
+        client = aioredis.Redis.from_url(url)
+        clients.append(client)
+        return RedisRateLimiter(client, limits), asyncio.sleep
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+def limits(per_min: int = 60, burst: int | None = None, org_per_min: int = 6000, org_burst: int | None = None
+           ) -> Limits:
+    return Limits(per_min, burst or per_min, org_per_min, org_burst or org_per_min)
+
+
+async def admitted(limiter: RateLimiter, n: int, user: str = "u:a", org: str | None = "o:x") -> int:
+    return sum([(await limiter.check(user, org)).allowed for _ in range(n)])
+
+
+async def test_burst_admits_exactly_the_capacity_then_refuses(make_limiter: Make) -> None:
+    limiter, _ = await make_limiter(limits(per_min=6, burst=5))
+    assert await admitted(limiter, 8) == 5
+    refusal = await limiter.check("u:a", "o:x")
+    assert not refusal.allowed
+    assert refusal.bucket == "user"
+    assert refusal.remaining == 0
+    assert refusal.limit == 5
+
+
+async def test_steady_rate_refills_continuously(make_limiter: Make) -> None:
+    limiter, advance = await make_limiter(limits(per_min=120, burst=2))  # 2 tokens per second
+    assert await admitted(limiter, 3) == 2
+    await advance(0.6)  # ~1.2 tokens back
+    assert await admitted(limiter, 3) == 1
+
+
+async def test_retry_after_is_the_time_until_the_next_token(make_limiter: Make) -> None:
+    limiter, _ = await make_limiter(limits(per_min=6, burst=1))  # one token per 10 s
+    assert (await limiter.check("u:a", None)).allowed
+    refusal = await limiter.check("u:a", None)
+    assert 9.0 < refusal.retry_after <= 10.0
+    assert retry_after_header(refusal.retry_after) == "10"
+
+
+async def test_refused_request_takes_no_token(make_limiter: Make) -> None:
+    # The org bucket is empty, so the user's requests are refused by the org; the user's own
+    # bucket must stay full for when the org refills.
+    limiter, _ = await make_limiter(limits(per_min=60, burst=3, org_per_min=6, org_burst=1))
+    assert (await limiter.check("u:b", "o:x")).allowed
+    for _ in range(5):
+        refusal = await limiter.check("u:a", "o:x")
+        assert not refusal.allowed and refusal.bucket == "org"
+    assert (await limiter.check("u:a", "o:y")).remaining == 2  # all three tokens were still there
+
+
+async def test_org_limit_is_shared_by_its_users(make_limiter: Make) -> None:
+    limiter, _ = await make_limiter(limits(per_min=60, org_per_min=6, org_burst=4))
+    assert await admitted(limiter, 3, user="u:a") == 3
+    assert await admitted(limiter, 3, user="u:b") == 1
+    assert await admitted(limiter, 3, user="u:c", org="o:other") == 3
+
+
+async def test_users_do_not_share_a_bucket(make_limiter: Make) -> None:
+    limiter, _ = await make_limiter(limits(per_min=60, burst=2))
+    assert await admitted(limiter, 5, user="u:a") == 2
+    assert await admitted(limiter, 5, user="u:b") == 2
+
+
+async def test_redis_keys_expire_when_the_bucket_would_be_full(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client, limits(per_min=60, burst=10))  # 1 token/s
+    await admitted(limiter, 3)
+    keys = limiter.keys_for("u:a", "o:x")
+    ttl_ms = await client.pttl(keys[0])
+    assert 3000 < ttl_ms <= 4000  # 3 tokens to refill at 1/s, plus 1 s of slack
+    assert all(k.startswith("ivy:rl:{o:x}:") for k in keys)  # one Cluster hash slot per request
+    await client.aclose()
+
+
+async def test_redis_reloads_the_script_after_a_flush(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client, limits())
+    assert (await limiter.check("u:a", None)).allowed
+    await client.script_flush()
+    assert (await limiter.check("u:a", None)).allowed
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("rep-42", "u:rep-42"),
+        ("  rep-42  ", "u:rep-42"),
+        ("", None),
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_plain_ids_stay_readable(raw: str | None, expected: str | None) -> None:
+    assert normalise_id(raw, kind="u") == expected
+
+
+def test_hostile_ids_are_hashed_bounded_and_cannot_collide_with_plain_ones() -> None:
+    long = normalise_id("a" * 5000, kind="u")
+    braces = normalise_id("{o:x}", kind="u")
+    assert long is not None and braces is not None
+    assert long.startswith("uh:") and len(long) == 35
+    assert "{" not in braces and "}" not in braces
+    assert normalise_id("a" * 5000 + "b", kind="u") != long
+    # A user cannot pick an id that reads as another user's hashed key.
+    assert normalise_id(long, kind="u") != long
+
+
