@@ -61,3 +61,14 @@ def test_uvicorn_refuses_to_start_on_a_bad_value_with_one_line() -> None:
     lines = [line for line in proc.stderr.splitlines() if "ACTIVE_MODEL" in line]
     assert lines == ["invalid configuration: ACTIVE_MODEL='foo': Input should be 'gemini' or 'openai'"]
     assert "Traceback" not in proc.stderr
+
+
+def test_empty_values_fall_back_to_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `cp .env.example .env` leaves several variables empty: that must mean "default", not "".
+    monkeypatch.setenv("IVY_KNOWLEDGE_DIR", "")
+    monkeypatch.setenv("IVY_LOG_FILE", "")
+    monkeypatch.setenv("AI_RATE_LIMIT_BURST", "")
+    s = load_settings()
+    assert s.ivy_knowledge_dir.name == "knowledge" and s.ivy_knowledge_dir.is_dir()
+    assert s.ivy_log_file.name == "ai_router.log"
+    assert s.rate_limit_burst == 60

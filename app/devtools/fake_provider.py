@@ -322,6 +322,7 @@ class _Call:
     json_mode: bool
     schema: dict[str, Any] | None
     include_usage: bool = False
+    fault: Fault | None = None
 
 
 class FakeProviderServer:
@@ -651,7 +652,7 @@ class FakeProviderServer:
             fault = self._pick_fault(request, call)
         except ValueError as exc:
             return self._error(call.provider, 400, message=f"bad X-Fake-Fault header: {exc}")
-        request["fake_fault"] = fault
+        call.fault = fault
         delay = self.latency_ms + (fault.latency_ms if fault else 0)
         if delay:
             await asyncio.sleep(delay / 1000)
@@ -729,7 +730,7 @@ class FakeProviderServer:
         return text
 
     async def _answer(self, request: web.Request, call: _Call) -> web.StreamResponse:
-        fault: Fault | None = request.get("fake_fault")
+        fault = call.fault
         text = self._answer_text(call, fault)
         if not call.streaming:
             payload = (self._openai_completion(call, text) if call.provider == "openai"

@@ -1,0 +1,102 @@
+"""What the runbook greps in logs/ai_router.log is really there, and secrets never are."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from tests.conftest import LEAD, read_log
+
+V2 = "/ai/router/v2"
+
+
+def test_each_request_logs_one_json_line_with_the_contract_fields(client: TestClient, log_file: Path) -> None:
+    client.post(V2, json={"query": "what's their budget", "context": {"lead": LEAD}},
+                headers={"X-User-ID": "rep-7", "X-Org-ID": "acme", "X-Request-ID": "req-log-1"})
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-log-1" for x in ls))
+    line = next(x for x in lines if x.get("request_id") == "req-log-1")
+    assert line["event"] == "request" and line["level"] == "INFO"
+    assert (line["user_id"], line["org_id"], line["intent"], line["status"]) == ("rep-7", "acme", "rag", 200)
+    assert line["latency_ms"] > 0
+    assert line["model_provider"] == "local"
+    raw = log_file.read_text()
+    assert all(text.startswith("{") for text in raw.splitlines() if text.strip())
+
+
+def test_startup_line_names_the_provider_chain_and_limiter_backend(client: TestClient, log_file: Path) -> None:
+    lines = read_log(log_file, lambda ls: any(x["event"] == "router_started" for x in ls))
+    start = next(x for x in lines if x["event"] == "router_started")
+    assert start["provider_chain"] == "local"
+    assert start["limiter_backend"] == "memory"
+    # Missing keys are said once each at start, in capitals so `grep WARN` finds them.
+    disabled = [x for x in lines if x["event"] == "provider_disabled"]
+    assert {x["model_provider"] for x in disabled} == {"gemini", "openai"}
+    assert all(x["level"] == "WARNING" for x in disabled)
+    assert '"level":"WARNING"' in log_file.read_text()
+
+
+def test_refusals_log_a_warning_line_with_429_user_org_and_bucket(make_client, log_file: Path) -> None:
+    client = make_client(ai_rate_limit_per_min=2)
+    codes = [client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-9", "X-Org-ID": "acme"}).status_code
+             for _ in range(3)]
+    assert codes == [200, 200, 429]
+    lines = read_log(log_file, lambda ls: any(x.get("status") == 429 for x in ls))
+    refusal = next(x for x in lines if x.get("status") == 429)
+    assert refusal["level"] == "WARNING" and refusal["event"] == "rate_limited"
+    assert (refusal["user_id"], refusal["org_id"], refusal["bucket"]) == ("rep-9", "acme", "user")
+    assert refusal["retry_after"] == 30
+    assert any("429" in text for text in log_file.read_text().splitlines())
+
+
+def test_missing_user_id_warns_once_per_client(client: TestClient, log_file: Path) -> None:
+    for _ in range(3):
+        assert client.post(V2, json={"query": "hi"}).status_code == 200
+    lines = read_log(log_file, lambda ls: sum(x.get("event") == "request" for x in ls) >= 3)
+    warnings = [x for x in lines if x["event"] == "missing_user_id"]
+    assert len(warnings) == 1 and warnings[0]["level"] == "WARNING"
+
+
+def test_latency_summary_carries_p95_and_p99_and_warns_on_an_slo_breach(make_client, log_file: Path) -> None:
+    client = make_client(ivy_latency_summary_seconds=0.1)
+    client.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-1"})
+    # Feed the real window a slow rag minute, as a slow provider would.
+    state = client.app_state["ivy"]
+    for _ in range(20):
+        state.latency.record("rag", 2600.0)
+    lines = read_log(log_file, lambda ls: any(x["event"] == "latency_slo_breach" for x in ls))
+    summary = next(x for x in lines if x["event"] == "latency_summary")
+    assert "conversational_p95_ms" in summary and "conversational_p99_ms" in summary
+    breach = next(x for x in lines if x["event"] == "latency_slo_breach")
+    assert breach["level"] == "WARNING"
+    assert (breach["intent"], breach["p95_ms"], breach["slo_p95_ms"]) == ("rag", 2600.0, 2200.0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_api_keys_and_authorization_never_reach_logs_or_responses(make_client, log_file: Path) -> None:
+    openai_key = "sk-test-KNOWNSECRET-0123456789abcdef"
+    gemini_key = "AIzaKNOWNSECRETgeminikey0123456789"
+    port = _closed_port()
+    client = make_client(
+        active_model="openai", openai_api_key=openai_key, gemini_api_key=gemini_key,
+        openai_base_url=f"http://127.0.0.1:{port}/v1", gemini_base_url=f"http://127.0.0.1:{port}",
+    )
+    seen = []
+    for query in ("hello", "what's their budget", "draft an email to dana"):
+        r = client.post(V2, json={"query": query, "context": {"lead": LEAD}},
+                        headers={"X-User-ID": "rep-1", "Authorization": f"Bearer {openai_key}"})
+        assert r.status_code == 200
+        assert r.json()["fallback"]["used"] is True
+        seen.append(r.text + str(r.headers))
+    seen += [client.get(p).text for p in ("/ai/router/health", "/metrics", "/health")]
+    lines = read_log(log_file, lambda ls: sum(x.get("event") == "provider_call" for x in ls) >= 2)
+    assert any(x.get("event") == "provider_call" for x in lines)  # the failures were logged...
+    everything = log_file.read_text() + "".join(seen)
+    for secret in (openai_key, gemini_key, "KNOWNSECRET"):
+        assert secret not in everything  # ...without the keys
