@@ -50,11 +50,15 @@ def build_limiter(settings: Settings) -> RateLimiter:
     if not settings.redis_url:
         return MemoryRateLimiter(limits)
     timeout = settings.redis_timeout_ms / 1000
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        max_connections=256, health_check_interval=30,
+    # A bounded, blocking pool: a burst of requests reuses warm connections instead of opening one
+    # each. Cold connects and pool waits under a burst blew a 50 ms budget and failed open while
+    # Redis was healthy, so only the command itself gets the short timeout; waiting for our own
+    # pool or connecting gets longer (a Redis that is down refuses connections at once anyway).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=64, timeout=max(timeout, 0.5), socket_timeout=timeout,
+        socket_connect_timeout=max(timeout, 0.25), health_check_interval=30,
     )
-    return RedisRateLimiter(client, limits)
+    return RedisRateLimiter(aioredis.Redis(connection_pool=pool), limits)
 
 
 def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics
@@ -115,6 +119,15 @@ async def _latency_summaries(state: State) -> None:
                             p99_ms=intents[intent]["p99_ms"])
 
 
+async def _warm_limiter(state: State) -> None:
+    """Load the Lua script and open a connection before traffic; a Redis that is down is not fatal."""
+    try:
+        await state.limiter.warm()
+    except Exception as exc:
+        log.warning("rate_limiter_unavailable", backend=state.limiter.backend, at="startup",
+                    fail_open=state.settings.ai_rate_limit_fail_open, error=f"{type(exc).__name__}: {exc}"[:200])
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         try:
@@ -143,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  model_provider=chain.names[0], limiter_backend=state.limiter.backend,
                  modal_heuristics=resolved.ivy_modal_heuristics, organic=resolved.ivy_organic_enabled,
                  rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections))
+        await _warm_limiter(state)
         summaries = asyncio.create_task(_latency_summaries(state))
         try:
             yield {"ivy": state}

@@ -76,6 +76,7 @@ async def health(state: IvyState) -> FastJSONResponse:
     try:
         latency: float | None = round(await state.limiter.ping(), 2)
         ok = True
+        state.limiter_health.last_ok_at = time.monotonic()
     except Exception:
         latency, ok = None, False
     degraded = not ok or state.limiter_health.degraded

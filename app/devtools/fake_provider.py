@@ -337,6 +337,7 @@ class FakeProviderServer:
         chunk_delay_ms: int = 0,
         answer_text: str | None = None,
         shutdown_timeout: float = 1.0,
+        max_captured: int = 10_000,
     ) -> None:
         self.host = host
         self.port = port
@@ -344,7 +345,8 @@ class FakeProviderServer:
         self.chunk_delay_ms = chunk_delay_ms
         self.answer_text = answer_text  # None: "Fake answer to: <prompt>"
         self.json_answer: Any = None  # None: built from the schema
-        self.requests: list[CapturedRequest] = []
+        self.requests: list[CapturedRequest] = []  # oldest dropped beyond max_captured (benchmarks)
+        self.max_captured = max_captured
         self._faults: dict[FakeProvider | None, Fault] = {}
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
@@ -403,8 +405,9 @@ class FakeProviderServer:
         self._faults[fault.provider] = fault
         return fault
 
-    def clear_faults(self, provider: FakeProvider | None = None, *, all_scopes: bool = True) -> None:
-        if provider is None and all_scopes:
+    def clear_faults(self, provider: FakeProvider | None = None) -> None:
+        """Clear every standing fault, or only the one scoped to ``provider``."""
+        if provider is None:
             self._faults.clear()
         else:
             self._faults.pop(provider, None)
@@ -454,6 +457,8 @@ class FakeProviderServer:
             body = None
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.requests.append(CapturedRequest(request.path_qs, headers, body))
+        if len(self.requests) > self.max_captured:
+            del self.requests[: len(self.requests) - self.max_captured]
         return body
 
     def _pick_fault(self, request: web.Request, call: _Call) -> Fault | None:
@@ -813,7 +818,7 @@ class FakeProviderServer:
     async def _admin_clear_fault(self, request: web.Request) -> web.Response:
         provider = request.query.get("provider")
         if provider in ("openai", "gemini"):
-            self.clear_faults("openai" if provider == "openai" else "gemini", all_scopes=False)
+            self.clear_faults("openai" if provider == "openai" else "gemini")
         else:
             self.clear_faults()
         return web.json_response({"faults": [asdict(f) for f in self.faults]})

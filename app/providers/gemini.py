@@ -64,10 +64,10 @@ class GeminiProvider:
         body["generationConfig"] = config
         return body
 
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
         return await self._complete(request, seconds=timeout, json_mode=False)
 
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
         """Text is the raw model text; repairing / validating the JSON is the caller's job."""
         return await self._complete(request, seconds=timeout, json_mode=True)
 
@@ -91,7 +91,7 @@ class GeminiProvider:
         return Generation(
             text=text,
             provider=self.name,
-            model=str(payload.get("modelVersion") or self.model),
+            model=self.model,  # the configured name, as for OpenAI (modelVersion may differ)
             input_tokens=optional_int(usage.get("promptTokenCount")),
             output_tokens=output,
         )
@@ -119,7 +119,7 @@ class GeminiProvider:
         )
         return text, finish if isinstance(finish, str) else None
 
-    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:  # noqa: ASYNC109
+    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
         """Yield candidate text pieces. There is no sentinel: the last chunk carries finishReason,
         so a stream that ends without one was cut short."""
         produced = False

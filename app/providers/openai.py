@@ -280,10 +280,10 @@ class OpenAIProvider:
             body["stream"] = True
         return body
 
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
         return await self._complete(request, seconds=timeout, json_mode=False)
 
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:  # noqa: ASYNC109
+    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
         """Text is the raw model text; repairing / validating the JSON is the caller's job."""
         return await self._complete(request, seconds=timeout, json_mode=True)
 
@@ -307,12 +307,12 @@ class OpenAIProvider:
         return Generation(
             text=content,
             provider=self.name,
-            model=str(payload.get("model") or self.model),
+            model=self.model,  # the configured name; the API answers with a dated snapshot
             input_tokens=optional_int(usage.get("prompt_tokens")),
             output_tokens=optional_int(usage.get("completion_tokens")),
         )
 
-    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:  # noqa: ASYNC109
+    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
         """Yield ``choices[0].delta.content`` pieces; a stream without ``[DONE]`` is unavailable."""
         produced = False
         events = stream_sse(

@@ -81,6 +81,10 @@ class RateLimiter(Protocol):
         """Round-trip time to the backend in ms; raises if it is unreachable."""
         ...
 
+    async def warm(self) -> None:
+        """Prepare for traffic (connect, load scripts); raises if the backend is unreachable."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -157,6 +161,9 @@ class MemoryRateLimiter:
     async def ping(self) -> float:
         return 0.0
 
+    async def warm(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -220,15 +227,20 @@ class RedisRateLimiter:
             keys.append(f"{self.prefix}:{tag}:{org_key}")
         return keys
 
+    async def warm(self) -> None:
+        await self._load()
+
+    async def _load(self) -> str:
+        self._sha = str(await self.client.script_load(TOKEN_BUCKET_LUA))
+        return self._sha
+
     async def _evalsha(self, keys: list[str], args: list[float]) -> list[int]:
-        if self._sha is None:
-            self._sha = str(await self.client.script_load(TOKEN_BUCKET_LUA))
+        sha = self._sha or await self._load()
         try:
-            result = await self.client.evalsha(self._sha, len(keys), *keys, *args)
+            result = await self.client.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
             # Redis restarted or SCRIPT FLUSH: load again, once.
-            self._sha = str(await self.client.script_load(TOKEN_BUCKET_LUA))
-            result = await self.client.evalsha(self._sha, len(keys), *keys, *args)
+            result = await self.client.evalsha(await self._load(), len(keys), *keys, *args)
         return [int(x) for x in result]
 
     async def check(self, user_key: str, org_key: str | None) -> Decision:

@@ -1,0 +1,223 @@
+"""Every provider failure lands on the right branch of the error tree, without the API key."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+
+import aiohttp
+import pytest
+
+from app.devtools.fake_provider import FakeProviderServer
+from app.providers.base import (
+    GenerationRequest,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderMalformedOutput,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from app.providers.gemini import GeminiProvider
+from app.providers.openai import OpenAIProvider, parse_retry_after
+
+MakeRequest = Callable[..., GenerationRequest]
+Adapter = OpenAIProvider | GeminiProvider
+
+SHORT = 0.3  # seconds: the deadline used against a hanging provider
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("503", ProviderUnavailable),
+        ("500", ProviderUnavailable),
+        ("502", ProviderUnavailable),
+        ("reset", ProviderUnavailable),
+        ("hang", ProviderTimeout),
+        ("401", ProviderAuthError),
+        ("403", ProviderAuthError),
+        ("bad_key", ProviderAuthError),  # Gemini says 400 INVALID_ARGUMENT + API_KEY_INVALID
+        ("400", ProviderBadRequest),
+        ("404", ProviderBadRequest),
+        ("malformed_body", ProviderMalformedOutput),
+        ("empty", ProviderMalformedOutput),
+    ],
+)
+async def test_fault_maps_to_its_error_class(
+    provider: Adapter,
+    fake: FakeProviderServer,
+    make_request: MakeRequest,
+    fault: str,
+    error: type[ProviderError],
+) -> None:
+    fake.set_fault(fault)
+    started = time.monotonic()
+    with pytest.raises(error) as caught:
+        await provider.generate(make_request(), timeout=SHORT)
+    assert type(caught.value) is error
+    assert caught.value.provider == provider.name
+    assert time.monotonic() - started < SHORT + 1.0
+    assert len(fake.requests) == 1  # adapters never retry
+
+
+async def test_rate_limit_carries_the_providers_retry_after(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    # OpenAI sends a Retry-After header; Gemini sends google.rpc.RetryInfo in the error body.
+    fake.set_fault("429", retry_after=2.5)
+    with pytest.raises(ProviderRateLimited) as caught:
+        await provider.generate(make_request(), timeout=5)
+    assert caught.value.retry_after == 2.5
+
+
+async def test_bad_request_does_not_count_against_the_provider(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    fake.set_fault("400")
+    with pytest.raises(ProviderBadRequest) as caught:
+        await provider.generate_json(make_request(json_schema={"type": "object"}), timeout=5)
+    assert caught.value.counts_as_failure is False
+
+
+async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession, make_request: MakeRequest) -> None:
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    for provider in (
+        OpenAIProvider(session, api_key="k", base_url=base + "/v1", model="m"),
+        GeminiProvider(session, api_key="k", base_url=base, model="g"),
+    ):
+        with pytest.raises(ProviderUnavailable):
+            await provider.generate(make_request(), timeout=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streams
+
+
+async def collect(provider: Adapter, request: GenerationRequest, timeout: float) -> tuple[list[str], BaseException]:
+    pieces: list[str] = []
+    with pytest.raises(ProviderError) as caught:
+        async for piece in provider.stream(request, timeout=timeout):
+            pieces.append(piece)
+    return pieces, caught.value
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("stream_cut", ProviderUnavailable),  # connection dropped mid-body
+        ("stream_truncate", ProviderUnavailable),  # clean end, but no [DONE] / finishReason
+        ("stream_error", ProviderUnavailable),  # in-stream {"error": ...} event
+        ("stream_stall", ProviderTimeout),  # goes quiet past the deadline
+    ],
+)
+async def test_stream_failing_midway_raises_after_yielding_the_first_chunks(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest, fault: str, error: type[ProviderError]
+) -> None:
+    fake.set_fault(fault, after=2)
+    pieces, exc = await collect(provider, make_request("one two three four five"), SHORT)
+    assert pieces == ["Fake ", "answer "]
+    assert type(exc) is error
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("503", ProviderUnavailable),
+        ("429", ProviderRateLimited),
+        ("401", ProviderAuthError),
+        ("reset", ProviderUnavailable),
+        ("hang", ProviderTimeout),
+        ("empty", ProviderMalformedOutput),
+    ],
+)
+async def test_stream_failing_before_the_first_chunk_yields_nothing(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest, fault: str, error: type[ProviderError]
+) -> None:
+    fake.set_fault(fault)
+    pieces, exc = await collect(provider, make_request(), SHORT)
+    assert pieces == []
+    assert type(exc) is error
+
+
+async def test_stream_timeout_is_a_deadline_for_the_whole_stream(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    # Every chunk arrives well within the deadline, but all of them together do not.
+    fake.chunk_delay_ms = 60
+    started = time.monotonic()
+    pieces, exc = await collect(provider, make_request("a b c d e f g h i j k l m n o p"), 0.4)
+    assert type(exc) is ProviderTimeout
+    assert 0 < len(pieces) < 19
+    assert time.monotonic() - started < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+
+
+@pytest.mark.parametrize(
+    "fault", ["bad_key", "401", "429", "503", "400", "reset", "hang", "malformed_body", "stream_cut"]
+)
+async def test_api_key_never_appears_in_errors_or_reprs(
+    provider: Adapter,
+    fake: FakeProviderServer,
+    make_request: MakeRequest,
+    openai_key: str,
+    gemini_key: str,
+    fault: str,
+) -> None:
+    fake.set_fault(fault)
+    key = openai_key if provider.name == "openai" else gemini_key
+    if fault == "stream_cut":
+        _, exc = await collect(provider, make_request(), SHORT)
+    else:
+        with pytest.raises(ProviderError) as caught:
+            await provider.generate(make_request(), timeout=SHORT)
+        exc = caught.value
+    if fault == "bad_key" and provider.name == "openai":
+        assert "[REDACTED]" in str(exc)  # the fake echoed the key verbatim; it was scrubbed
+    chain: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and len(chain) < 10:
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for link in chain:
+        assert key not in str(link)
+        assert key not in repr(link)
+        assert key not in repr(getattr(link, "args", ()))
+    assert key not in repr(provider)
+    assert key not in str(provider)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retry-After parsing
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "expected"),
+    [
+        ({"retry-after": "3"}, None, 3.0),
+        ({"retry-after": "1.5"}, None, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, None, 0.25),
+        ({}, {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "34s"}]}, 34.0),
+        ({}, {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.5s"}]}, 0.5),
+        ({"retry-after": "soon"}, None, None),
+        ({}, {"message": "slow down"}, None),
+    ],
+)
+def test_retry_after_is_read_from_headers_or_google_retry_info(
+    headers: dict[str, str], error: object, expected: float | None
+) -> None:
+    assert parse_retry_after(headers, error) == expected
+
+
+def test_retry_after_http_date_becomes_seconds_from_now() -> None:
+    seconds = parse_retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)})
+    assert seconds is not None and 28 <= seconds <= 30
