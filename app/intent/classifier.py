@@ -110,18 +110,25 @@ _FUZZY_TARGETS = frozenset({
     "summarize", "activity", "meeting", "competitor", "competitors", "playbook", "proposal", "thanks",
     "something", "please", "their", "quick", "intro", "recap", "timeline", "decision", "stage",
 })
-# Real words one edit away from a target: never "correct" these.
+# Real words one edit away from a target: never "correct" these. Every word the rules below
+# name is protected too (see _KNOWN), so "gmail" stays "gmail" rather than becoming "email".
 _PROTECTED = frozenset({
-    "wrote", "white", "scope", "store", "scare", "snore", "sent", "spent", "trail", "there", "these",
-    "theirs", "those", "craft", "drift", "graft", "replay", "repay", "emailed", "mails", "stages",
-    "staged", "price", "prize", "pride", "prices", "priced", "budgets", "plans", "plane", "please",
-    "pleased", "quack", "quiet", "quite", "quit", "follows", "fellow", "hollow", "swallow", "message",
-    "messages", "passage", "massage", "cancer", "candle", "invoices", "tried", "trials", "rival",
-    "summery", "summer", "starters", "started", "starting", "stater", "meetings", "greeting",
-    "drafted", "drafting", "writer", "writes", "wrote", "compost", "prepared", "prepares", "replied",
-    "replies", "replying", "responds", "scores", "scorer", "scoring", "scored", "snoring", "storing",
-    "intros", "entry", "retro", "metro", "something", "sometime", "nothing", "anything", "recaps",
-    "budge", "budgeted", "tiles", "timelines", "stagger", "decisions", "competitors", "competitor",
+    "wrote", "white", "writer", "writes", "trite", "scope", "store", "scare", "snore", "scorn", "scone",
+    "shore", "swore", "spore", "scores", "scorer", "scared", "stored", "snored", "scoped", "storing",
+    "snoring", "scoping", "scaring", "sent", "spent", "trail", "tribal", "triad", "trials", "there",
+    "these", "theirs", "those", "craft", "drift", "graft", "drafty", "drafted", "drafting", "replay",
+    "repay", "replied", "replies", "replying", "emailed", "emails", "mails", "gmail", "female", "stages",
+    "staged", "state", "stale", "stake", "stave", "stags", "prize", "pride", "prime", "prick", "pricey",
+    "prices", "priced", "prizing", "budgets", "budge", "budged", "plans", "plane", "pleased", "pleases",
+    "pleas", "lease", "pleat", "quack", "quirk", "quiet", "quite", "follows", "fellow", "hollow",
+    "messages", "massage", "passage", "cancer", "cancels", "invoices", "invoiced", "killing", "filling",
+    "willing", "milling", "billings", "smarter", "started", "starters", "starting", "stater", "melting",
+    "meetings", "greeting", "composed", "composer", "compost", "compote", "prepared", "prepares",
+    "responds", "analyzed", "analyzer", "analyses", "explains", "refind", "integrated", "emigrate",
+    "migrated", "migrates", "discounted", "thinks", "think", "thank", "tanks", "thanes", "intros",
+    "nitro", "recaps", "remap", "timelines", "decisions", "something", "sometime", "nothing", "anything",
+    "summery", "summer", "breakdowns", "proposals", "playbooks", "enterprises", "subscriptions",
+    "nonprofits", "integrations", "competitors", "competitor", "activities", "summarized", "summarizes",
 })
 
 
@@ -145,7 +152,7 @@ def _canonical(word: str) -> str:
         joined = word.replace("-", "").replace("/", "")
         word = _SHORTHAND.get(joined, joined) if "-" in word else word
     word = _FORMS.get(word, word)
-    if len(word) >= 5 and word.isalpha() and word not in _FUZZY_TARGETS and word not in _PROTECTED:
+    if len(word) >= 5 and word.isalpha() and word not in _KNOWN:
         # SymSpell-style lookup (shared one-character deletes), confirmed by the real distance.
         candidates: set[str] = set(_DELETE_INDEX.get(word, ()))
         for key in _deletes(word):
@@ -233,6 +240,7 @@ _INSIGHT_NOUNS = frozenset({
     "score", "scoring", "scored", "insights", "rating", "rated", "rank", "ranked", "ranking", "grade",
     "graded",
 })
+_AI_OPINION = frozenset({"think", "thinks", "say", "says", "saying", "insights", "thought", "opinion"})
 _ANALYZE = frozenset({"analyze", "analysis", "analyzing", "assess", "assessment"})
 _TEMPERATURE = frozenset({"hot", "warm"})
 _INSIGHT_VIEW = frozenset({
@@ -313,6 +321,16 @@ _SMALL_TALK = frozenset({
 _GENERIC_LEAD_WORDS = frozenset({"the", "a", "an", "inc", "llc", "ltd", "group", "co", "corp", "company", "and", "of"})
 
 
+# Every word a rule names is a real word for the typo pass: only unknown words get corrected.
+_KNOWN: frozenset[str] = frozenset().union(
+    _FUZZY_TARGETS, _PROTECTED, _FILLERS, _QUESTION_START, _AUX, _YOU, _REQUEST_PREFIX, _EMAIL_NOUNS,
+    _GENERIC_OBJECT, _NON_EMAIL_OBJECT, _COMPOSE_VERBS, _SEND_VERBS, _REPLY_VERBS, _RECIPIENTS,
+    _TERSE_MODIFIERS, _TERSE_TAIL, _INSIGHT_NOUNS, _ANALYZE, _TEMPERATURE, _INSIGHT_VIEW, _FEATURE_MARKERS,
+    _KB_TERMS, _METHOD_TERMS, _OWNED, _PRONOUNS, _LEAD_NOUNS, _LEAD_FACTS, _SUMMARY, _SMALL_TALK,
+    _AI_OPINION, *_SHORTHAND.values(), *_CONTRACTIONS.values(), *_FORMS.values(), *_BIGRAMS.values(),
+)
+
+
 # --- the decision ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -362,9 +380,7 @@ def _request_body(clause: list[str]) -> list[str] | None:
     first = words[0]
     if first in _AUX:
         # "can you ...", "could you please ...": a polite request; "can I get a ..." too.
-        if len(words) > 1 and words[1] in _YOU:
-            words = words[2:]
-        elif len(words) > 2 and words[1] in ("i", "we") and words[2] in ("get", "have"):
+        if (len(words) > 1 and words[1] in _YOU) or (len(words) > 2 and words[1] in ("i", "we") and words[2] in ("get", "have")):
             words = words[2:]
         else:
             return None
@@ -455,7 +471,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     score = lead.get("leadScore")
     if score not in (None, "") and str(score) in word_set and word_set & {"why", "explain", "is", "a", "an"}:
         insight_hits = insight_hits | {"score_value"}
-    if "ai" in word_set and word_set & {"think", "thinks", "say", "says", "saying", "insights"}:
+    if "ai" in word_set and word_set & _AI_OPINION:
         insight_hits = insight_hits | {"ai_opinion"}
     analyze = bool(word_set & _ANALYZE) and not word_set & {"emails", "email", "thread", "call", "notes", "meeting"}
     temperature = bool(word_set & _TEMPERATURE) and lead_ref and not word_set & _EMAIL_NOUNS

@@ -24,7 +24,7 @@ from app.providers.base import (
 )
 
 # Shared HTTP plumbing lives in openai.py (the first adapter) until it earns its own module.
-from app.providers.openai import error_in_stream, optional_int, parse_event, post_json, stream_sse
+from app.providers.http import error_in_stream, optional_int, parse_event, post_json, stream_sse
 
 
 class GeminiProvider:

@@ -22,7 +22,8 @@ from app.providers.base import (
     ProviderUnavailable,
 )
 from app.providers.gemini import GeminiProvider
-from app.providers.openai import OpenAIProvider, parse_retry_after
+from app.providers.http import parse_retry_after
+from app.providers.openai import OpenAIProvider
 
 MakeRequest = Callable[..., GenerationRequest]
 Adapter = OpenAIProvider | GeminiProvider

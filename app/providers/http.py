@@ -1,0 +1,215 @@
+"""HTTP plumbing both remote adapters share: one POST, SSE reading, error mapping, key scrubbing.
+
+Every failure leaves here as a member of the error tree in ``base.py``; the API key never
+appears in a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC
+from typing import Any
+
+import aiohttp
+import orjson
+
+from app.providers.base import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderMalformedOutput,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+
+_KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
+MAX_MESSAGE = 300
+
+
+def scrub(text: str, secret: str) -> str:
+    """Remove the API key (and anything shaped like a key) from text bound for an exception."""
+    if secret:
+        text = text.replace(secret, "[REDACTED]")
+    return _KEY_PATTERNS.sub("[REDACTED]", text)
+
+
+def parse_retry_after(headers: Mapping[str, str], error: Any = None) -> float | None:
+    """Seconds to wait, from ``retry-after-ms``, ``Retry-After`` (seconds or HTTP date) or a
+    ``google.rpc.RetryInfo`` detail (``"retryDelay": "34s"``) in a Google error body."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, when.timestamp() - time.time())
+    for detail in _details(error):
+        delay = detail.get("retryDelay")
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo") and isinstance(delay, str):
+            try:
+                return max(0.0, float(delay.removesuffix("s")))
+            except ValueError:
+                return None
+    return None
+
+
+def _details(error: Any) -> list[dict[str, Any]]:
+    details = error.get("details") if isinstance(error, dict) else None
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def error_for_status(
+    provider: str, status: int, headers: Mapping[str, str], raw: bytes, secret: str
+) -> ProviderError:
+    """Map a non-2xx answer to the error tree. Both providers wrap errors as ``{"error": {...}}``."""
+    error: Any = None
+    try:
+        payload = orjson.loads(raw) if raw else None
+        error = payload.get("error") if isinstance(payload, dict) else None
+    except orjson.JSONDecodeError:
+        pass
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        detail = str(error["message"])
+        tag = error.get("status") or error.get("code") or error.get("type")
+        if isinstance(tag, str) and tag:
+            detail = f"{tag}: {detail}"
+    else:
+        detail = raw[:MAX_MESSAGE].decode("utf-8", errors="replace").strip() or "(empty body)"
+    message = scrub(f"HTTP {status}: {detail[:MAX_MESSAGE]}", secret)
+
+    if status == 429:
+        return ProviderRateLimited(provider, message, parse_retry_after(headers, error))
+    if status in (401, 403) or _is_invalid_key(error):
+        return ProviderAuthError(provider, message)
+    if status == 408:
+        return ProviderTimeout(provider, message)
+    if 400 <= status < 500:
+        return ProviderBadRequest(provider, message)
+    return ProviderUnavailable(provider, message)  # 5xx and anything unexpected
+
+
+def _is_invalid_key(error: Any) -> bool:
+    # Gemini answers a wrong key with 400 INVALID_ARGUMENT + ErrorInfo reason API_KEY_INVALID.
+    if isinstance(error, dict) and error.get("code") == "invalid_api_key":
+        return True
+    return any(d.get("reason") == "API_KEY_INVALID" for d in _details(error))
+
+
+def error_in_stream(provider: str, payload: dict[str, Any], secret: str) -> ProviderError:
+    """An ``{"error": {...}}`` event inside a 200 stream."""
+    error = payload.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 503
+    return error_for_status(provider, status, {}, orjson.dumps(payload), secret)
+
+
+def transport_error(provider: str, exc: BaseException, seconds: float, secret: str) -> ProviderError:
+    """Map an aiohttp / asyncio failure. Timeouts first: aiohttp's timeouts are also ClientErrors."""
+    if isinstance(exc, TimeoutError):
+        return ProviderTimeout(provider, f"no complete answer within {seconds:g}s")
+    return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", secret)[:MAX_MESSAGE])
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    provider: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    seconds: float,
+    secret: str,
+) -> Any:
+    """POST a JSON body and return the parsed 2xx JSON answer, or raise from the error tree."""
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), headers=dict(headers), timeout=aiohttp.ClientTimeout(total=seconds)
+        ) as resp:
+            raw = await resp.read()
+            if not 200 <= resp.status < 300:
+                raise error_for_status(provider, resp.status, resp.headers, raw, secret)
+    except ProviderError:
+        raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise transport_error(provider, exc, seconds, secret) from exc
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProviderMalformedOutput(provider, f"2xx body is not JSON ({len(raw)} bytes)") from None
+
+
+async def stream_sse(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    provider: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    seconds: float,
+    secret: str,
+) -> AsyncGenerator[str, None]:
+    """POST a JSON body and yield the ``data:`` payload of each SSE event.
+
+    Non-2xx, timeouts and a connection cut mid-stream raise from the error tree. Whether the
+    stream ended properly is the caller's business (it knows the sentinel, if any).
+    """
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), headers=dict(headers), timeout=aiohttp.ClientTimeout(total=seconds)
+        ) as resp:
+            if not 200 <= resp.status < 300:
+                raw = await resp.read()
+                raise error_for_status(provider, resp.status, resp.headers, raw, secret)
+            buffer = bytearray()
+            data: list[str] = []
+            async for piece in resp.content.iter_any():
+                buffer += piece
+                while (newline := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:newline]).rstrip(b"\r")
+                    del buffer[: newline + 1]
+                    if not line:  # blank line: dispatch the event
+                        if data:
+                            yield "\n".join(data)
+                            data = []
+                        continue
+                    field, _, value = line.partition(b":")
+                    if field == b"data":
+                        data.append(value.removeprefix(b" ").decode("utf-8", errors="replace"))
+                    # comments (":...") and other fields (event:, id:, retry:) are ignored
+            if data:  # last event without its blank line; a partial line left in buffer is dropped
+                yield "\n".join(data)
+    except ProviderError:
+        raise
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise transport_error(provider, exc, seconds, secret) from exc
+
+
+def parse_event(provider: str, data: str) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProviderMalformedOutput(provider, f"stream event is not JSON ({len(data)} chars)") from None
+    if not isinstance(payload, dict):
+        raise ProviderMalformedOutput(provider, "stream event is not a JSON object")
+    return payload
+
+
+def optional_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
