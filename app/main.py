@@ -90,7 +90,7 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
                                       model=settings.openai_model)
         else:
             provider = GeminiProvider(http, api_key=key.get_secret_value(), base_url=str(settings.gemini_base_url),
-                                      model=settings.gemini_model)
+                                      model=settings.gemini_model, thinking_budget=settings.gemini_thinking_budget)
         breakers[name] = CircuitBreaker(name, config, on_transition=on_transition)
         metrics.breaker_state.labels(name).set(0)
         links.append(Link(provider, breakers[name]))

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     openai_base_url: AnyHttpUrl = AnyHttpUrl("https://api.openai.com/v1")
     gemini_model: str = Field(default="gemini-2.5-flash", min_length=1)
     openai_model: str = Field(default="gpt-4.1-mini", min_length=1)
+    # Gemini 2.5 "thinking" tokens: 0 turns it off (flash), -1 lets the model decide; empty = model default.
+    gemini_thinking_budget: int | None = Field(default=0, ge=-1, le=32_768)
 
     # Feature flags
     ivy_modal_heuristics: bool = True

@@ -32,8 +32,14 @@ class GeminiProvider:
 
     name: ProviderName = "gemini"
 
-    def __init__(self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str,
+        thinking_budget: int | None = None,
+    ) -> None:
         self._session = session
+        # 2.5 models think by default: seconds of latency and, with a small maxOutputTokens, an
+        # empty answer. The router's SLOs want it off (0) for flash; None leaves the model's default.
+        self.thinking_budget = thinking_budget
         self._api_key = api_key
         self.model = model.removeprefix("models/")
         self.base_url = base_url.rstrip("/")
@@ -54,6 +60,8 @@ class GeminiProvider:
             "temperature": request.temperature,
             "maxOutputTokens": request.max_output_tokens,
         }
+        if self.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
         if json_mode:
             config["responseMimeType"] = "application/json"
             if request.json_schema is not None:

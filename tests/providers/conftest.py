@@ -96,7 +96,7 @@ def openai_provider(session: aiohttp.ClientSession, fake: FakeProviderServer) ->
 
 @pytest.fixture
 def gemini_provider(session: aiohttp.ClientSession, fake: FakeProviderServer) -> GeminiProvider:
-    return GeminiProvider(session, api_key=GEMINI_KEY, base_url=fake.base_url, model=GEMINI_MODEL)
+    return GeminiProvider(session, api_key=GEMINI_KEY, base_url=fake.base_url, model=GEMINI_MODEL, thinking_budget=0)
 
 
 @pytest.fixture(params=["openai", "gemini"])

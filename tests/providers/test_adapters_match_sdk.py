@@ -133,6 +133,7 @@ def genai_config(request: GenerationRequest, **extra: Any) -> types.GenerateCont
         system_instruction=request.system,
         temperature=request.temperature,
         max_output_tokens=request.max_output_tokens,
+        thinking_config=types.ThinkingConfig(thinking_budget=0),  # what the router configures for flash
         **extra,
     )
 
@@ -142,6 +143,11 @@ def without_system_role(body: dict[str, Any]) -> dict[str, Any]:
     # API ignores a role there and the adapter leaves it out. Cosmetic, so dropped before comparing.
     body = copy.deepcopy(body)
     body.get("systemInstruction", {}).pop("role", None)
+    # google-genai 3.x serialises thinkingConfig's fields in snake_case; the REST reference (and
+    # the adapter) use camelCase, and the API's proto-JSON parser accepts both. Compare the values.
+    thinking = body.get("generationConfig", {}).get("thinkingConfig")
+    if thinking and "thinking_budget" in thinking:
+        thinking["thinkingBudget"] = thinking.pop("thinking_budget")
     return body
 
 
