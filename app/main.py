@@ -31,6 +31,7 @@ from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
 from app.resilience.breaker import State as BreakerState
+from app.resilience.breaker_store import SharedBreakerStore
 from app.resilience.ratelimit import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from app.retrieval.retriever import KnowledgeBase
 from app.state import State
@@ -40,15 +41,10 @@ log = get_logger()
 SLO_P95_MS = {"conversational": 1500.0, "rag": 2200.0}
 
 
-def build_limiter(settings: Settings) -> RateLimiter:
-    limits = Limits(
-        user_per_min=settings.ai_rate_limit_per_min,
-        user_capacity=settings.rate_limit_burst,
-        org_per_min=settings.ai_org_rate_limit_per_min,
-        org_capacity=settings.ai_org_rate_limit_per_min,
-    )
+def build_redis(settings: Settings) -> aioredis.Redis | None:
+    """One Redis client (one pool) for the limiter and the shared breaker state, or None."""
     if not settings.redis_url:
-        return MemoryRateLimiter(limits)
+        return None
     timeout = settings.redis_timeout_ms / 1000
     # A bounded, blocking pool: a burst of requests reuses warm connections instead of opening one
     # each. Cold connects and pool waits under a burst blew a 50 ms budget and failed open while
@@ -58,10 +54,20 @@ def build_limiter(settings: Settings) -> RateLimiter:
         settings.redis_url, max_connections=64, timeout=max(timeout, 0.5), socket_timeout=timeout,
         socket_connect_timeout=max(timeout, 0.25), health_check_interval=30,
     )
-    return RedisRateLimiter(aioredis.Redis(connection_pool=pool), limits)
+    return aioredis.Redis(connection_pool=pool)
 
 
-def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics
+def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:
+    limits = Limits(
+        user_per_min=settings.ai_rate_limit_per_min,
+        user_capacity=settings.rate_limit_burst,
+        org_per_min=settings.ai_org_rate_limit_per_min,
+        org_capacity=settings.ai_org_rate_limit_per_min,
+    )
+    return MemoryRateLimiter(limits) if redis is None else RedisRateLimiter(redis, limits)
+
+
+def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics, redis: aioredis.Redis | None
                 ) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
     def on_transition(name: str, before: BreakerState, after: BreakerState, reason: str) -> None:
         metrics.breaker_transitions.labels(name, before, after).inc()
@@ -94,7 +100,8 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
         breakers[name] = CircuitBreaker(name, config, on_transition=on_transition)
         metrics.breaker_state.labels(name).set(0)
         links.append(Link(provider, breakers[name]))
-    return ProviderChain(links, metrics), breakers
+    shared = SharedBreakerStore(redis) if redis is not None else None
+    return ProviderChain(links, metrics, shared=shared), breakers
 
 
 async def _latency_summaries(state: State) -> None:
@@ -146,10 +153,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300, enable_cleanup_closed=True),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
-        chain, breakers = build_chain(resolved, http, metrics)
+        redis = build_redis(resolved)
+        chain, breakers = build_chain(resolved, http, metrics, redis)
         state = State(
             settings=resolved, metrics=metrics, latency=LatencyWindow(resolved.ivy_latency_window_seconds),
-            limiter=build_limiter(resolved), chain=chain, breakers=breakers,
+            limiter=build_limiter(resolved, redis), chain=chain, breakers=breakers,
             kb=KnowledgeBase.from_folder(resolved.ivy_knowledge_dir), http=http,
         )
         log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
@@ -165,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await summaries
             await http.close()
-            await state.limiter.close()
+            if redis is not None:
+                await redis.aclose()
             log.info("router_stopped", uptime_seconds=round(time.time() - state.started_at, 1))
             shutdown_logging()
 

@@ -1,8 +1,9 @@
 """The provider chain: ACTIVE_MODEL first, the other provider second, the offline provider last.
 
-One retry policy, here: a failed or skipped link moves to the next one. Each remote link
-sits behind its own circuit breaker and gets a slice of the request's deadline, so a slow
-primary is abandoned in time for the next link to answer within the SLO.
+One retry policy, here: a failed or skipped link moves to the next one (adapters never retry).
+Each remote link sits behind its own circuit breaker and gets a slice of the request's
+deadline, so a slow primary is abandoned in time for the next link to answer within the SLO.
+The offline provider cannot fail, so a request never fails because providers did.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from app.providers.base import (
 from app.providers.local import LocalProvider
 from app.providers.prompts import PROMPT_VERSION
 from app.resilience.breaker import CircuitBreaker
+from app.resilience.breaker_store import SharedBreakerStore
 
 log = get_logger()
 
 # The smallest slice worth giving a remote provider; below it we go straight to the next link.
 MIN_CALL_SECONDS = 0.15
+# A primary that has not answered by this share of the budget is abandoned for the next link.
+PRIMARY_SHARE = 0.6
 
 
 @dataclass(slots=True)
@@ -54,33 +58,41 @@ class ChainResult:
         return self.failures[0].reason if self.failures else None
 
 
+NO_PROVIDER = LinkFailure("none", "no_provider_configured")
+
+
 class ProviderChain:
-    def __init__(self, links: list[Link], metrics: Metrics, local: LocalProvider | None = None) -> None:
+    def __init__(self, links: list[Link], metrics: Metrics, *, shared: SharedBreakerStore | None = None,
+                 local: LocalProvider | None = None) -> None:
         self.links = links
-        self.local = local or LocalProvider()
         self.metrics = metrics
+        self.shared = shared
+        self.local = local or LocalProvider()
 
     @property
     def names(self) -> list[ProviderName]:
         return [link.provider.name for link in self.links] + [self.local.name]
 
-    def _slice(self, index: int, deadline: float) -> float:
-        """Time for link ``index``: all that is left if it is the last remote link, else 60%."""
+    async def _admit(self, index: int, deadline: float) -> tuple[float, str | None]:
+        """The time slice for link ``index``, or the reason to skip it."""
+        link = self.links[index]
         remaining = deadline - time.monotonic()
-        later_remote = len(self.links) - index - 1
-        return remaining if later_remote == 0 else remaining * 0.6
+        timeout = remaining if index == len(self.links) - 1 else remaining * PRIMARY_SHARE
+        if timeout < MIN_CALL_SECONDS:
+            return timeout, "deadline"
+        if self.shared is not None and link.breaker.state == "closed":
+            held = await self.shared.remaining_open(link.provider.name)
+            if held is not None:
+                link.breaker.trip(f"shared: {held[1]}", open_for=held[0])
+        return timeout, None if link.breaker.allow() else "circuit_open"
 
     async def generate(self, request: GenerationRequest, *, budget: float, json_mode: bool = False) -> ChainResult:
         deadline = time.monotonic() + budget
         failures: list[LinkFailure] = []
         for index, link in enumerate(self.links):
-            name = link.provider.name
-            timeout = self._slice(index, deadline)
-            if timeout < MIN_CALL_SECONDS:
-                failures.append(LinkFailure(name, "deadline"))
-                continue
-            if not link.breaker.allow():
-                failures.append(LinkFailure(name, "circuit_open"))
+            timeout, skip = await self._admit(index, deadline)
+            if skip:
+                failures.append(LinkFailure(link.provider.name, skip))
                 continue
             started = time.monotonic()
             try:
@@ -89,65 +101,82 @@ class ProviderChain:
                 else:
                     generation = await link.provider.generate(request, timeout=timeout)
             except ProviderError as exc:
-                self._record_failure(link, exc, time.monotonic() - started)
-                failures.append(LinkFailure(name, exc.reason))
+                await self._failed(link, exc, time.monotonic() - started)
+                failures.append(LinkFailure(link.provider.name, exc.reason))
                 continue
-            self._record_success(link, generation, time.monotonic() - started)
+            await self._succeeded(link, generation.model, time.monotonic() - started)
             return ChainResult(generation, failures)
         if json_mode:
             generation = await self.local.generate_json(request, timeout=budget)
         else:
             generation = await self.local.generate(request, timeout=budget)
-        if self.links:
-            log.warning("provider_chain_exhausted", model_provider="local",
-                        failures=[f"{f.provider}:{f.reason}" for f in failures])
-        return ChainResult(generation, failures or [LinkFailure("none", "no_provider_configured")])
+        self._exhausted(failures)
+        return ChainResult(generation, failures or [NO_PROVIDER])
 
     async def stream(self, request: GenerationRequest, *, budget: float, failures: list[LinkFailure]
                      ) -> AsyncIterator[tuple[str, str]]:
-        """Yield (provider, chunk). Fails over only before the first chunk; after it, errors propagate."""
+        """Yield (provider, chunk). Fails over only before the first chunk; after it, the error propagates."""
         deadline = time.monotonic() + budget
         for index, link in enumerate(self.links):
-            name = link.provider.name
-            timeout = self._slice(index, deadline)
-            if timeout < MIN_CALL_SECONDS or not link.breaker.allow():
-                failures.append(LinkFailure(name, "deadline" if timeout < MIN_CALL_SECONDS else "circuit_open"))
+            timeout, skip = await self._admit(index, deadline)
+            if skip:
+                failures.append(LinkFailure(link.provider.name, skip))
                 continue
             started = time.monotonic()
-            first = True
+            sent_any = False
             try:
                 async for chunk in link.provider.stream(request, timeout=timeout):
-                    first = False
-                    yield name, chunk
+                    sent_any = True
+                    yield link.provider.name, chunk
             except ProviderError as exc:
-                self._record_failure(link, exc, time.monotonic() - started)
-                if not first:
+                await self._failed(link, exc, time.monotonic() - started)
+                if sent_any:
                     raise
-                failures.append(LinkFailure(name, exc.reason))
+                failures.append(LinkFailure(link.provider.name, exc.reason))
                 continue
-            self._record_success(link, Generation("", name, link.provider.model), time.monotonic() - started)
+            await self._succeeded(link, link.provider.model, time.monotonic() - started)
             return
+        self._exhausted(failures)
         if not failures:
-            failures.append(LinkFailure("none", "no_provider_configured"))
+            failures.append(NO_PROVIDER)
         async for chunk in self.local.stream(request, timeout=budget):
             yield self.local.name, chunk
 
-    def _record_success(self, link: Link, generation: Generation, seconds: float) -> None:
+    def _exhausted(self, failures: list[LinkFailure]) -> None:
+        if self.links:
+            log.warning("provider_chain_exhausted", model_provider=self.local.name,
+                        failures=[f"{f.provider}:{f.reason}" for f in failures])
+
+    async def _succeeded(self, link: Link, model: str, seconds: float) -> None:
+        was = link.breaker.state
         link.breaker.record_success(seconds)
         self.metrics.provider_latency.labels(link.provider.name, "ok").observe(seconds)
-        log.info("provider_call", model_provider=link.provider.name, model=generation.model, outcome="ok",
+        log.info("provider_call", model_provider=link.provider.name, model=model, outcome="ok",
                  latency_ms=round(seconds * 1000, 1), prompt_version=PROMPT_VERSION)
+        await self._share(link, was)
 
-    def _record_failure(self, link: Link, exc: ProviderError, seconds: float) -> None:
-        name = link.provider.name
+    async def _failed(self, link: Link, exc: ProviderError, seconds: float) -> None:
+        name, breaker, was = link.provider.name, link.breaker, link.breaker.state
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
         if isinstance(exc, ProviderRateLimited):
-            link.breaker.record_failure(exc.reason, open_for=exc.retry_after)
+            breaker.record_failure(exc.reason, open_for=exc.retry_after)
         elif isinstance(exc, ProviderAuthError):
             log.error("provider_auth_rejected", model_provider=name,
-                      message="the API key was rejected; provider taken out until the breaker half-opens")
-            link.breaker.record_failure(exc.reason, open_for=link.breaker.config.open_seconds)
+                      message=f"{name} rejected its API key; provider skipped until the breaker half-opens")
+            breaker.record_failure(exc.reason, open_for=breaker.config.open_seconds)
         elif exc.counts_as_failure:
-            link.breaker.record_failure(exc.reason)
+            breaker.record_failure(exc.reason)
         log.warning("provider_call", model_provider=name, model=link.provider.model, outcome=exc.reason,
                     latency_ms=round(seconds * 1000, 1), error=exc.message[:300])
+        await self._share(link, was)
+
+    async def _share(self, link: Link, was: str) -> None:
+        """Tell the other workers when this one opened or closed the provider's breaker."""
+        now = link.breaker.state
+        if self.shared is None or now == was:
+            return
+        if now == "open":
+            await self.shared.publish_open(link.provider.name, link.breaker.seconds_until_retry(),
+                                           link.breaker.reason or "")
+        elif now == "closed":
+            await self.shared.publish_closed(link.provider.name)

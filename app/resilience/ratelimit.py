@@ -85,8 +85,6 @@ class RateLimiter(Protocol):
         """Prepare for traffic (connect, load scripts); raises if the backend is unreachable."""
         ...
 
-    async def close(self) -> None: ...
-
 
 def _refill(tokens: float, elapsed: float, rate: float, capacity: float) -> float:
     return min(capacity, tokens + max(0.0, elapsed) * rate)
@@ -162,9 +160,6 @@ class MemoryRateLimiter:
         return 0.0
 
     async def warm(self) -> None:
-        return None
-
-    async def close(self) -> None:
         return None
 
 
@@ -264,9 +259,6 @@ class RedisRateLimiter:
         started = time.perf_counter()
         await self.client.ping()
         return (time.perf_counter() - started) * 1000
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
 
 def retry_after_header(seconds: float) -> str:
