@@ -94,3 +94,61 @@ LEAD = {
     "notes": ["Asked about SSO on 10/02 call"], "lastContact": "2026-10-28",
 }
 LEAD_NO_SCORE = {k: v for k, v in LEAD.items() if k not in ("leadScore", "aiInsights")}
+
+
+class FakeProviderThread:
+    """The fake provider server (both wire formats) on its own event loop in a thread, for tests
+    that drive the app synchronously through TestClient or uvicorn."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import asyncio
+        import threading
+
+        from app.devtools.fake_provider import FakeProviderServer
+
+        self.loop = asyncio.new_event_loop()
+        self.server = FakeProviderServer(port=0, **kwargs)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a server method on its loop (its state is not meant to be shared across threads)."""
+        import asyncio
+
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def set_fault(self, kind: str, **params: Any) -> None:
+        self.call(self.server.set_fault, kind, **params)
+
+    def set_answer(self, text: str | None = None, *, json_answer: Any = None) -> None:
+        self.call(self.server.set_answer, text, json_answer=json_answer)
+
+    def requests_for(self, provider: str) -> list[Any]:
+        return list(self.call(self.server.requests_for, provider))
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[FakeProviderThread]:
+    fake = FakeProviderThread()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def provider_settings(fake_provider: FakeProviderThread) -> dict[str, Any]:
+    """Settings that point both real adapters at the fake server."""
+    return {
+        "gemini_api_key": "test-gemini-key-0001", "openai_api_key": "test-openai-key-0001",
+        "gemini_base_url": fake_provider.server.base_url, "openai_base_url": fake_provider.server.openai_base_url,
+    }

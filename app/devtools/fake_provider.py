@@ -725,7 +725,8 @@ class FakeProviderServer:
             doc = self.json_answer
             if doc is None:
                 doc = build_json_answer(call.schema, call.prompt)
-            text = orjson.dumps(doc).decode()
+            # A str is the model's raw text (e.g. prose instead of JSON); anything else is serialised.
+            text = doc if isinstance(doc, str) else orjson.dumps(doc).decode()
             if fault is not None and fault.kind == "malformed_json":
                 text = _break_json(text, fault.variant)
         else:
