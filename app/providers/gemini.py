@@ -24,7 +24,7 @@ from app.providers.base import (
 )
 
 # Shared HTTP plumbing lives in openai.py (the first adapter) until it earns its own module.
-from app.providers.http import error_in_stream, optional_int, parse_event, post_json, stream_sse
+from app.providers.http import STREAM_IDLE_SECONDS, error_in_stream, optional_int, parse_event, post_json, stream_sse
 
 
 class GeminiProvider:
@@ -34,9 +34,10 @@ class GeminiProvider:
 
     def __init__(
         self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str,
-        thinking_budget: int | None = None,
+        thinking_budget: int | None = None, stream_idle_seconds: float = STREAM_IDLE_SECONDS,
     ) -> None:
         self._session = session
+        self.stream_idle_seconds = stream_idle_seconds
         # 2.5 models think by default: seconds of latency and, with a small maxOutputTokens, an
         # empty answer. The router's SLOs want it off (0) for flash; None leaves the model's default.
         self.thinking_budget = thinking_budget
@@ -135,6 +136,7 @@ class GeminiProvider:
         events = stream_sse(
             self._session, self._stream_url, provider=self.name, headers=self._headers(),
             body=self._body(request), seconds=timeout, secret=self._api_key,
+            idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):
             async for data in events:

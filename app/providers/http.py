@@ -6,6 +6,7 @@ appears in a message.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import re
 import time
@@ -25,6 +26,9 @@ from app.providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+
+STREAM_IDLE_SECONDS = 10.0
+STREAM_MAX_SECONDS = 120.0
 
 _KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
 MAX_MESSAGE = 300
@@ -164,15 +168,20 @@ async def stream_sse(
     body: Mapping[str, Any],
     seconds: float,
     secret: str,
+    idle_seconds: float = STREAM_IDLE_SECONDS,
 ) -> AsyncGenerator[str, None]:
     """POST a JSON body and yield the ``data:`` payload of each SSE event.
 
+    ``seconds`` is the deadline for the first bytes of the answer: that is what the chain can
+    still fail over on. Once text flows, a long answer may take longer than the budget; only a
+    stall (``idle_seconds`` without a byte) or STREAM_MAX_SECONDS in all ends it.
     Non-2xx, timeouts and a connection cut mid-stream raise from the error tree. Whether the
     stream ended properly is the caller's business (it knows the sentinel, if any).
     """
+    limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS, sock_read=idle_seconds)
     try:
-        async with session.post(
-            url, data=orjson.dumps(body), headers=dict(headers), timeout=aiohttp.ClientTimeout(total=seconds)
+        async with asyncio.timeout(seconds) as first_bytes, session.post(
+            url, data=orjson.dumps(body), headers=dict(headers), timeout=limits
         ) as resp:
             if not 200 <= resp.status < 300:
                 raw = await resp.read()
@@ -180,6 +189,7 @@ async def stream_sse(
             buffer = bytearray()
             data: list[str] = []
             async for piece in resp.content.iter_any():
+                first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
                 buffer += piece
                 while (newline := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:newline]).rstrip(b"\r")

@@ -20,7 +20,15 @@ from app.providers.base import (
     ProviderName,
     ProviderUnavailable,
 )
-from app.providers.http import MAX_MESSAGE, error_in_stream, optional_int, parse_event, post_json, stream_sse
+from app.providers.http import (
+    MAX_MESSAGE,
+    STREAM_IDLE_SECONDS,
+    error_in_stream,
+    optional_int,
+    parse_event,
+    post_json,
+    stream_sse,
+)
 
 # --------------------------------------------------------------------------------------------
 # The adapter
@@ -33,8 +41,12 @@ class OpenAIProvider:
 
     name: ProviderName = "openai"
 
-    def __init__(self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, api_key: str, base_url: str, model: str,
+        stream_idle_seconds: float = STREAM_IDLE_SECONDS,
+    ) -> None:
         self._session = session
+        self.stream_idle_seconds = stream_idle_seconds
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -116,6 +128,7 @@ class OpenAIProvider:
         events = stream_sse(
             self._session, self._url, provider=self.name, headers=self._headers(stream=True),
             body=self._body(request, stream=True), seconds=timeout, secret=self._api_key,
+            idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):
             async for data in events:

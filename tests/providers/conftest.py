@@ -22,6 +22,8 @@ OPENAI_KEY = "ivy-openai-test-key-7f3a9c21"
 GEMINI_KEY = "ivy-gemini-test-key-b84e0d55"
 OPENAI_MODEL = "gpt-4.1-mini"
 GEMINI_MODEL = "gemini-2.5-flash"
+# A stalled stream is given up after this long without a byte (10 s in production).
+STREAM_IDLE = 0.5
 
 EMAIL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -91,12 +93,14 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def openai_provider(session: aiohttp.ClientSession, fake: FakeProviderServer) -> OpenAIProvider:
-    return OpenAIProvider(session, api_key=OPENAI_KEY, base_url=fake.openai_base_url, model=OPENAI_MODEL)
+    return OpenAIProvider(session, api_key=OPENAI_KEY, base_url=fake.openai_base_url, model=OPENAI_MODEL,
+                          stream_idle_seconds=STREAM_IDLE)
 
 
 @pytest.fixture
 def gemini_provider(session: aiohttp.ClientSession, fake: FakeProviderServer) -> GeminiProvider:
-    return GeminiProvider(session, api_key=GEMINI_KEY, base_url=fake.base_url, model=GEMINI_MODEL, thinking_budget=0)
+    return GeminiProvider(session, api_key=GEMINI_KEY, base_url=fake.base_url, model=GEMINI_MODEL, thinking_budget=0,
+                          stream_idle_seconds=STREAM_IDLE)
 
 
 @pytest.fixture(params=["openai", "gemini"])
