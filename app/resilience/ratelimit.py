@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-Bucket = Literal["user", "org"]
+Bucket = Literal["user", "org", "burst"]
 BackendName = Literal["redis", "memory"]
 
 MAX_ID_LENGTH = 64
@@ -52,6 +52,9 @@ class Limits:
     user_capacity: int
     org_per_min: int
     org_capacity: int
+    # A user bucket emptied within this long of being full is a burst (a script, a retry loop, a
+    # frontend bug) rather than sustained use over the per-minute rate: on-call treats them differently.
+    burst_window: float = 10.0
 
     @property
     def user_rate(self) -> float:
@@ -91,12 +94,13 @@ def _refill(tokens: float, elapsed: float, rate: float, capacity: float) -> floa
 
 
 def decide(
-    user: float, org: float | None, limits: Limits
+    user: float, user_full_at: float, org: float | None, now: float, limits: Limits
 ) -> tuple[Decision, float, float | None]:
     """Shared arithmetic: given refilled token counts, return the decision and the new counts."""
     refused: list[tuple[Bucket, float]] = []
     if user < 1:
-        refused.append(("user", (1 - user) / limits.user_rate))
+        label: Bucket = "burst" if now - user_full_at < limits.burst_window else "user"
+        refused.append((label, (1 - user) / limits.user_rate))
     if org is not None and org < 1:
         refused.append(("org", (1 - org) / limits.org_rate))
     if refused:
@@ -124,31 +128,32 @@ class MemoryRateLimiter:
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated at, last full at
 
-    def _load(self, key: str, now: float, rate: float, capacity: float) -> float:
-        tokens, at = self._buckets.get(key, (capacity, now))
-        return _refill(tokens, now - at, rate, capacity)
+    def _load(self, key: str, now: float, rate: float, capacity: float) -> tuple[float, float]:
+        tokens, at, full_at = self._buckets.get(key, (capacity, now, now))
+        tokens = _refill(tokens, now - at, rate, capacity)
+        return tokens, now if tokens >= capacity else full_at
 
     async def check(self, user_key: str, org_key: str | None) -> Decision:
         now = self.clock()
         lim = self.limits
-        user = self._load(user_key, now, lim.user_rate, lim.user_capacity)
-        org = None if org_key is None else self._load(org_key, now, lim.org_rate, lim.org_capacity)
-        decision, user, org = decide(user, org, lim)
+        user, user_full_at = self._load(user_key, now, lim.user_rate, lim.user_capacity)
+        org, org_full_at = (None, now) if org_key is None else self._load(org_key, now, lim.org_rate, lim.org_capacity)
+        decision, user, org = decide(user, user_full_at, org, now, lim)
         if decision.allowed:
             if len(self._buckets) >= self.MAX_KEYS:
                 self._evict_full(now)
-            self._buckets[user_key] = (user, now)
+            self._buckets[user_key] = (user, now, user_full_at)
             if org_key is not None and org is not None:
-                self._buckets[org_key] = (org, now)
+                self._buckets[org_key] = (org, now, org_full_at)
         return decision
 
     def _evict_full(self, now: float) -> None:
         # A bucket that has refilled completely carries no information: drop it (as Redis TTLs do).
         horizon = max(self.limits.user_capacity / self.limits.user_rate,
                       self.limits.org_capacity / self.limits.org_rate)
-        stale = [k for k, (_, at) in self._buckets.items() if now - at >= horizon]
+        stale = [k for k, (_, at, _) in self._buckets.items() if now - at >= horizon]
         for key in stale:
             del self._buckets[key]
         if len(self._buckets) >= self.MAX_KEYS:  # all hot: forget the oldest rather than grow
@@ -164,39 +169,44 @@ class MemoryRateLimiter:
 
 
 # KEYS[1] user bucket, KEYS[2] org bucket (optional).
-# ARGV: user_rate, user_capacity, org_rate, org_capacity (tokens per second / tokens).
-# Returns {allowed, refusing bucket (0 none, 1 user, 2 org), user tokens*1000, org tokens*1000}.
+# ARGV: user_rate, user_capacity, org_rate, org_capacity (tokens per second / tokens), burst window (s).
+# Each bucket is a hash: tk tokens, ts last update, fa last time it was full (server clock).
+# Returns {allowed, refusing bucket (0 none, 1 user, 2 org, 3 burst), user tokens*1000, org tokens*1000}.
 TOKEN_BUCKET_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function load(key, rate, cap)
-  local v = redis.call('HMGET', key, 'tk', 'ts')
-  local tokens, ts = tonumber(v[1]), tonumber(v[2])
-  if tokens == nil or ts == nil then return cap end
-  return math.min(cap, tokens + math.max(0, now - ts) * rate)
+  local v = redis.call('HMGET', key, 'tk', 'ts', 'fa')
+  local tokens, ts, fa = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  if tokens == nil or ts == nil then return cap, now end
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  if tokens >= cap or fa == nil then fa = now end
+  return tokens, fa
 end
-local function store(key, tokens, rate, cap)
-  redis.call('HSET', key, 'tk', tostring(tokens), 'ts', tostring(now))
+local function store(key, tokens, fa, rate, cap)
+  redis.call('HSET', key, 'tk', tostring(tokens), 'ts', tostring(now), 'fa', tostring(fa))
   redis.call('PEXPIRE', key, math.ceil((cap - tokens) / rate * 1000) + 1000)
 end
 local ur, uc = tonumber(ARGV[1]), tonumber(ARGV[2])
-local user = load(KEYS[1], ur, uc)
-local org, orr, oc = -1, 0, 0
+local user, ufa = load(KEYS[1], ur, uc)
+local org, ofa, orr, oc = -1, now, 0, 0
 if #KEYS > 1 then
   orr, oc = tonumber(ARGV[3]), tonumber(ARGV[4])
-  org = load(KEYS[2], orr, oc)
+  org, ofa = load(KEYS[2], orr, oc)
 end
 local refused = 0
-if user < 1 then refused = 1 end
+if user < 1 then
+  if now - ufa < tonumber(ARGV[5]) then refused = 3 else refused = 1 end
+end
 if #KEYS > 1 and org < 1 then
   if refused == 0 or (1 - org) / orr > (1 - user) / ur then refused = 2 end
 end
 if refused == 0 then
   user = user - 1
-  store(KEYS[1], user, ur, uc)
+  store(KEYS[1], user, ufa, ur, uc)
   if #KEYS > 1 then
     org = org - 1
-    store(KEYS[2], org, orr, oc)
+    store(KEYS[2], org, ofa, orr, oc)
   end
 end
 return {refused == 0 and 1 or 0, refused, math.floor(user * 1000), math.floor(org * 1000)}
@@ -242,7 +252,7 @@ class RedisRateLimiter:
         lim = self.limits
         keys = self.keys_for(user_key, org_key)
         allowed, refused, user_milli, org_milli = await self._evalsha(
-            keys, [lim.user_rate, lim.user_capacity, lim.org_rate, lim.org_capacity]
+            keys, [lim.user_rate, lim.user_capacity, lim.org_rate, lim.org_capacity, lim.burst_window]
         )
         user = user_milli / 1000
         reset_after = (lim.user_capacity - user) / lim.user_rate
@@ -252,7 +262,7 @@ class RedisRateLimiter:
             bucket: Bucket = "org"
             wait = (1 - org_milli / 1000) / lim.org_rate
         else:
-            bucket, wait = "user", (1 - user) / lim.user_rate
+            bucket, wait = ("burst" if refused == 3 else "user"), (1 - user) / lim.user_rate
         return Decision(False, lim.user_capacity, int(user), reset_after, wait, bucket)
 
     async def ping(self) -> float:

@@ -45,7 +45,7 @@ def test_refusals_log_a_warning_line_with_429_user_org_and_bucket(make_client, l
     lines = read_log(log_file, lambda ls: any(x.get("status") == 429 for x in ls))
     refusal = next(x for x in lines if x.get("status") == 429)
     assert refusal["level"] == "WARNING" and refusal["event"] == "rate_limited"
-    assert (refusal["user_id"], refusal["org_id"], refusal["bucket"]) == ("rep-9", "acme", "user")
+    assert (refusal["user_id"], refusal["org_id"], refusal["bucket"]) == ("rep-9", "acme", "burst")
     assert refusal["retry_after"] == 30
     assert any("429" in text for text in log_file.read_text().splitlines())
 

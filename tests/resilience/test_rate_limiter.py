@@ -51,9 +51,9 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
         await c.aclose()
 
 
-def limits(per_min: int = 60, burst: int | None = None, org_per_min: int = 6000, org_burst: int | None = None
-           ) -> Limits:
-    return Limits(per_min, burst or per_min, org_per_min, org_burst or org_per_min)
+def limits(per_min: int = 60, burst: int | None = None, org_per_min: int = 6000, org_burst: int | None = None,
+           burst_window: float = 10.0) -> Limits:
+    return Limits(per_min, burst or per_min, org_per_min, org_burst or org_per_min, burst_window)
 
 
 async def admitted(limiter: RateLimiter, n: int, user: str = "u:a", org: str | None = "o:x") -> int:
@@ -65,9 +65,20 @@ async def test_burst_admits_exactly_the_capacity_then_refuses(make_limiter: Make
     assert await admitted(limiter, 8) == 5
     refusal = await limiter.check("u:a", "o:x")
     assert not refusal.allowed
-    assert refusal.bucket == "user"
+    assert refusal.bucket == "burst"  # the whole capacity went at once
     assert refusal.remaining == 0
     assert refusal.limit == 5
+
+
+async def test_sustained_overuse_is_refused_as_user_not_burst(make_limiter: Make) -> None:
+    # 4 tokens, 2 per second; the burst window is 0.5 s so the real-time Redis case stays quick.
+    limiter, advance = await make_limiter(limits(per_min=120, burst=4, burst_window=0.5))
+    for _ in range(6):  # three requests per 0.3 s against a refill of 0.6: the bucket drains slowly
+        await advance(0.3)
+        await admitted(limiter, 3)
+    refusal = await limiter.check("u:a", "o:x")
+    assert not refusal.allowed
+    assert refusal.bucket == "user"
 
 
 async def test_steady_rate_refills_continuously(make_limiter: Make) -> None:
