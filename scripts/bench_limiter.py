@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis
 
-from app.resilience.ratelimit import Limits, MemoryRateLimiter, RedisRateLimiter  # noqa: E402
+from app.resilience.ratelimit import Limits, MemoryRateLimiter, RedisRateLimiter
 
 LIMITS = Limits(user_per_min=10**9, user_capacity=10**9, org_per_min=10**9, org_capacity=10**9)
 
