@@ -22,9 +22,9 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import router
 from app.config import ConfigError, Settings, load_settings
-from app.observability.latency import LatencyWindow
+from app.observability.latency import LatencyView
 from app.observability.logging import configure_logging, get_logger, shutdown_logging
-from app.observability.metrics import BREAKER_STATE_VALUE, Metrics
+from app.observability.metrics import BREAKER_STATE_VALUE, Metrics, clean_dead_process_files, multiproc_dir
 from app.providers.base import Provider
 from app.providers.chain import Link, ProviderChain
 from app.providers.gemini import GeminiProvider
@@ -105,19 +105,26 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
 
 
 async def _latency_summaries(state: State) -> None:
-    """A `p95`/`p99` line per interval while traffic flows; WARNING when an intent breaks its SLO."""
+    """Keep the latency window's snapshots fresh, and log a `p95`/`p99` line per interval while
+    traffic flows, with a WARNING when an intent's p95 breaks its SLO."""
     interval = state.settings.ivy_latency_summary_seconds
-    last_seen = -1
+    tick = min(interval, LatencyView.SNAPSHOT_SECONDS)
+    next_summary, last_total = time.monotonic() + interval, -1
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
+        if time.monotonic() < next_summary:
+            state.latency.sample()
+            continue
+        next_summary += interval
         snap = state.latency.snapshot()
         total = snap["requests"]
-        if total == 0 or total == last_seen:
+        if total == last_total or not snap["intents"]:
             continue
-        last_seen = int(str(total))
+        last_total = int(str(total))
         intents = snap["intents"]
         assert isinstance(intents, dict)
         log.info("latency_summary", window_seconds=snap["window_seconds"], error_rate=snap["error_rate"],
+                 scope=snap["scope"],
                  **{f"{i}_{k}": v for i, d in intents.items() for k, v in d.items() if k.startswith("p")})
         for intent, slo in SLO_P95_MS.items():
             p95 = intents.get(intent, {}).get("p95_ms")
@@ -128,9 +135,12 @@ async def _latency_summaries(state: State) -> None:
 
 async def _warm_limiter(state: State) -> None:
     """Load the Lua script and open a connection before traffic; a Redis that is down is not fatal."""
+    up = state.metrics.limiter_up.labels(state.limiter.backend)
     try:
         await state.limiter.warm()
+        up.set(1)
     except Exception as exc:
+        up.set(0)
         log.warning("rate_limiter_unavailable", backend=state.limiter.backend, at="startup",
                     fail_open=state.settings.ai_rate_limit_fail_open, error=f"{type(exc).__name__}: {exc}"[:200])
 
@@ -148,7 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, State]]:
         configure_logging(resolved.ivy_log_file, level=resolved.ivy_log_level,
                           max_bytes=resolved.ivy_log_max_bytes, backups=resolved.ivy_log_backups)
-        metrics = Metrics()
+        if (folder := multiproc_dir()) is not None:
+            clean_dead_process_files(folder)
+        metrics = Metrics(eval_reports_dir=resolved.ivy_eval_reports_dir)
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300, enable_cleanup_closed=True),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
@@ -156,7 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = build_redis(resolved)
         chain, breakers = build_chain(resolved, http, metrics, redis)
         state = State(
-            settings=resolved, metrics=metrics, latency=LatencyWindow(resolved.ivy_latency_window_seconds),
+            settings=resolved, metrics=metrics, latency=LatencyView(metrics, resolved.ivy_latency_window_seconds),
             limiter=build_limiter(resolved, redis), chain=chain, breakers=breakers,
             kb=KnowledgeBase.from_folder(resolved.ivy_knowledge_dir), http=http,
         )
@@ -175,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.close()
             if redis is not None:
                 await redis.aclose()
+            metrics.close()
             log.info("router_stopped", uptime_seconds=round(time.time() - state.started_at, 1))
             shutdown_logging()
 

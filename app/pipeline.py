@@ -92,6 +92,8 @@ async def admit(state: State, caller: Caller) -> dict[str, str]:
         return _limiter_failed(state, exc)
     finally:
         state.metrics.limiter_latency.labels(backend).observe(time.perf_counter() - started)
+    if state.limiter_health.degraded or state.limiter_health.last_ok_at is None:
+        state.metrics.limiter_up.labels(backend).set(1)
     state.limiter_health.last_ok_at = time.monotonic()
     outcome = "allowed" if decision.allowed else "refused"
     state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
@@ -100,7 +102,6 @@ async def admit(state: State, caller: Caller) -> dict[str, str]:
         return headers
     retry = retry_after_header(decision.retry_after)
     state.metrics.rate_limited.labels(decision.bucket or "user").inc()
-    state.latency.record_rate_limited()
     raise RateLimited(
         f"rate limit exceeded for {decision.bucket}; retry in {retry}s",
         headers={**headers, "Retry-After": retry},
@@ -115,6 +116,7 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
     health.failures += 1
     fail_open = state.settings.ai_rate_limit_fail_open
     state.metrics.limiter_errors.labels(state.limiter.backend, "fail_open" if fail_open else "fail_closed").inc()
+    state.metrics.limiter_up.labels(state.limiter.backend).set(0)
     if now - health.last_warned_at >= 10.0:  # one line per 10 s in a storm, with the count
         health.last_warned_at = now
         log.warning("rate_limiter_unavailable", backend=state.limiter.backend, fail_open=fail_open,

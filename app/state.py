@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from app.config import Settings
-from app.observability.latency import LatencyWindow
+from app.observability.latency import LatencyView
 from app.observability.metrics import Metrics
 from app.providers.chain import ProviderChain
 from app.resilience.breaker import CircuitBreaker
@@ -57,7 +57,7 @@ class WarnOnce:
 class State:
     settings: Settings
     metrics: Metrics
-    latency: LatencyWindow
+    latency: LatencyView
     limiter: RateLimiter
     chain: ProviderChain
     breakers: dict[str, CircuitBreaker]

@@ -126,6 +126,5 @@ class RequestContextMiddleware:
         if status == 429:
             return
         ivy.metrics.request_latency.labels(endpoint, intent, provider).observe(latency_ms / 1000)
-        ivy.latency.record(intent, latency_ms, error=status >= 500)
         if status >= 400:
             ivy.metrics.errors.labels(str(st.get("error_code") or status)).inc()

@@ -97,7 +97,7 @@ async def router_health(state: IvyState) -> FastJSONResponse:
         "status": "ok",
         "version": __version__,
         "uptime_seconds": round(time.time() - state.started_at, 1),
-        "latency": {**state.latency.snapshot(), "scope": "this worker"},
+        "latency": state.latency.snapshot(),
         "slo_p95_ms": {"conversational": 1500, "rag": 2200},
         "providers": {
             "chain": state.chain.names,

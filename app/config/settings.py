@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     ivy_log_backups: int = Field(default=5, ge=0, le=100)
     ivy_latency_window_seconds: float = Field(default=300.0, gt=0, le=86_400)
     ivy_latency_summary_seconds: float = Field(default=60.0, gt=0, le=3600)
+    ivy_eval_reports_dir: Path = REPO_ROOT / "scripts" / "eval_reports"
 
     # HTTP
     ivy_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -25,6 +25,7 @@ so "drfat a folow up emial" reads as "draft a followup email".
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ _SHORTHAND = {
     "scor": "score", "socre": "score", "scroe": "score", "wat": "what", "wats": "whats", "wht": "what",
     "thier": "their", "ther": "their", "tehm": "them", "hte": "the", "repy": "reply", "rply": "reply",
     "analyse": "analyze", "analyses": "analyze", "analysing": "analyzing", "personalised": "personalized",
-    "summarise": "summarize", "info": "information", "tmrw": "tomorrow", "asap": "asap",
+    "summarise": "summarize", "info": "information", "tmrw": "tomorrow",
 }
 # Contractions kept as one token; any other "'s" is a possessive and is dropped ("lead's" -> "lead").
 _CONTRACTIONS = {
@@ -57,10 +58,7 @@ _CONTRACTIONS = {
 }
 # Plurals and inflections the rules treat as one word; "emails" stays plural on purpose: "draft an
 # email" asks for one, "did they open my emails" asks about existing ones.
-_FORMS = {
-    "followups": "followup", "insight": "insights", "scores": "score", "analyse": "analyze",
-    "analysed": "analyzed", "thankyou": "thankyou", "checkin": "checkin", "drafts": "draft",
-}
+_FORMS = {"followups": "followup", "insight": "insights", "scores": "score", "analysed": "analyzed", "drafts": "draft"}
 # Two-word phrases the rules read as one word.
 _BIGRAMS = {
     ("follow", "up"): "followup", ("thank", "you"): "thankyou", ("check", "in"): "checkin",
@@ -120,11 +118,11 @@ _PROTECTED = frozenset({
     "repay", "replied", "replies", "replying", "emailed", "emails", "mails", "gmail", "female", "stages",
     "staged", "state", "stale", "stake", "stave", "stags", "prize", "pride", "prime", "prick", "pricey",
     "prices", "priced", "prizing", "budgets", "budge", "budged", "plans", "plane", "pleased", "pleases",
-    "pleas", "lease", "pleat", "quack", "quirk", "quiet", "quite", "follows", "fellow", "hollow",
+    "lease", "pleat", "quack", "quirk", "quiet", "quite", "follows", "fellow", "hollow",
     "messages", "massage", "passage", "cancer", "cancels", "invoices", "invoiced", "killing", "filling",
     "willing", "milling", "billings", "smarter", "started", "starters", "starting", "stater", "melting",
     "meetings", "greeting", "composed", "composer", "compost", "compote", "prepared", "prepares",
-    "responds", "analyzed", "analyzer", "analyses", "explains", "refind", "integrated", "emigrate",
+    "responds", "analyzed", "analyzer", "explains", "refind", "integrated", "emigrate",
     "migrated", "migrates", "discounted", "thinks", "think", "thank", "tanks", "thanes", "intros",
     "nitro", "recaps", "remap", "timelines", "decisions", "something", "sometime", "nothing", "anything",
     "summery", "summer", "breakdowns", "proposals", "playbooks", "enterprises", "subscriptions",
@@ -219,6 +217,7 @@ _COMPOSE_VERBS = frozenset({
     "redo", "rewrite", "drawup", "type", "pen", "need", "get", "do", "give",
 })
 _LOOSE_COMPOSE_VERBS = frozenset({"draft", "compose", "write", "drawup", "whipup", "writeback"})
+_OPEN_VERBS = frozenset({"open", "launch", "start", "pullup", "show", "bring"})
 _SEND_VERBS = frozenset({"send", "shoot", "fireoff", "fire", "drop", "ping", "email", "message"})
 _REPLY_VERBS = frozenset({"reply", "respond", "writeback", "getback", "followup", "answer"})
 _RECIPIENTS = frozenset({
@@ -241,6 +240,7 @@ _INSIGHT_NOUNS = frozenset({
     "graded",
 })
 _AI_OPINION = frozenset({"think", "thinks", "say", "says", "saying", "insights", "thought", "opinion"})
+_RATE_VERBS = frozenset({"rate", "grade", "score", "rank"})
 _ANALYZE = frozenset({"analyze", "analysis", "analyzing", "assess", "assessment"})
 _TEMPERATURE = frozenset({"hot", "warm"})
 _INSIGHT_VIEW = frozenset({
@@ -266,8 +266,9 @@ _KB_TERMS = frozenset({
     "hubspot", "slack", "zapier", "stripe", "gmail", "outlook", "calendar", "api", "webhook", "webhooks",
     "onboarding", "import", "csv", "migrate", "migration", "migrating", "trial", "discount", "discounts",
     "nonprofit", "education", "csm", "training", "academy", "certification", "sla", "uptime", "sandbox",
-    "credits", "overage", "addon", "downgrade", "upgrade", "subscription", "vat", "money-back",
-    "moneyback", "guarantee", "golive", "teams", "pipedrive", "compliance", "compliant", "soc-2",
+    "credits", "overage", "addon", "downgrade", "upgrade", "subscription", "vat", "moneyback", "guarantee",
+    "secure", "privacy", "policy", "policies", "export", "exports", "golive", "teams", "pipedrive", "compliance",
+    "compliant",
 })
 # Sales-method words: our playbook when the rep says so ("our", "playbook"), generic advice otherwise.
 _METHOD_TERMS = frozenset({
@@ -281,7 +282,10 @@ _PRODUCT_QUESTION = re.compile(
     r"(?:support|offer|have|integrate|work|connect|include|sync|allow|provide|handle|track|charge)"
 )
 
-_PRONOUNS = frozenset({"they", "their", "them", "theirs", "he", "him", "his", "she", "her", "hers", "theyre"})
+_PRONOUNS = frozenset({
+    "they", "their", "them", "theirs", "he", "him", "his", "she", "her", "hers", "theyre", "theyve", "theyll",
+    "hes", "shes",
+})
 _LEAD_NOUNS = frozenset({
     "lead", "deal", "contact", "prospect", "account", "opportunity", "opp", "client", "customer", "person",
     "guy", "company",
@@ -320,13 +324,14 @@ _SMALL_TALK = frozenset({
 })
 _GENERIC_LEAD_WORDS = frozenset({"the", "a", "an", "inc", "llc", "ltd", "group", "co", "corp", "company", "and", "of"})
 
+_KB_PRODUCT_TOPICS = _KB_TERMS | _METHOD_TERMS | (_OWNED - {"process", "our"})
 
 # Every word a rule names is a real word for the typo pass: only unknown words get corrected.
 _KNOWN: frozenset[str] = frozenset().union(
     _FUZZY_TARGETS, _PROTECTED, _FILLERS, _QUESTION_START, _AUX, _YOU, _REQUEST_PREFIX, _EMAIL_NOUNS,
-    _GENERIC_OBJECT, _NON_EMAIL_OBJECT, _COMPOSE_VERBS, _SEND_VERBS, _REPLY_VERBS, _RECIPIENTS,
+    _GENERIC_OBJECT, _NON_EMAIL_OBJECT, _OPEN_VERBS, _COMPOSE_VERBS, _SEND_VERBS, _REPLY_VERBS, _RECIPIENTS,
     _TERSE_MODIFIERS, _TERSE_TAIL, _INSIGHT_NOUNS, _ANALYZE, _TEMPERATURE, _INSIGHT_VIEW, _FEATURE_MARKERS,
-    _KB_TERMS, _METHOD_TERMS, _OWNED, _PRONOUNS, _LEAD_NOUNS, _LEAD_FACTS, _SUMMARY, _SMALL_TALK,
+    _KB_TERMS, _METHOD_TERMS, _RATE_VERBS, _OWNED, _PRONOUNS, _LEAD_NOUNS, _LEAD_FACTS, _SUMMARY, _SMALL_TALK,
     _AI_OPINION, *_SHORTHAND.values(), *_CONTRACTIONS.values(), *_FORMS.values(), *_BIGRAMS.values(),
 )
 
@@ -335,6 +340,9 @@ _KNOWN: frozenset[str] = frozenset().union(
 
 @dataclass(frozen=True, slots=True)
 class Classification:
+    """The decision and its explanation: `reasons` names every rule that fired, in order
+    (e.g. `insights:score`, `lead:no_score_or_insights`); `signals` are the context facts used."""
+
     intent: Intent
     confidence: float
     reasons: tuple[str, ...]
@@ -351,14 +359,28 @@ def lead_has_insights(lead: dict[str, Any]) -> bool:
     return lead.get("leadScore") not in (None, "") or bool(lead.get("aiInsights"))
 
 
+def product_terms(tokens: list[str] | set[str]) -> frozenset[str]:
+    """The words of a query that make it a question about our product or playbook (the KB's topics).
+
+    Retrieval uses the same lexicon the router used, to decide whether the knowledge base is the
+    subject of a rag question or only a bystander to a question about the lead.
+    """
+    return frozenset(set(tokens) & _KB_PRODUCT_TOPICS)
+
+
+@lru_cache(maxsize=4096)
+def _name_words(value: str) -> frozenset[str]:
+    return frozenset(w for w in normalise(value) if len(w) > 2 and w not in _GENERIC_LEAD_WORDS)
+
+
 def _lead_names(lead: dict[str, Any]) -> frozenset[str]:
     """The lead's own words (first/last name, company), so "who is dana" reads as being about the lead."""
-    words: set[str] = set()
+    words: frozenset[str] = frozenset()
     for key in ("name", "firstName", "lastName", "company"):
         value = lead.get(key)
         if isinstance(value, str):
-            words.update(w for w in normalise(value) if len(w) > 2 and w not in _GENERIC_LEAD_WORDS)
-    return frozenset(words)
+            words |= _name_words(value)
+    return words
 
 
 def _strip_fillers(clause: list[str]) -> list[str]:
@@ -380,10 +402,11 @@ def _request_body(clause: list[str]) -> list[str] | None:
     first = words[0]
     if first in _AUX:
         # "can you ...", "could you please ...": a polite request; "can I get a ..." too.
-        if (len(words) > 1 and words[1] in _YOU) or (len(words) > 2 and words[1] in ("i", "we") and words[2] in ("get", "have")):
-            words = words[2:]
-        else:
+        polite = len(words) > 1 and words[1] in _YOU
+        asks_for = len(words) > 2 and words[1] in ("i", "we") and words[2] in ("get", "have")
+        if not (polite or asks_for):
             return None
+        words = words[2:]
     elif first in _QUESTION_START:
         return None
     i = 0
@@ -404,6 +427,11 @@ def _object_is_email(after: list[str], loose: bool) -> bool:
     return False
 
 
+def _sent_to_lead(after: list[str], recipients: frozenset[str]) -> bool:
+    """ "send over the case study to marcus": whatever is sent, it goes to the lead by email."""
+    return any(w == "to" and nxt in recipients - {"back"} for w, nxt in itertools.pairwise(after))
+
+
 def _email_rule(clause: list[str], names: frozenset[str]) -> str | None:
     body = _request_body(clause)
     if body:
@@ -413,10 +441,14 @@ def _email_rule(clause: list[str], names: frozenset[str]) -> str | None:
             return "email:compose_verb"
         if verb in _LOOSE_COMPOSE_VERBS and (not after or after[0] in recipients | {"to", "up"}):
             return "email:compose_verb"
-        if verb in _SEND_VERBS and after and (after[0] in recipients or _object_is_email(after, loose=False)):
+        if verb in _SEND_VERBS and after and (
+            after[0] in recipients or _object_is_email(after, loose=False) or _sent_to_lead(after, recipients)
+        ):
             return "email:send_verb"
-        if verb in _REPLY_VERBS and (not after or after[0] in recipients | {"to", "with", "on", "for"}):
+        if verb in _REPLY_VERBS and (not after or after[0] in recipients | {"to", "with", "on", "for", "all"}):
             return "email:reply_verb"
+        if verb in _OPEN_VERBS and "composer" in after[:4]:
+            return "email:open_composer"
     # Terse noun phrase: "quick email to confirm the meeting", "followup email to dana", "draft email".
     words = _strip_fillers(clause)
     if words and words[0] not in _QUESTION_START and words[0] not in _AUX:
@@ -471,6 +503,9 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     score = lead.get("leadScore")
     if score not in (None, "") and str(score) in word_set and word_set & {"why", "explain", "is", "a", "an"}:
         insight_hits = insight_hits | {"score_value"}
+    body = _request_body(clauses[0]) if clauses else None
+    if body and body[0] in _RATE_VERBS and lead_ref:
+        insight_hits = insight_hits | {"rate"}
     if "ai" in word_set and word_set & _AI_OPINION:
         insight_hits = insight_hits | {"ai_opinion"}
     analyze = bool(word_set & _ANALYZE) and not word_set & {"emails", "email", "thread", "call", "notes", "meeting"}
@@ -529,12 +564,12 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     if not word_set - _SMALL_TALK:
         reasons.append("chat:small_talk")
         return result("conversational", 0.95)
-    if method_hits:
+    has_context = has_lead or has_activity
+    if method_hits and not (lead_ref and has_context):  # "what objections has she raised" is about the lead
         reasons.append("advice:" + ",".join(sorted(method_hits)[:2]))
         return result("conversational", 0.75)
 
     # 5. The lead's record, notes, activity and emails.
-    has_context = has_lead or has_activity
     fact_hits = word_set & _LEAD_FACTS
     summary = bool(word_set & _SUMMARY)
     advice = any(p.search(first_clause) for p in _ADVICE_OPENERS) or generic

@@ -1,8 +1,23 @@
-"""Prometheus metrics, owned by the app (one registry per app, no module-level collectors)."""
+"""Prometheus metrics, owned by the app (no module-level collectors).
+
+Under several workers (`uvicorn --workers N`) set PROMETHEUS_MULTIPROC_DIR before start:
+prometheus-client then keeps each worker's values in files there, and /metrics and
+/ai/router/health aggregate the files of every worker, so any worker answers for the service.
+Files of processes that are gone are removed when a worker starts (a restart starts from zero).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # Resolve the SLOs: conversational p95 1.5 s, rag p95 2.2 s sit on bucket edges.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.2, 2.5, 3.0, 4.0, 6.0, 10.0)
@@ -11,8 +26,64 @@ FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
+def multiproc_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def clean_dead_process_files(folder: Path) -> int:
+    """Remove value files of pids that no longer run; returns how many went."""
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in folder.glob("*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EvalReportCollector(Collector):
+    """The latest nightly eval report as gauges, so the "eval success rate < 80%" alert has a series.
+
+    With no report, the timestamp is 0: the staleness alert fires, as it should.
+    """
+
+    def __init__(self, reports_dir: Path) -> None:
+        self.reports_dir = reports_dir
+
+    def collect(self) -> Iterator[Metric]:
+        reports = sorted(self.reports_dir.glob("[0-9]" * 8 + ".json")) if self.reports_dir.is_dir() else []
+        summary: dict[str, object] = {}
+        stamp = 0.0
+        if reports:
+            try:
+                summary = orjson.loads(reports[-1].read_bytes()).get("summary") or {}
+                stamp = reports[-1].stat().st_mtime
+            except (OSError, orjson.JSONDecodeError, AttributeError):
+                summary = {}
+        yield GaugeMetricFamily("ivy_eval_last_run_timestamp_seconds",
+                                "When the latest nightly eval report was written (0: none).", value=stamp)
+        for key, name in (("success_rate", "ivy_eval_success_rate"), ("intent_accuracy", "ivy_eval_intent_accuracy")):
+            value = summary.get(key)
+            if isinstance(value, int | float):
+                yield GaugeMetricFamily(name, f"Latest nightly eval {key.replace('_', ' ')} (0..1).", value=value)
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, eval_reports_dir: Path | None = None) -> None:
+        self.multiproc_dir = multiproc_dir()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -42,6 +113,10 @@ class Metrics:
             "ivy_ratelimit_backend_errors", "Limiter backend failures (the request was failed open or closed).",
             ["backend", "action"], registry=r,
         )
+        self.limiter_up = Gauge(
+            "ivy_ratelimit_backend_up", "1 while the limiter's backend answers, 0 while it fails.",
+            ["backend"], registry=r, multiprocess_mode="livemin",
+        )
         self.fallbacks = Counter(
             "ivy_fallbacks", "Answers that did not come from the first provider as planned, by reason.",
             ["reason"], registry=r,
@@ -52,12 +127,37 @@ class Metrics:
         )
         self.breaker_state = Gauge(
             "ivy_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ["provider"], registry=r,
+            ["provider"], registry=r, multiprocess_mode="livemax",
         )
-        self.in_flight = Gauge("ivy_in_flight_requests", "Requests being processed now.", registry=r)
+        self.in_flight = Gauge("ivy_in_flight_requests", "Requests being processed now.", registry=r,
+                               multiprocess_mode="livesum")
         self.errors = Counter(
             "ivy_request_errors", "Requests that ended in an error response, by code.", ["code"], registry=r,
         )
+        self._eval = EvalReportCollector(eval_reports_dir) if eval_reports_dir is not None else None
+        if self._eval is not None and self.multiproc_dir is None:
+            r.register(self._eval)
+
+    def service_registry(self) -> CollectorRegistry:
+        """What the whole service measured: every worker's files in multiprocess mode, else ours."""
+        if self.multiproc_dir is None:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]
+        if self._eval is not None:
+            registry.register(self._eval)
+        return registry
+
+    def service_age_seconds(self) -> float | None:
+        """Seconds since the service began counting: its oldest value file (multiprocess), else None."""
+        if self.multiproc_dir is None:
+            return None
+        stamps = [p.stat().st_ctime for p in self.multiproc_dir.glob("*.db")]
+        return max(0.0, time.time() - min(stamps)) if stamps else 0.0
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.service_registry())
+
+    def close(self) -> None:
+        if self.multiproc_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), path=str(self.multiproc_dir))  # type: ignore[no-untyped-call]

@@ -1,7 +1,14 @@
 """Retrieval for rag answers: the request's CRM context and the shipped knowledge base.
 
-The knowledge base is indexed once at startup (BM25 over `##` sections: the runbook's
-"cache warmup"); the request's context is small, so it is ranked per request.
+Ranking is BM25 (rank-bm25) on both sides. The knowledge base is indexed once at startup
+(the runbook's "cache warmup"; `/ai/router/health` reports `warm`); the request's context is
+small, so it is indexed per request.
+
+Which side leads depends on what the question is about, read with the router's own lexicon
+(`product_terms`): a product question ("does our product support SSO") is answered from the
+knowledge base first, with any matching lead facts after it; a question about the lead ("what's
+their budget") is answered from the lead's data, and the knowledge base only joins with a strong
+match, so "budget" does not drag in the playbook's BANT section.
 """
 
 from __future__ import annotations
@@ -13,21 +20,75 @@ from typing import Any
 
 from rank_bm25 import BM25Okapi
 
-from app.intent.classifier import normalise
+from app.intent.classifier import normalise, product_terms
 from app.providers.base import Passage
 
 _STOP = frozenset(
-    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "do", "does", "did", "of", "to", "in", "on", "for", "and", "or", "but", "with", "at", "by", "from", "it", "this", "that", "these", "those", "what", "whats", "what's", "how", "when", "why", "who", "which", "can", "could", "would", "should", "will", "i", "me", "my", "we", "our", "you", "your", "they", "them", "their", "he", "she", "his", "her", "us", "about", "tell", "give", "show", "any", "there", "have", "has", "had"]
+    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "do", "does", "did", "of", "to", "in", "on", "for", "and", "or", "but", "with", "at", "by", "from", "it", "its", "this", "that", "these", "those", "what", "whats", "how", "when", "why", "who", "whos", "which", "can", "could", "would", "should", "will", "i", "me", "my", "we", "our", "you", "your", "they", "them", "their", "he", "she", "his", "her", "him", "us", "about", "tell", "give", "show", "any", "there", "have", "has", "had", "if", "so", "than", "then", "as", "into", "up", "per", "please", "ivy", "ivys", "crm", "product", "much", "many", "say", "says", "said", "get", "let", "know", "need", "want", "theres", "thats", "hes", "shes", "hi", "hey", "ok", "not", "no", "yes", "some", "all", "also", "just", "really", "quick", "quickly", "now", "like", "here", "take", "takes", "work", "works", "support", "supports", "supported", "offer", "offers", "allow", "allows", "provide", "provides"]
 )
-_CORE_LEAD_FIELDS = ("name", "company", "title", "stage", "email", "budget", "lastContact", "leadScore")
+# Words that name the lead itself rather than one of its facts: "tell me about this lead" matches
+# every field equally, so it is answered by the lead's core record instead.
+_LEAD_GENERIC = frozenset(
+    ["lead", "deal", "prospect", "account", "person", "summary", "summarize", "overview", "recap", "brief", "briefing", "background", "rundown", "information", "everything", "deepdive", "analyze", "analysis", "insights", "before", "prep", "one", "guy", "client", "customer", "opportunity", "opp", "look", "looking", "update", "catch"]
+)
+_CORE_LEAD_FIELDS = ("name", "company", "title", "stage", "email", "budget", "lastContact", "leadScore", "aiInsights")
+# What each kind of context item is, searchable: "did they reply to my last email" is about the
+# emails, not the lead's email address.
+_ITEM_WORDS = {"activities": "activity", "emails": "email message reply thread", "notes": "note"}
+
+# Thresholds on a section's BM25 score, in units of the corpus's rarest term's IDF: BM25 scores
+# scale with log(number of sections), and IVY_KNOWLEDGE_DIR may hold 3 sections or 300.
+# A section must match about half a rare term to be cited at all ...
+KB_MIN_MATCH = 0.45
+# ... and more than two rare terms to join lead facts that already answer a question about the lead.
+KB_MIN_MATCH_BESIDE_LEAD = 2.3
+# Sections far below the best one are noise for the prompt, whatever their absolute score.
+KB_RELATIVE_CUTOFF = 0.4
+
+
+def _stem(word: str) -> str:
+    """Harman's S-stemmer: fold plurals only ("refunds" -> "refund", "policies" -> "policy")."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
 
 
 def _terms(text: str) -> list[str]:
-    return [w for w in normalise(text) if w not in _STOP]
+    return [_stem(w) for w in normalise(text) if w not in _STOP]
+
+
+# Reps and the docs name the same things differently ("how much" / "costs", "users" / "seats"):
+# each query word also searches for the docs' words for it.
+_EXPAND = {
+    "cost": ("price",), "price": ("cost",), "pricing": ("price", "cost"), "charge": ("price", "cost"),
+    "user": ("seat",), "seat": ("user",), "people": ("seat", "user"), "person": ("seat", "user"),
+    "team": ("seat",), "rep": ("seat", "user"),
+    "secure": ("security", "encryption"), "safe": ("security",), "pay": ("payment",), "paid": ("payment",),
+    "hosted": ("region", "hosting"), "host": ("region", "hosting"), "cancel": ("cancellation",),
+    "refund": ("moneyback",), "login": ("sso", "signon"), "sign": ("sso",),
+}
+
+
+def _query_terms(tokens: list[str]) -> list[str]:
+    terms = [_stem(w) for w in tokens if w not in _STOP]
+    if "how" in tokens and "much" in tokens:
+        terms += ["price", "cost"]
+    return terms + [x for t in terms for x in _EXPAND.get(t, ())]
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _key_words(key: str) -> str:
+    """`lastContact` -> "last Contact", so the field's name is searchable like its value."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key).replace("_", " ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +96,7 @@ class Section:
     source: str
     title: str
     text: str
+    heading: str = ""
 
 
 def load_sections(folder: Path) -> list[Section]:
@@ -48,17 +110,28 @@ def load_sections(folder: Path) -> list[Section]:
             elif line.startswith("## "):
                 body = " ".join(x.strip() for x in lines if x.strip())
                 if current and body:
-                    sections.append(Section(f"kb/{path.name}#{_slug(current)}", f"{doc_title} › {current}", body))
+                    sections.append(Section(f"kb/{path.name}#{_slug(current)}", f"{doc_title} › {current}", body,
+                                            current))
                 current, lines = line[3:].strip(), []
             else:
                 lines.append(line)
     return sections
 
 
+def _section_terms(section: Section) -> list[str]:
+    # The heading says what the section is about in a few words: count it twice (a poor man's
+    # BM25F field weight), so "refund policy" lands on the refund sections, not on every page
+    # that mentions a refund in passing.
+    heading = _terms(section.heading) if section.heading else []
+    return heading * 2 + _terms(section.title) + _terms(section.text)
+
+
 class KnowledgeBase:
     def __init__(self, sections: list[Section]) -> None:
         self.sections = sections
-        self._bm25 = BM25Okapi([_terms(s.title + " " + s.text) for s in sections]) if sections else None
+        self._bm25 = BM25Okapi([_section_terms(s) for s in sections]) if sections else None
+        idf = self._bm25.idf.values() if self._bm25 is not None else ()
+        self._rare_idf = max(idf, default=0.0)
 
     @classmethod
     def from_folder(cls, folder: Path) -> KnowledgeBase:
@@ -68,15 +141,24 @@ class KnowledgeBase:
     def warm(self) -> bool:
         return self._bm25 is not None
 
-    def search(self, query: str, k: int = 3, min_score: float = 1.0) -> list[Passage]:
-        terms = _terms(query)
+    def search(self, query: str, k: int = 3, min_score: float | None = None) -> list[Passage]:
+        """The best `k` sections for `query`; `min_score` is an absolute BM25 floor (default: KB_MIN_MATCH)."""
+        floor = self._rare_idf * KB_MIN_MATCH if min_score is None else min_score
+        return self._search(_query_terms(normalise(query)), k, floor)
+
+    def search_terms(self, terms: list[str], k: int = 3, min_match: float = KB_MIN_MATCH) -> list[Passage]:
+        """Like `search` over already-normalised terms; `min_match` in units of the rarest term's IDF."""
+        return self._search(terms, k, self._rare_idf * min_match)
+
+    def _search(self, terms: list[str], k: int, min_score: float) -> list[Passage]:
         if self._bm25 is None or not terms:
             return []
         scores = self._bm25.get_scores(terms)
         ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[:k]
+        floor = max(min_score, KB_RELATIVE_CUTOFF * float(scores[ranked[0]]), 1e-9)
         return [
             Passage(self.sections[i].source, f"{self.sections[i].title}: {self.sections[i].text}", float(scores[i]))
-            for i in ranked if scores[i] >= min_score
+            for i in ranked if scores[i] >= floor
         ]
 
 
@@ -107,18 +189,76 @@ def context_passages(context: dict[str, Any]) -> list[Passage]:
     return passages
 
 
-def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4) -> list[Passage]:
-    """Context facts ranked against the query, then knowledge-base sections."""
-    facts = context_passages(context)
-    terms = _terms(query)
+def _fact_terms(passage: Passage) -> list[str]:
+    name = passage.source.split("[")[0]
+    label = _ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
+    return _terms(label + " " + passage.text)
+
+
+def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]:
+    if not facts or not terms:
+        return []
+    scores = BM25Okapi([_fact_terms(p) for p in facts]).get_scores(terms)
+    ranked = sorted(range(len(facts)), key=lambda i: scores[i], reverse=True)
+    return [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
+
+
+_RECENT = frozenset({"last", "latest", "recent", "recently", "newest", "lastcontact"})
+# Which context list a question about "the last ..." means.
+_COLLECTION_WORDS = {
+    "emails": frozenset({"email", "emails", "reply", "replied", "wrote", "message", "thread", "respond",
+                         "responded", "sent", "subject"}),
+    "activities": frozenset({"call", "calls", "meeting", "meetings", "demo", "activity", "activities", "talk",
+                             "talked", "spoke", "touch", "touchpoint", "conversation"}),
+    "notes": frozenset({"note", "notes"}),
+}
+
+
+def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
+    """ "their last email", "the last call": the newest item of that list, which BM25 cannot know.
+
+    Items are compared by their `date` (ISO dates sort as text); without dates the list's first
+    item is taken, as CRMs list activity newest first.
+    """
+    words = set(tokens)
+    if not words & _RECENT:
+        return []
     chosen: list[Passage] = []
-    if facts and terms:
-        bm25 = BM25Okapi([_terms(p.source.replace(".", " ") + " " + p.text) for p in facts])
-        scores = bm25.get_scores(terms)
-        ranked = sorted(range(len(facts)), key=lambda i: scores[i], reverse=True)
-        chosen = [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
-    if facts and not chosen:
+    for name, nouns in _COLLECTION_WORDS.items():
+        items = context.get(name)
+        if not (words & nouns) or not isinstance(items, list) or not items:
+            continue
+        dated = [(str(item.get("date")), i) for i, item in enumerate(items) if isinstance(item, dict) and item.get("date")]
+        index = max(dated)[1] if len(dated) == len(items) else 0
+        chosen.append(Passage(f"{name}[{index}]", _flatten(items[index])))
+    return chosen
+
+
+def _core_record(facts: list[Passage], k: int) -> list[Passage]:
+    core = {f"lead.{name}" for name in _CORE_LEAD_FIELDS}
+    return [p for p in facts if p.source.split("[")[0] in core][:k] or facts[:k]
+
+
+def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4) -> list[Passage]:
+    """The passages a rag answer is grounded in, best first: lead facts and knowledge-base sections.
+
+    At most `k` matching facts (twice that for the lead's core record, which answers "tell me
+    about this lead" field by field) and at most 3 knowledge-base sections.
+    """
+    tokens = normalise(query)
+    terms = _query_terms(tokens)
+    facts = context_passages(context)
+    matched = _rank_facts(facts, [t for t in terms if t not in _LEAD_GENERIC], k)
+    recent = _most_recent(context, tokens)
+    if recent:
+        scores = {p.source: p.score for p in matched}
+        named = {p.source for p in recent}
+        recent = [Passage(p.source, p.text, scores.get(p.source, 0.0)) for p in recent]
+        matched = (recent + [p for p in matched if p.source not in named])[:k]
+    if product_terms(tokens):
+        # About our product or playbook: the docs answer it; the lead's matching facts add context.
+        return kb.search_terms(terms, 3) + matched[: max(1, k // 2)]
+    if facts and not matched:
         # "Tell me about this lead": no single field matches, so the lead's core record answers.
-        core = {f"lead.{name}" for name in _CORE_LEAD_FIELDS}
-        chosen = [p for p in facts if p.source in core][:k] or facts[:k]
-    return chosen + kb.search(query, k=3)
+        matched = _core_record(facts, 2 * k)
+    return matched + kb.search_terms(terms, 3, KB_MIN_MATCH_BESIDE_LEAD if matched else KB_MIN_MATCH)

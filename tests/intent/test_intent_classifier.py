@@ -1,0 +1,191 @@
+"""The intent classifier against the contract: drafting requests, insights gating, the flag, robustness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.intent.classifier import classify, lead_has_insights, normalise
+from tests.conftest import LEAD, LEAD_NO_SCORE
+
+CASES_FILE = Path(__file__).resolve().parents[2] / "scripts" / "eval_data" / "cases.jsonl"
+CASES = [json.loads(line) for line in CASES_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+EMAILS = {"emails": [{"from": "dana@northwind.io", "subject": "Re: proposal", "date": "2026-10-30",
+                      "snippet": "Can you confirm Okta SSO is included?"}]}
+WITH_SCORE = {"lead": LEAD, **EMAILS}
+NO_SCORE = {"lead": LEAD_NO_SCORE, **EMAILS}
+
+
+def _flag(case: dict[str, Any]) -> bool:
+    return bool((case.get("flags") or {}).get("IVY_MODAL_HEURISTICS", True))
+
+
+def _got(case: dict[str, Any], *, modal_heuristics: bool | None = None) -> tuple[str, str | None]:
+    flag = _flag(case) if modal_heuristics is None else modal_heuristics
+    c = classify(case["query"], case["context"], modal_heuristics=flag)
+    return c.intent, c.modal_type
+
+
+@pytest.mark.parametrize("query", [
+    "draft a follow-up email to dana",
+    "Could you please write Dana a short email confirming Thursday?",
+    "help me write an email about the SSO add-on",
+    "shoot her a quick note",
+    "reply to her last email",
+    "email dana and ask for a time to talk",
+    "quick email to confirm the meeting time?",
+    "drfat a folow up emial",
+    "what did she ask? draft a reply",
+])
+def test_an_instruction_to_write_to_the_lead_opens_the_email_composer(query: str) -> None:
+    c = classify(query, WITH_SCORE)
+    assert (c.intent, c.modal_type) == ("modal", "email_composer"), c.reasons
+    assert c.reasons[0].startswith("email:")
+
+
+@pytest.mark.parametrize("query", [
+    "how long should follow-up emails be",
+    "any tips for writing better emails?",
+    "what makes a good cold email subject line?",
+    "should I send a breakup email or just call?",
+])
+def test_advice_about_emails_is_conversational_not_a_draft(query: str) -> None:
+    c = classify(query, WITH_SCORE)
+    assert c.intent == "conversational", c.reasons
+    assert c.modal_type is None
+
+
+@pytest.mark.parametrize("query", ["did she reply to my last email?", "what did their last email say",
+                                   "summarize the email thread"])
+def test_questions_about_the_leads_emails_are_rag(query: str) -> None:
+    assert classify(query, WITH_SCORE).intent == "rag"
+
+
+@pytest.mark.parametrize("query", ["show me the lead score", "analyze this lead", "why is this lead scored 82",
+                                   "break down the insights", "score?"])
+def test_score_and_insights_requests_open_lead_insights_when_the_lead_has_them(query: str) -> None:
+    c = classify(query, WITH_SCORE)
+    assert (c.intent, c.modal_type) == ("modal", "lead_insights"), c.reasons
+
+
+@pytest.mark.parametrize("lead", [
+    LEAD_NO_SCORE,
+    {**LEAD_NO_SCORE, "leadScore": None, "aiInsights": []},
+    {**LEAD_NO_SCORE, "leadScore": "", "aiInsights": None},
+])
+def test_score_request_on_a_lead_without_score_or_insights_is_rag_that_says_so(lead: dict[str, Any]) -> None:
+    assert not lead_has_insights(lead)
+    for query in ("show me the lead score", "analyze this lead", "explain this lead's score", "insights?"):
+        c = classify(query, {"lead": lead})
+        assert c.intent == "rag" and c.modal_type is None, (query, c.reasons)
+        # The pipeline keys the "no score or insights yet" note on this reason.
+        assert "lead:no_score_or_insights" in c.reasons
+
+
+def test_insights_alone_are_enough_to_open_the_modal() -> None:
+    lead = {**LEAD_NO_SCORE, "aiInsights": ["Champion identified"]}
+    assert classify("show insights", {"lead": lead}).modal_type == "lead_insights"
+
+
+def test_score_request_without_a_lead_is_conversational() -> None:
+    c = classify("show me the lead score", {})
+    assert c.intent == "conversational"
+    assert "lead:none_in_context" in c.reasons
+
+
+def test_with_modal_heuristics_off_drafts_are_conversational_and_insights_are_rag() -> None:
+    draft = classify("draft a follow-up email to dana", WITH_SCORE, modal_heuristics=False)
+    assert (draft.intent, draft.modal_type) == ("conversational", None)
+    assert "flag:modal_heuristics_off" in draft.reasons
+    insights = classify("show me the lead score", WITH_SCORE, modal_heuristics=False)
+    assert (insights.intent, insights.modal_type) == ("rag", None)
+    assert "flag:modal_heuristics_off" in insights.reasons
+    assert classify("analyze this lead", {}, modal_heuristics=False).intent == "conversational"
+
+
+def test_with_modal_heuristics_off_no_eval_query_is_ever_a_modal() -> None:
+    modal = [c["id"] for c in CASES if _got(c, modal_heuristics=False)[0] == "modal"]
+    assert modal == []
+
+
+def test_the_flag_changes_nothing_but_modals() -> None:
+    changed = [c["id"] for c in CASES if _got(c, modal_heuristics=True)[0] != "modal"
+               and _got(c, modal_heuristics=True) != _got(c, modal_heuristics=False)]
+    assert changed == []
+
+
+@pytest.mark.parametrize(("query", "context", "intent"), [
+    ("what's their budget", WITH_SCORE, "rag"),
+    ("does our product support SSO", {}, "rag"),
+    ("what's your refund policy", {}, "rag"),
+    ("what does our playbook say about price objections", {}, "rag"),
+    ("how do I handle a price objection in general?", {}, "conversational"),
+    ("what's MEDDICC", {}, "conversational"),
+    ("hi ivy", WITH_SCORE, "conversational"),
+    ("what can you help me with on this lead?", WITH_SCORE, "conversational"),
+    ("what's their budget", {}, "conversational"),
+])
+def test_rag_needs_the_leads_data_or_the_knowledge_base(query: str, context: dict[str, Any], intent: str) -> None:
+    assert classify(query, context).intent == intent
+
+
+def test_every_classification_explains_itself() -> None:
+    for case in CASES:
+        c = classify(case["query"], case["context"], modal_heuristics=_flag(case))
+        assert c.reasons and all(isinstance(r, str) and ":" in r for r in c.reasons), case["id"]
+        assert 0.0 < c.confidence <= 1.0
+        assert (c.modal_type is not None) == (c.intent == "modal")
+        assert {"has_lead", "lead_has_insights", "modal_heuristics"} <= set(c.signals)
+
+
+@pytest.mark.parametrize("variant", [
+    str.upper,
+    lambda q: "   " + q.replace(" ", "   ") + "   ",
+    lambda q: q.rstrip("?!. ") + "?!",
+    lambda q: q.replace("'", "’"),
+])
+def test_case_spacing_punctuation_and_quotes_do_not_change_the_intent(variant: Any) -> None:
+    changed = [c["id"] for c in CASES if c["split"] == "tune"
+               and classify(variant(c["query"]), c["context"], modal_heuristics=_flag(c)).intent != _got(c)[0]]
+    assert changed == []
+
+
+def test_common_typos_and_shorthand_read_as_the_word() -> None:
+    assert normalise("drfat a folow up emial pls") == ["draft", "a", "followup", "email", "please"]
+    assert normalise("wats thier buget") == ["whats", "their", "budget"]
+    assert normalise("anaylze the lead's socre") == ["analyze", "the", "lead", "score"]
+
+
+def test_real_words_near_a_keyword_are_not_corrected() -> None:
+    assert normalise("gmail wrote scope store trail thinks") == ["gmail", "wrote", "scope", "store", "trail",
+                                                                  "thinks"]
+
+
+def test_eval_set_is_large_labelled_by_the_contract_and_split() -> None:
+    assert len(CASES) >= 200
+    assert len({c["id"] for c in CASES}) == len(CASES)
+    assert {c["split"] for c in CASES} == {"tune", "heldout"}
+    for c in CASES:
+        assert c["expected_intent"] in ("conversational", "rag", "modal"), c["id"]
+        assert (c.get("expected_modal") is not None) == (c["expected_intent"] == "modal"), c["id"]
+        assert c.get("expected_modal") in (None, "email_composer", "lead_insights"), c["id"]
+        if not _flag(c):
+            assert c["expected_intent"] != "modal", c["id"]
+        lead = c["context"].get("lead") or {}
+        if c.get("expected_modal") == "lead_insights":
+            assert lead_has_insights(lead), c["id"]
+    # The hard negatives the issue asks for are there.
+    assert sum(not _flag(c) for c in CASES) >= 20
+    assert sum(c["expected_intent"] == "rag" and "score" in c["query"].lower()
+               and not lead_has_insights(c["context"].get("lead") or {}) for c in CASES) >= 10
+    assert sum(c["expected_intent"] == "conversational" and "email" in c["query"].lower() for c in CASES) >= 10
+
+
+@pytest.mark.parametrize("split", ["tune", "heldout"])
+def test_eval_set_accuracy_meets_the_95_percent_target(split: str) -> None:
+    cases = [c for c in CASES if c["split"] == split]
+    right = sum(_got(c) == (c["expected_intent"], c.get("expected_modal")) for c in cases)
+    assert right / len(cases) >= 0.95, f"{split}: {right}/{len(cases)}"
