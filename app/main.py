@@ -18,10 +18,12 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from app import __version__
+from app.api.admin import router as admin_router
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
 from app.api.routes import router
 from app.config import ConfigError, Settings, load_settings
+from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
 from app.observability.logging import configure_logging, get_logger, shutdown_logging
 from app.observability.metrics import BREAKER_STATE_VALUE, Metrics, clean_dead_process_files, multiproc_dir
@@ -171,19 +173,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=resolved, metrics=metrics, latency=LatencyView(metrics, resolved.ivy_latency_window_seconds),
             limiter=build_limiter(resolved, redis), chain=chain, breakers=breakers,
             kb=KnowledgeBase.from_folder(resolved.ivy_knowledge_dir), http=http,
+            flags=RuntimeFlags(resolved, redis),
         )
         log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
                  model_provider=chain.names[0], limiter_backend=state.limiter.backend,
                  modal_heuristics=resolved.ivy_modal_heuristics, organic=resolved.ivy_organic_enabled,
                  rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections))
         await _warm_limiter(state)
-        summaries = asyncio.create_task(_latency_summaries(state))
+        tasks = [asyncio.create_task(_latency_summaries(state))]
+        if redis is not None:
+            with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
+                await state.flags.refresh()
+            tasks.append(asyncio.create_task(state.flags.poll()))
         try:
             yield {"ivy": state}
         finally:
-            summaries.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await summaries
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await http.close()
             if redis is not None:
                 await redis.aclose()
@@ -197,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin_router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=resolved.ivy_max_body_bytes)
     return app
 

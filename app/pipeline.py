@@ -14,6 +14,7 @@ import orjson
 
 from app.api.errors import RateLimited
 from app.api.schemas import Citation, Fallback, IntentInfo, Modal, RouterResponse
+from app.config.runtime_flags import Flags
 from app.intent.classifier import Classification, classify
 from app.observability.logging import get_logger
 from app.providers import prompts
@@ -38,12 +39,6 @@ class Caller:
     org_key: str | None
     user_id: str | None  # as sent, for logs
     org_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Flags:
-    modal_heuristics: bool
-    organic: bool
 
 
 @dataclass(slots=True)
@@ -188,14 +183,14 @@ async def respond(state: State, caller: Caller, c: Classification, passages: lis
     budget = BUDGET_SECONDS[c.intent]
     modal: Modal | None = None
     if c.modal_type == "email_composer":
-        result = await state.chain.generate(request, budget=budget, json_mode=True)
+        result = await state.chain.generate(request, budget=budget, json_mode=True, first=flags.active_model)
         timer.lap("generate")
         draft, reason = _email_payload(result, request)
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
     else:
-        result = await state.chain.generate(request, budget=budget)
+        result = await state.chain.generate(request, budget=budget, first=flags.active_model)
         timer.lap("generate")
         reason = result.degraded_reason
         text = result.generation.text
@@ -272,7 +267,7 @@ async def answer_stream(state: State, caller: Caller, query: str, context: dict[
         provider, parts = "local", []
         try:
             async for link_name, chunk in state.chain.stream(request, budget=BUDGET_SECONDS[c.intent],
-                                                              failures=failures):
+                                                              failures=failures, first=flags.active_model):
                 provider = link_name
                 parts.append(chunk)
                 yield _sse("delta", {"text": chunk})

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from app.config import Settings
+from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
 from app.observability.metrics import Metrics
 from app.providers.chain import ProviderChain
@@ -63,6 +64,7 @@ class State:
     breakers: dict[str, CircuitBreaker]
     kb: KnowledgeBase
     http: aiohttp.ClientSession
+    flags: RuntimeFlags
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))

@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.config.runtime_flags import Flags
 from app.observability.logging import get_logger
-from app.pipeline import Caller, Flags
+from app.pipeline import Caller
 from app.resilience.ratelimit import normalise_id
 from app.state import State
 
@@ -50,8 +51,7 @@ CurrentCaller = Annotated[Caller, Depends(get_caller)]
 
 
 def get_flags(state: IvyState) -> Flags:
-    s = state.settings
-    return Flags(modal_heuristics=s.ivy_modal_heuristics, organic=s.ivy_organic_enabled)
+    return state.flags.current
 
 
 CurrentFlags = Annotated[Flags, Depends(get_flags)]

@@ -57,6 +57,11 @@ class RateLimited(IvyError):
     code = "rate_limited"
 
 
+class Unauthorized(IvyError):
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(IvyError):
     status_code = 404
     code = "not_found"

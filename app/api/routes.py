@@ -14,7 +14,7 @@ from app.api.deps import CurrentCaller, CurrentFlags, IvyState
 from app.api.errors import IvyError
 from app.api.responses import FastJSONResponse
 from app.api.schemas import ErrorResponse, RouterRequest, RouterResponse, V1Response
-from app.pipeline import Flags
+from app.config.runtime_flags import Flags
 
 router = APIRouter()
 
@@ -61,8 +61,10 @@ async def route_v2(request: Request, body: RouterRequest, state: IvyState, calle
 
 @router.post("/ai/router/", response_model=V1Response, responses=_ERRORS,
              summary="v1 contract (rollback target): never opens a modal, ignores v2 flags")
-async def route_v1(request: Request, body: RouterRequest, state: IvyState, caller: CurrentCaller) -> Response:
-    outcome = await _run(request, state, caller, body, Flags(modal_heuristics=False, organic=False))
+async def route_v1(request: Request, body: RouterRequest, state: IvyState, caller: CurrentCaller,
+                   flags: CurrentFlags) -> Response:
+    v1_flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
+    outcome = await _run(request, state, caller, body, v1_flags)
     r = outcome.response
     _remember(request, r)
     intent = "rag" if r.intent == "rag" else "conversational"
@@ -100,8 +102,9 @@ async def router_health(state: IvyState) -> FastJSONResponse:
         "latency": state.latency.snapshot(),
         "slo_p95_ms": {"conversational": 1500, "rag": 2200},
         "providers": {
-            "chain": state.chain.names,
-            "active_model": s.active_model,
+            "chain": [link.provider.name for link in state.chain.ordered(state.flags.current.active_model)]
+            + [state.chain.local.name],
+            "active_model": state.flags.current.active_model,
             "configured": {
                 name: {"model": s.gemini_model if name == "gemini" else s.openai_model,
                        "key_set": s.provider_key(name) is not None}
@@ -109,7 +112,9 @@ async def router_health(state: IvyState) -> FastJSONResponse:
             },
             "circuit_breakers": {name: b.snapshot() for name, b in state.breakers.items()},
         },
-        "flags": {"IVY_MODAL_HEURISTICS": s.ivy_modal_heuristics, "IVY_ORGANIC_ENABLED": s.ivy_organic_enabled},
+        "flags": {"IVY_MODAL_HEURISTICS": state.flags.current.modal_heuristics,
+                  "IVY_ORGANIC_ENABLED": state.flags.current.organic},
+        "runtime_flags": state.flags.describe(),
         "rate_limit": {
             "backend": state.limiter.backend,
             "AI_RATE_LIMIT_PER_MIN": s.ai_rate_limit_per_min,

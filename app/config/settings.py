@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     ivy_latency_summary_seconds: float = Field(default=60.0, gt=0, le=3600)
     ivy_eval_reports_dir: Path = REPO_ROOT / "scripts" / "eval_reports"
 
+    # Admin: runtime flag changes (PUT /admin/flags); the endpoint is off while unset.
+    ivy_admin_token: SecretStr | None = Field(default=None, min_length=16)
+
     # HTTP
     ivy_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
@@ -76,7 +79,8 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("gemini_api_key", "openai_api_key", "redis_url", "ai_rate_limit_burst", mode="before")
+    @field_validator("gemini_api_key", "openai_api_key", "ivy_admin_token", "redis_url", "ai_rate_limit_burst",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `export OPENAI_API_KEY=` is how people unset a key in a shell; treat it as absent.

@@ -73,11 +73,16 @@ class ProviderChain:
     def names(self) -> list[ProviderName]:
         return [link.provider.name for link in self.links] + [self.local.name]
 
-    async def _admit(self, index: int, deadline: float) -> tuple[float, str | None]:
-        """The time slice for link ``index``, or the reason to skip it."""
-        link = self.links[index]
+    def ordered(self, first: str | None) -> list[Link]:
+        """The links with ``first`` leading (a runtime ACTIVE_MODEL flip), else as configured."""
+        if first is None or not self.links or self.links[0].provider.name == first:
+            return self.links
+        return sorted(self.links, key=lambda link: link.provider.name != first)
+
+    async def _admit(self, link: Link, last: bool, deadline: float) -> tuple[float, str | None]:
+        """The time slice for ``link``, or the reason to skip it."""
         remaining = deadline - time.monotonic()
-        timeout = remaining if index == len(self.links) - 1 else remaining * PRIMARY_SHARE
+        timeout = remaining if last else remaining * PRIMARY_SHARE
         if timeout < MIN_CALL_SECONDS:
             return timeout, "deadline"
         if self.shared is not None and link.breaker.state == "closed":
@@ -86,11 +91,13 @@ class ProviderChain:
                 link.breaker.trip(f"shared: {held[1]}", open_for=held[0])
         return timeout, None if link.breaker.allow() else "circuit_open"
 
-    async def generate(self, request: GenerationRequest, *, budget: float, json_mode: bool = False) -> ChainResult:
+    async def generate(self, request: GenerationRequest, *, budget: float, json_mode: bool = False,
+                       first: str | None = None) -> ChainResult:
         deadline = time.monotonic() + budget
         failures: list[LinkFailure] = []
-        for index, link in enumerate(self.links):
-            timeout, skip = await self._admit(index, deadline)
+        links = self.ordered(first)
+        for index, link in enumerate(links):
+            timeout, skip = await self._admit(link, index == len(links) - 1, deadline)
             if skip:
                 failures.append(LinkFailure(link.provider.name, skip))
                 continue
@@ -113,12 +120,13 @@ class ProviderChain:
         self._exhausted(failures)
         return ChainResult(generation, failures or [NO_PROVIDER])
 
-    async def stream(self, request: GenerationRequest, *, budget: float, failures: list[LinkFailure]
-                     ) -> AsyncIterator[tuple[str, str]]:
+    async def stream(self, request: GenerationRequest, *, budget: float, failures: list[LinkFailure],
+                     first: str | None = None) -> AsyncIterator[tuple[str, str]]:
         """Yield (provider, chunk). Fails over only before the first chunk; after it, the error propagates."""
         deadline = time.monotonic() + budget
-        for index, link in enumerate(self.links):
-            timeout, skip = await self._admit(index, deadline)
+        links = self.ordered(first)
+        for index, link in enumerate(links):
+            timeout, skip = await self._admit(link, index == len(links) - 1, deadline)
             if skip:
                 failures.append(LinkFailure(link.provider.name, skip))
                 continue
