@@ -54,7 +54,7 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
     # pool or connecting gets longer (a Redis that is down refuses connections at once anyway).
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=64, timeout=max(timeout, 0.5), socket_timeout=timeout,
-        socket_connect_timeout=max(timeout, 0.25), health_check_interval=30,
+        socket_connect_timeout=max(timeout, 0.25),
     )
     return aioredis.Redis(connection_pool=pool)
 

@@ -15,7 +15,7 @@ from app.api.responses import FastJSONResponse
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def require_admin(state: IvyState, authorization: Annotated[str | None, Header(max_length=512)] = None) -> str:
+async def require_admin(state: IvyState, authorization: Annotated[str | None, Header(max_length=512)] = None) -> str:
     """Check the bearer token; returns nothing useful, only refuses."""
     token = state.settings.ivy_admin_token
     if token is None:

@@ -6,9 +6,9 @@ bodies or spawning tasks, so it stays cheap on the hot path and works for stream
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -44,7 +44,8 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         state_dict: dict[str, Any] = scope.setdefault("state", {})
         supplied = _header(scope, b"x-request-id")
-        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        # 128 random bits as hex, like uuid4().hex without building a UUID object (measurably cheaper).
+        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else os.urandom(16).hex()
         state_dict["request_id"] = request_id
         ivy: State | None = state_dict.get("ivy")
         path = scope["path"]
@@ -110,7 +111,7 @@ class RequestContextMiddleware:
             "latency_ms": round(latency_ms, 2), "user_id": st.get("user_id"), "org_id": st.get("org_id"),
             "intent": intent, "model_provider": provider,
         }
-        for key in ("fallback", "bucket", "error_code", "retry_after"):
+        for key in ("model", "provider_ms", "fallback", "bucket", "error_code", "retry_after"):
             if st.get(key) is not None:
                 fields[key] = st[key]
         if status == 429:

@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import __version__, pipeline
-from app.api.deps import CurrentCaller, CurrentFlags, IvyState
+from app.api.deps import ROUTER_HEADERS, CurrentCall, IvyState, RouterCall
 from app.api.errors import IvyError
 from app.api.responses import FastJSONResponse
 from app.api.schemas import ErrorResponse, RouterRequest, RouterResponse, V1Response
@@ -28,13 +28,14 @@ def _remember(request: Request, response: RouterResponse) -> None:
     request.state.intent = response.intent
     request.state.provider = response.provider
     request.state.fallback = response.fallback.reason
+    request.state.model = response.model
+    request.state.provider_ms = response.latency_ms.get("generate")
     request.state.overhead_ms = response.latency_ms["total"] - response.latency_ms.get("generate", 0.0)
 
 
-async def _run(request: Request, state: IvyState, caller: CurrentCaller, body: RouterRequest,
-               flags: Flags) -> pipeline.Outcome:
+async def _run(request: Request, call: RouterCall, body: RouterRequest, flags: Flags) -> pipeline.Outcome:
     try:
-        return await pipeline.answer(state, caller, body.query, body.context, flags)
+        return await pipeline.answer(call.state, call.caller, body.query, body.context, flags)
     except IvyError as exc:
         request.state.bucket = exc.details.get("bucket")
         request.state.retry_after = exc.details.get("retry_after")
@@ -42,29 +43,30 @@ async def _run(request: Request, state: IvyState, caller: CurrentCaller, body: R
 
 
 @router.post("/ai/router/v2", response_model=RouterResponse, responses=_ERRORS,
+             openapi_extra={"parameters": ROUTER_HEADERS},
              summary="Answer a rep's question (v2: intents, modals, citations, failover)")
-async def route_v2(request: Request, body: RouterRequest, state: IvyState, caller: CurrentCaller,
-                   flags: CurrentFlags) -> Response:
+async def route_v2(request: Request, body: RouterRequest, call: CurrentCall) -> Response:
     if body.stream:
         try:
-            events, headers, c = await pipeline.answer_stream(state, caller, body.query, body.context, flags)
+            events, headers, c = await pipeline.answer_stream(call.state, call.caller, body.query, body.context,
+                                                              call.flags)
         except IvyError as exc:
             request.state.bucket = exc.details.get("bucket")
             raise
         request.state.intent = c.intent
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**headers, "Cache-Control": "no-cache"})
-    outcome = await _run(request, state, caller, body, flags)
+    outcome = await _run(request, call, body, call.flags)
     _remember(request, outcome.response)
     return FastJSONResponse(outcome.response.model_dump(mode="json"), headers=outcome.rate_headers)
 
 
 @router.post("/ai/router/", response_model=V1Response, responses=_ERRORS,
+             openapi_extra={"parameters": ROUTER_HEADERS},
              summary="v1 contract (rollback target): never opens a modal, ignores v2 flags")
-async def route_v1(request: Request, body: RouterRequest, state: IvyState, caller: CurrentCaller,
-                   flags: CurrentFlags) -> Response:
-    v1_flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
-    outcome = await _run(request, state, caller, body, v1_flags)
+async def route_v1(request: Request, body: RouterRequest, call: CurrentCall) -> Response:
+    v1_flags = Flags(modal_heuristics=False, organic=False, active_model=call.flags.active_model)
+    outcome = await _run(request, call, body, v1_flags)
     r = outcome.response
     _remember(request, r)
     intent = "rag" if r.intent == "rag" else "conversational"

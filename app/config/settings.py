@@ -41,9 +41,9 @@ class Settings(BaseSettings):
     ivy_organic_enabled: bool = True
 
     # Rate limiting
-    ai_rate_limit_per_min: int = Field(default=60, ge=1, le=1_000_000)
-    ai_org_rate_limit_per_min: int = Field(default=600, ge=1, le=10_000_000)
-    ai_rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    ai_rate_limit_per_min: int = Field(default=60, ge=1, le=1_000_000_000)
+    ai_org_rate_limit_per_min: int = Field(default=600, ge=1, le=1_000_000_000)
+    ai_rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000_000)
     ai_rate_limit_fail_open: bool = True
     redis_url: str | None = None
     redis_timeout_ms: int = Field(default=50, ge=1, le=10_000)

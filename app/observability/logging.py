@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 LOGGER_NAME = "ivy"
 
@@ -27,9 +28,13 @@ _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|x-g
 _SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
 
 
+_SECRET_HINTS = ("sk-", "AIza", "Bearer")
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_VALUES.sub("[REDACTED]", value)
+        # The regex only when a value could hold a key: most log values are short ids and numbers.
+        return _SECRET_VALUES.sub("[REDACTED]", value) if any(h in value for h in _SECRET_HINTS) else value
     if isinstance(value, Mapping):
         return {k: "[REDACTED]" if _SECRET_KEYS.search(str(k)) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -46,22 +51,48 @@ def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
-def upper_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event_dict["level"] = "WARNING" if method == "warn" else method.upper()
-    return event_dict
-
-
 def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-class _Logging:
-    """Owns the queue listener so shutdown (and tests re-configuring) can flush and stop it."""
-
-    listener: logging.handlers.QueueListener | None = None
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
+_LEVEL_NAMES = {"warn": "WARNING", "exception": "ERROR"}
 
 
-_state = _Logging()
+class _LineSink:
+    """Where rendered lines go: a queue drained by a writer thread (file and console).
+
+    structlog caches loggers that point here, so reconfiguring swaps the queue and level inside
+    this one object instead of creating a new sink the cached loggers would never see.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[str] | None = None
+        self.level = logging.INFO
+        self.listener: logging.handlers.QueueListener | None = None
+
+    def msg(self, line: str) -> None:
+        if self.queue is not None:
+            self.queue.put_nowait(line)
+
+    debug = info = warning = warn = error = exception = critical = msg
+
+
+_sink = _LineSink()
+
+
+def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _LEVELS.get(method, 20) < _sink.level:
+        raise structlog.DropEvent
+    event_dict["level"] = _LEVEL_NAMES.get(method, method.upper())
+    return event_dict
+
+
+class _LineListener(logging.handlers.QueueListener):
+    """Turns queued lines into LogRecords on the writer thread, so the event loop never builds one."""
+
+    def prepare(self, record: Any) -> logging.LogRecord:
+        return logging.makeLogRecord({"msg": record, "levelno": logging.INFO, "levelname": "INFO"})
 
 
 def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, backups: int) -> None:
@@ -73,46 +104,35 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
     console = logging.StreamHandler(sys.stderr)
     for handler in (file_handler, console):
         handler.setFormatter(logging.Formatter("%(message)s"))
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(q, file_handler, console, respect_handler_level=False)
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    listener = _LineListener(lines, file_handler, console, respect_handler_level=False)
     listener.start()
-    _state.listener = listener
-
-    std = logging.getLogger(LOGGER_NAME)
-    std.handlers.clear()
-    std.addHandler(_PassThroughQueueHandler(q))
-    std.setLevel(level)
-    std.propagate = False
+    _sink.queue, _sink.listener, _sink.level = lines, listener, logging.getLevelName(level)
+    # Our JSON `request` line carries everything uvicorn's access line does, and more.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.stdlib.filter_by_level,
-            upper_level,
+            _drop_below_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
             redact_secrets,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=lambda *_: _sink,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
     )
 
 
-class _PassThroughQueueHandler(logging.handlers.QueueHandler):
-    """The message is already a rendered JSON line: enqueue it as is (no re-formatting, no copy)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        return record
-
-
 def shutdown_logging() -> None:
-    if _state.listener is not None:
-        _state.listener.stop()
-        _state.listener = None
+    """Flush what is queued and stop the writer thread."""
+    if _sink.listener is not None:
+        _sink.listener.stop()
+        _sink.listener = None
+        _sink.queue = None
 
 
-def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(LOGGER_NAME, **bound)
+def get_logger(**bound: Any) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger(LOGGER_NAME, **bound)
     return logger

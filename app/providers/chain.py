@@ -156,11 +156,11 @@ class ProviderChain:
                         failures=[f"{f.provider}:{f.reason}" for f in failures])
 
     async def _succeeded(self, link: Link, model: str, seconds: float) -> None:
+        # The successful call is logged on the request's own line (model_provider, provider_ms):
+        # a second INFO line per request cost more than the rest of the logging.
         was = link.breaker.state
         link.breaker.record_success(seconds)
         self.metrics.provider_latency.labels(link.provider.name, "ok").observe(seconds)
-        log.info("provider_call", model_provider=link.provider.name, model=model, outcome="ok",
-                 latency_ms=round(seconds * 1000, 1), prompt_version=PROMPT_VERSION)
         await self._share(link, was)
 
     async def _failed(self, link: Link, exc: ProviderError, seconds: float) -> None:
@@ -175,7 +175,7 @@ class ProviderChain:
         elif exc.counts_as_failure:
             breaker.record_failure(exc.reason)
         log.warning("provider_call", model_provider=name, model=link.provider.model, outcome=exc.reason,
-                    latency_ms=round(seconds * 1000, 1), error=exc.message[:300])
+                    latency_ms=round(seconds * 1000, 1), error=exc.message[:300], prompt_version=PROMPT_VERSION)
         await self._share(link, was)
 
     async def _share(self, link: Link, was: str) -> None:
