@@ -6,7 +6,7 @@ Each stage is a plain function over plain data; the routes only parse HTTP and c
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,9 +248,13 @@ def _sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def answer_stream(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags
-                        ) -> tuple[AsyncIterator[bytes], dict[str, str], Classification]:
-    """Admit and plan now (so a 429 is a real 429), then stream: meta, delta..., done | error."""
+async def answer_stream(
+    state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
+    on_provider: Callable[[str], None],
+) -> tuple[AsyncIterator[bytes], dict[str, str], Classification]:
+    """Admit and plan now (so a 429 is a real 429), then stream: meta, delta..., done | error.
+
+    ``on_provider`` learns who answered once the stream ends (for the request's log line)."""
     timer = Timer()
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
@@ -260,6 +264,7 @@ async def answer_stream(state: State, caller: Caller, query: str, context: dict[
         yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
         if c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
             response = await respond(state, caller, c, passages, request, flags, timer)
+            on_provider(response.provider)
             yield _sse("delta", {"text": response.answer})
             yield _sse("done", response.model_dump(mode="json"))
             return
@@ -273,6 +278,7 @@ async def answer_stream(state: State, caller: Caller, query: str, context: dict[
                 yield _sse("delta", {"text": chunk})
         except ProviderError as exc:
             # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
+            on_provider(exc.provider)
             log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason)
             yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
                                  "reason": exc.reason, "request_id": caller.request_id})
@@ -281,6 +287,7 @@ async def answer_stream(state: State, caller: Caller, query: str, context: dict[
         reason = failures[0].reason if failures else None
         if reason:
             state.metrics.fallbacks.labels(reason).inc()
+        on_provider(provider)
         yield _sse("done", {
             "request_id": caller.request_id, "intent": c.intent, "provider": provider,
             "answer": "".join(parts), "citations": [x.model_dump() for x in _citations(passages)],

@@ -48,8 +48,9 @@ async def _run(request: Request, call: RouterCall, body: RouterRequest, flags: F
 async def route_v2(request: Request, body: RouterRequest, call: CurrentCall) -> Response:
     if body.stream:
         try:
-            events, headers, c = await pipeline.answer_stream(call.state, call.caller, body.query, body.context,
-                                                              call.flags)
+            events, headers, c = await pipeline.answer_stream(
+                call.state, call.caller, body.query, body.context, call.flags,
+                on_provider=lambda name: setattr(request.state, "provider", name))
         except IvyError as exc:
             request.state.bucket = exc.details.get("bucket")
             raise

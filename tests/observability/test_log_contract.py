@@ -101,3 +101,11 @@ def test_api_keys_and_authorization_never_reach_logs_or_responses(make_client, l
     everything = log_file.read_text() + "".join(seen)
     for secret in (openai_key, gemini_key, "KNOWNSECRET"):
         assert secret not in everything  # ...without the keys
+
+
+def test_streamed_request_line_names_the_provider_that_answered(client: TestClient, log_file: Path) -> None:
+    client.post(V2, json={"query": "what's their budget", "context": {"lead": LEAD}, "stream": True},
+                headers={"X-User-ID": "rep-7", "X-Request-ID": "req-stream-1"})
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-stream-1" for x in ls))
+    line = next(x for x in lines if x.get("request_id") == "req-stream-1")
+    assert (line["intent"], line["model_provider"], line["status"]) == ("rag", "local", 200)
