@@ -72,3 +72,19 @@ def test_empty_values_fall_back_to_defaults(monkeypatch: pytest.MonkeyPatch) -> 
     assert s.ivy_knowledge_dir.name == "knowledge" and s.ivy_knowledge_dir.is_dir()
     assert s.ivy_log_file.name == "ai_router.log"
     assert s.rate_limit_burst == 60
+
+
+def test_env_example_lists_every_setting_with_a_comment() -> None:
+    from app.config import Settings
+
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    listed = {}
+    for i, line in enumerate(lines):
+        name = line.lstrip("# ").split("=", 1)[0]
+        if "=" in line and name.isupper():
+            listed[name] = lines[i - 1].startswith("#")
+    expected = {name.upper() for name in Settings.model_fields}
+    assert expected <= set(listed), expected - set(listed)
+    assert all(listed[name] for name in expected), [n for n in expected if not listed[n]]
+    readme = (ROOT / "README.md").read_text()
+    assert [n for n in expected if f"`{n}`" not in readme and f"`{n.rsplit('_', 1)[0]}" not in readme] == []
