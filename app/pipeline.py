@@ -15,7 +15,7 @@ import orjson
 from app.api.errors import RateLimited
 from app.api.schemas import Citation, Fallback, IntentInfo, Modal, RouterResponse
 from app.config.runtime_flags import Flags
-from app.intent.classifier import Classification, classify
+from app.intent.classifier import Classification, classify, lead_has_insights
 from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
@@ -129,13 +129,18 @@ def _citations(passages: list[Passage]) -> list[Citation]:
 
 
 def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
+    """Follow-ups the frontend offers as buttons; each is sent back as a query, so each must
+    classify as what it promises (a test holds them to that)."""
     if not lead:
         return []
-    if c.intent == "modal" and c.modal_type == "email_composer":
-        return ["Make it shorter", "Add a meeting link"]
-    if c.intent == "modal":
-        return ["Draft a follow-up email", "What are the next steps?"]
-    return ["Draft a follow-up email to this lead", "Show this lead's score and insights"]
+    if c.modal_type == "email_composer":
+        return ["Draft a shorter follow-up email", "Draft a follow-up email proposing a meeting"]
+    if c.modal_type == "lead_insights":
+        return ["Draft a follow-up email to this lead", "What are the next steps?"]
+    follow_ups = ["Draft a follow-up email to this lead"]
+    if lead_has_insights(lead):
+        follow_ups.append("Show this lead's score and insights")
+    return follow_ups
 
 
 def build_generation_request(query: str, context: dict[str, Any], c: Classification,

@@ -150,3 +150,14 @@ def test_stream_sends_meta_deltas_and_done(client: TestClient) -> None:
     assert events[0] == "event: meta" and events[-1] == "event: done"
     assert "event: delta" in events
     assert "$40k" in r.text
+
+
+def test_every_suggestion_does_what_it_promises_when_sent_back(client: TestClient) -> None:
+    for query, lead in (("draft a follow-up email to dana", LEAD), ("show me this lead's score", LEAD),
+                        ("what's their budget?", LEAD), ("what's their budget?", LEAD_NO_SCORE)):
+        for suggestion in ask(client, query, {"lead": lead}).json()["suggestions"]:
+            body = ask(client, suggestion, {"lead": lead}).json()
+            expected = "email_composer" if suggestion.startswith("Draft") else (
+                "lead_insights" if "score" in suggestion else None)
+            assert (body["modal"] or {}).get("type") == expected, suggestion
+            assert body["intent"] != "conversational", suggestion
