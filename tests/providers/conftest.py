@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from app.devtools.fake_provider import FakeProviderServer
+from app.providers import prompts
 from app.providers.base import GenerationRequest
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
@@ -25,16 +26,8 @@ GEMINI_MODEL = "gemini-2.5-flash"
 # A stalled stream is given up after this long without a byte (10 s in production).
 STREAM_IDLE = 0.5
 
-EMAIL_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "to": {"type": "string"},
-        "subject": {"type": "string"},
-        "body": {"type": "string"},
-    },
-    "required": ["to", "subject", "body"],
-    "additionalProperties": False,
-}
+# The schema the router really sends for the email tool.
+EMAIL_SCHEMA: dict[str, Any] = prompts.EMAIL_SCHEMA
 
 
 def _make_request(
