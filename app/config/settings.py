@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # Observability
     ivy_log_file: Path = REPO_ROOT / "logs" / "ai_router.log"
     ivy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    ivy_log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    ivy_log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=0)  # 0: no rotation here (logrotate)
     ivy_log_backups: int = Field(default=5, ge=0, le=100)
     ivy_latency_window_seconds: float = Field(default=300.0, gt=0, le=86_400)
     ivy_latency_summary_seconds: float = Field(default=60.0, gt=0, le=3600)

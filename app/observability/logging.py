@@ -98,9 +98,15 @@ class _LineListener(logging.handlers.QueueListener):
 def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, backups: int) -> None:
     shutdown_logging()
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.handlers.RotatingFileHandler(
-        log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-    )
+    file_handler: logging.Handler
+    if max_bytes > 0:
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+    else:
+        # Several workers must not each rotate the same file: leave rotation to logrotate, and
+        # reopen the file when logrotate moves it.
+        file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
     console = logging.StreamHandler(sys.stderr)
     for handler in (file_handler, console):
         handler.setFormatter(logging.Formatter("%(message)s"))

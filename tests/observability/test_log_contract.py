@@ -109,3 +109,13 @@ def test_streamed_request_line_names_the_provider_that_answered(client: TestClie
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-stream-1" for x in ls))
     line = next(x for x in lines if x.get("request_id") == "req-stream-1")
     assert (line["intent"], line["model_provider"], line["status"]) == ("rag", "local", 200)
+
+
+def test_without_size_rotation_the_log_survives_logrotate_moving_it(make_client, log_file: Path) -> None:
+    client = make_client(ivy_log_max_bytes=0)
+    client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-1", "X-Request-ID": "req-before"})
+    read_log(log_file, lambda ls: any(x.get("request_id") == "req-before" for x in ls))
+    log_file.rename(log_file.with_suffix(".log.1"))  # what logrotate does
+    client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-1", "X-Request-ID": "req-after"})
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-after" for x in ls))
+    assert [x["request_id"] for x in lines if x.get("event") == "request"] == ["req-after"]
