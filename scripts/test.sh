@@ -7,6 +7,7 @@ EXTRAS="[dev]" source scripts/bootstrap.sh
 
 # Tests start their own redis-server (pytest-redis), so the binary must exist even where a Redis runs.
 command -v redis-server >/dev/null || apt_install redis-server
+command -v promtool >/dev/null || { apt_install --no-install-recommends prometheus; [ ! -d /run/systemd/system ] || $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; }  # tests/deploy need promtool, not a server on :9090
 
 echo "== ruff";   .venv/bin/ruff check app tests scripts
 echo "== mypy";   .venv/bin/mypy app

@@ -34,11 +34,13 @@ def test_redis_stopped_mid_run_fails_open_degrades_health_and_recovers(make_clie
         assert health.status_code == 200
         assert health.json()["status"] == "degraded"
         assert health.json()["checks"]["redis"] == {"ok": False, "latency_ms": None, "backend": "redis"}
-        assert "ivy_ratelimit_backend_errors_total{action=\"fail_open\",backend=\"redis\"} 20.0" in \
-            client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'ivy_ratelimit_backend_errors_total{action="fail_open",backend="redis"} 20.0' in metrics
+        assert 'ivy_ratelimit_backend_up{backend="redis"} 0.0' in metrics
 
         server.start()  # same port: the pool reconnects without a restart
         assert client.get("/health").json()["status"] == "ok"
+        assert 'ivy_ratelimit_backend_up{backend="redis"} 1.0' in client.get("/metrics").text
         assert [ask(client, "rep-2").status_code for _ in range(4)] == [200, 200, 200, 429]
 
     lines = read_log(log_file, lambda ls: any(x["event"] == "rate_limiter_unavailable" for x in ls))

@@ -1,0 +1,60 @@
+"""The real service's /metrics, with every series the alert rules and the dashboard query made to exist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import LEAD_NO_SCORE, FakeProviderThread
+from tests.deploy.promql import Exported
+from tests.support import free_port
+
+V2, V1 = "/ai/router/v2", "/ai/router/"
+
+
+def _ask(client: TestClient, query: str, context: dict[str, Any] | None = None, *, user: str = "rep-1",
+         path: str = V2) -> int:
+    r = client.post(path, json={"query": query, "context": context or {}}, headers={"X-User-ID": user})
+    return r.status_code
+
+
+@pytest.fixture
+def exported(make_client: Callable[..., TestClient], fake_provider: FakeProviderThread,
+             provider_settings: dict[str, Any]) -> Exported:
+    """Scrapes of the app in the situations the alerts are about; each step asserts it happened."""
+    scrapes = Exported()
+
+    # Traffic: both SLO intents on v2 and v1, a 422, and the limiter's memory backend.
+    app = make_client()
+    assert _ask(app, "hello there, how are you") == 200
+    assert _ask(app, "what's their budget?", {"lead": LEAD_NO_SCORE}) == 200
+    assert _ask(app, "hello", path=V1) == 200
+    assert app.post(V2, json={"context": {}}, headers={"X-User-ID": "rep-1"}).status_code == 422
+    scrapes.add_scrape(app.get("/metrics").text)
+
+    # 429s: a one-request-a-minute user asking three times.
+    limited = make_client(ai_rate_limit_per_min=1)
+    assert [_ask(limited, "hello", user="rep-2") for _ in range(3)] == [200, 429, 429]
+    scrapes.add_scrape(limited.get("/metrics").text)
+
+    # Redis unreachable: nothing listens on the port, so the limiter fails open.
+    no_redis = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert _ask(no_redis, "hello") == 200
+    assert no_redis.get("/health").json()["status"] == "degraded"
+    scrapes.add_scrape(no_redis.get("/metrics").text)
+
+    # Providers: gemini answers once, then fails with 503s; one failure opens its breaker
+    # (min calls 1) and openai answers instead (a fallback).
+    providers = make_client(**provider_settings, ivy_breaker_min_calls=1)
+    assert providers.post(V2, json={"query": "hello there"}, headers={"X-User-ID": "rep-3"}).json()["provider"] == \
+        "gemini"
+    fake_provider.set_fault("503", provider="gemini")
+    body = providers.post(V2, json={"query": "hello again"}, headers={"X-User-ID": "rep-3"}).json()
+    assert body["provider"] == "openai" and body["fallback"]["used"], body
+    breakers = providers.get("/ai/router/health").json()["providers"]["circuit_breakers"]
+    assert breakers["gemini"]["state"] == "open", breakers
+    scrapes.add_scrape(providers.get("/metrics").text)
+    return scrapes
