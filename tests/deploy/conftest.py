@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +25,16 @@ def _ask(client: TestClient, query: str, context: dict[str, Any] | None = None, 
 
 @pytest.fixture
 def exported(make_client: Callable[..., TestClient], fake_provider: FakeProviderThread,
-             provider_settings: dict[str, Any]) -> Exported:
+             provider_settings: dict[str, Any], tmp_path: Path) -> Exported:
     """Scrapes of the app in the situations the alerts are about; each step asserts it happened."""
     scrapes = Exported()
 
-    # Traffic: both SLO intents on v2 and v1, a 422, and the limiter's memory backend.
-    app = make_client()
+    # Traffic: both SLO intents on v2 and v1, a 422, and the limiter's memory backend; a nightly
+    # eval report of its own (a fresh clone has none), so the eval gauges exist.
+    reports = tmp_path / "eval_reports"
+    reports.mkdir()
+    (reports / "20261124.json").write_text(json.dumps({"summary": {"success_rate": 0.9, "intent_accuracy": 0.9}}))
+    app = make_client(ivy_eval_reports_dir=reports)
     assert _ask(app, "hello there, how are you") == 200
     assert _ask(app, "what's their budget?", {"lead": LEAD_NO_SCORE}) == 200
     assert _ask(app, "hello", path=V1) == 200
