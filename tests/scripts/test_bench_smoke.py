@@ -127,3 +127,23 @@ def test_upstream_parses_request_heads() -> None:
     with pytest.raises(ValueError):
         bench_upstream.parse_head(b"garbage")
     assert bench_upstream.OK.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_markdown_from_a_saved_record(tmp_path: Path) -> None:
+    point = {"rps": 500.0, "p50_ms": 1.8, "p99_ms": 5.0, "errors_total": 0}
+    record = {
+        "meta": {"mode": "quick", "started_at": "2026-11-24T16:10:26+0000", "command": "x", "elapsed_seconds": 60},
+        "targets": {
+            "a": {"status": "measured", "points": {"c1": point, "c50": point}, "errors": 0},
+            "d": {"status": "not measured", "why": "install failed"},
+        },
+        "ratios": {"c_over_b_c50": None},
+        "checks": [{"target": "throughput c/b at c=50", "goal": ">= 0.5", "measured": "-", "status": "n/a"}],
+    }
+    saved = bench.write_json(tmp_path / "run.json", record)
+    out = subprocess.run([sys.executable, str(SCRIPT), "--markdown-from", str(saved)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "| (a) | 500 | 1.800 ms |" in out.stdout
+    assert "not measured: install failed" in out.stdout
+    assert "| throughput c/b at c=50 | >= 0.5 | - | n/a |" in out.stdout
