@@ -21,6 +21,7 @@ from app import __version__
 from app.api.admin import router as admin_router
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
+from app.api.router_endpoints import IvyAPI, RouterEndpoints
 from app.api.routes import router
 from app.config import ConfigError, Settings, load_settings
 from app.config.runtime_flags import RuntimeFlags
@@ -147,7 +148,7 @@ async def _warm_limiter(state: State) -> None:
                     fail_open=state.settings.ai_rate_limit_fail_open, error=f"{type(exc).__name__}: {exc}"[:200])
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> IvyAPI:
     if settings is None:
         try:
             settings = load_settings()
@@ -199,7 +200,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("router_stopped", uptime_seconds=round(time.time() - state.started_at, 1))
             shutdown_logging()
 
-    app = FastAPI(
+    app = IvyAPI(
+        router_endpoints=RequestContextMiddleware(RouterEndpoints(), max_body_bytes=resolved.ivy_max_body_bytes),
         title="Ivy v2 AI router", version=__version__, lifespan=lifespan,
         description="Rate limiting, intent classification and provider failover for the CRM assistant.",
     )

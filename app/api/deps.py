@@ -1,15 +1,15 @@
-"""Small getters over `request.state`, as Annotated dependencies the routes declare."""
+"""Small getters over `request.state`, as Annotated dependencies the routes declare, and the
+caller's identity (shared with the router endpoints, which read it from the ASGI scope)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from app.api.errors import ValidationFailed
-from app.config.runtime_flags import Flags
 from app.observability.logging import get_logger
 from app.pipeline import Caller
 from app.resilience.ratelimit import normalise_id
@@ -33,10 +33,10 @@ IvyState = Annotated[State, Depends(get_state)]
 MAX_HEADER_CHARS = 1024
 
 
-def _identity_headers(request: Request) -> tuple[str | None, str | None]:
+def _identity_headers(scope: Scope) -> tuple[str | None, str | None]:
     """X-User-ID and X-Org-ID in one pass over the raw headers (Headers.get rescans them per call)."""
     user = org = None
-    for key, value in request.scope["headers"]:
+    for key, value in scope["headers"]:
         if key == b"x-user-id":
             user = value
         elif key == b"x-org-id":
@@ -50,46 +50,22 @@ def _identity_headers(request: Request) -> tuple[str | None, str | None]:
     return found[0], found[1]
 
 
-def caller_from(request: Request, state: State) -> Caller:
-    """Who is asking: the rate-limit keys from X-User-ID / X-Org-ID (or the client address)."""
-    x_user_id, x_org_id = _identity_headers(request)
+def caller_from(scope: Scope, state: State) -> Caller:
+    """Who is asking: the rate-limit keys from X-User-ID / X-Org-ID (or the client address).
+
+    Records user_id and org_id in the scope's state for the request's log line."""
+    x_user_id, x_org_id = _identity_headers(scope)
     user_key = normalise_id(x_user_id, kind="u")
     org_key = normalise_id(x_org_id, kind="o")
     user_id = x_user_id.strip()[:128] if x_user_id and user_key else None
     org_id = x_org_id.strip()[:128] if x_org_id and org_key else None
     if user_key is None:
-        client = request.client.host if request.client else "unknown"
+        client = scope["client"][0] if scope.get("client") else "unknown"
         user_key = normalise_id(client, kind="ip") or "ip:unknown"
         if state.missing_user_warned.should_warn(user_key, time.monotonic()):
-            log.warning("missing_user_id", client=client, path=request.url.path,
+            log.warning("missing_user_id", client=client, path=scope["path"],
                         message="X-User-ID not set: rate limiting by client address")
-    request.state.user_id = user_id
-    request.state.org_id = org_id
-    return Caller(request.state.request_id, user_key, org_key, user_id, org_id)
-
-
-@dataclass(frozen=True, slots=True)
-class RouterCall:
-    state: State
-    caller: Caller
-    flags: Flags
-
-
-async def get_router_call(request: Request) -> RouterCall:
-    # One dependency with no declared parameters for the router endpoints: FastAPI's per-dependency
-    # and per-Header resolution measured ~13% of a request's CPU; the headers are documented in
-    # the routes' OpenAPI instead (ROUTER_HEADERS).
-    state: State = request.state.ivy
-    return RouterCall(state, caller_from(request, state), state.flags.current)
-
-
-CurrentCall = Annotated[RouterCall, Depends(get_router_call)]
-
-ROUTER_HEADERS = [
-    {"name": "X-User-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1024},
-     "description": "The rep's user id: the rate-limit key (the client address when missing)."},
-    {"name": "X-Org-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1024},
-     "description": "The rep's org: the org-level rate limit."},
-    {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
-     "description": "Correlation id; generated when missing, echoed back as a header."},
-]
+    request_state = scope["state"]
+    request_state["user_id"] = user_id
+    request_state["org_id"] = org_id
+    return Caller(request_state["request_id"], user_key, org_key, user_id, org_id)

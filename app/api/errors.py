@@ -5,6 +5,7 @@ Every error response is ``{"error": {"code", "message", "request_id", ...}}``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,24 +63,49 @@ class NotFound(IvyError):
     code = "not_found"
 
 
+class MethodNotAllowed(IvyError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def error_response(request: Request, exc: IvyError) -> FastJSONResponse:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "request_id": _request_id(request)}
+def error_payload(exc: IvyError, request_id: str | None) -> dict[str, Any]:
+    """The one error shape: ``{"error": {code, message, request_id, ...details}}``."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message, "request_id": request_id}
     body.update(exc.details)
+    return {"error": body}
+
+
+def error_response(request: Request, exc: IvyError) -> FastJSONResponse:
     request.state.error_code = exc.code
-    return FastJSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
+    return FastJSONResponse(error_payload(exc, _request_id(request)), status_code=exc.status_code,
+                            headers=exc.headers)
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+def from_validation_errors(errors: Sequence[Any]) -> IvyError:
+    """Pydantic's error list (from FastAPI or from model_validate_json) as InvalidJSON or ValidationFailed."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return InvalidJSON("the body is not valid JSON")
     problems = []
-    for err in exc.errors():
+    for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         problems.append({"field": loc or "body", "message": err.get("msg", "invalid")})
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
-    return summary or "invalid request", problems
+    return ValidationFailed(summary or "invalid request", fields=problems)
+
+
+def from_http_exception(exc: StarletteHTTPException) -> IvyError:
+    err = IvyError(str(exc.detail), headers=dict(exc.headers or {}))
+    err.status_code = exc.status_code
+    codes = {404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge.code}
+    err.code = codes.get(exc.status_code, "http_error")
+    return err
+
+
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request_id when reporting"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -91,23 +117,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> FastJSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if any(e.get("type") == "json_invalid" for e in exc.errors()):
-            return error_response(request, InvalidJSON("the body is not valid JSON"))
-        message, problems = _describe_validation(exc)
-        return error_response(request, ValidationFailed(message, fields=problems))
+        return error_response(request, from_validation_errors(exc.errors()))
 
     async def on_http(request: Request, exc: Exception) -> FastJSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        err = IvyError(str(exc.detail), headers=dict(exc.headers or {}))
-        err.status_code = exc.status_code
-        codes = {404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge.code}
-        err.code = codes.get(exc.status_code, "http_error")
-        return error_response(request, err)
+        return error_response(request, from_http_exception(exc))
 
     async def on_unexpected(request: Request, exc: Exception) -> FastJSONResponse:
         log.error("unhandled_exception", request_id=_request_id(request), path=request.url.path,
                   error=type(exc).__name__, exc_info=exc)
-        return error_response(request, IvyError("internal error; quote the request_id when reporting"))
+        return error_response(request, IvyError(INTERNAL_ERROR_MESSAGE))
 
     app.add_exception_handler(IvyError, on_ivy_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -16,12 +16,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import PayloadTooLarge
+from app.api.router_endpoints import ENDPOINTS
 from app.observability.logging import get_logger
 from app.state import State
 
 log = get_logger()
 
-ROUTER_PATHS = frozenset({"/ai/router/v2", "/ai/router/", "/ai/router"})
+ROUTER_PATHS = frozenset(ENDPOINTS)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -89,7 +90,9 @@ class RequestContextMiddleware:
         finally:
             if ivy is not None and is_router:
                 ivy.metrics.in_flight.dec()
-            self._finish(ivy, scope, state_dict, status_holder[0], started, is_router)
+            # 499 (nginx's "client closed request"): not our error, so not a 5xx for the alerts.
+            status = 499 if state_dict.get("client_gone") else status_holder[0]
+            self._finish(ivy, scope, state_dict, status, started, is_router)
 
     async def _reject_too_large(self, scope: Scope, send: Send, request_id: str) -> None:
         body = orjson.dumps({"error": {"code": PayloadTooLarge.code, "request_id": request_id,

@@ -1,79 +1,19 @@
-"""HTTP routes. They parse, call the pipeline, and render; nothing else."""
+"""HTTP routes for health and metrics. The router endpoints themselves (POST /ai/router/v2 and the v1
+rollback target) are in router_endpoints.py: they carry all the traffic and skip FastAPI's layers."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import __version__, pipeline
-from app.api.deps import ROUTER_HEADERS, CurrentCall, IvyState, RouterCall
-from app.api.errors import IvyError
+from app import __version__
+from app.api.deps import IvyState
 from app.api.responses import FastJSONResponse
-from app.api.schemas import ErrorResponse, RouterRequest, RouterResponse, V1Response
-from app.config.runtime_flags import Flags
 
 router = APIRouter()
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 422, 429, 500)
-}
-
-
-def _remember(request: Request, response: RouterResponse) -> None:
-    """What the request log line and metrics need (read by the middleware)."""
-    request.state.intent = response.intent
-    request.state.provider = response.provider
-    request.state.fallback = response.fallback.reason
-    request.state.model = response.model
-    request.state.provider_ms = response.latency_ms.get("generate")
-    request.state.overhead_ms = response.latency_ms["total"] - response.latency_ms.get("generate", 0.0)
-
-
-async def _run(request: Request, call: RouterCall, body: RouterRequest, flags: Flags) -> pipeline.Outcome:
-    try:
-        return await pipeline.answer(call.state, call.caller, body.query, body.context, flags)
-    except IvyError as exc:
-        request.state.bucket = exc.details.get("bucket")
-        request.state.retry_after = exc.details.get("retry_after")
-        raise
-
-
-@router.post("/ai/router/v2", response_model=RouterResponse, responses=_ERRORS,
-             openapi_extra={"parameters": ROUTER_HEADERS},
-             summary="Answer a rep's question (v2: intents, modals, citations, failover)")
-async def route_v2(request: Request, body: RouterRequest, call: CurrentCall) -> Response:
-    if body.stream:
-        try:
-            events, headers, c = await pipeline.answer_stream(
-                call.state, call.caller, body.query, body.context, call.flags,
-                on_provider=lambda name: setattr(request.state, "provider", name))
-        except IvyError as exc:
-            request.state.bucket = exc.details.get("bucket")
-            raise
-        request.state.intent = c.intent
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
-    outcome = await _run(request, call, body, call.flags)
-    _remember(request, outcome.response)
-    return FastJSONResponse(outcome.response.model_dump(mode="json"), headers=outcome.rate_headers)
-
-
-@router.post("/ai/router/", response_model=V1Response, responses=_ERRORS,
-             openapi_extra={"parameters": ROUTER_HEADERS},
-             summary="v1 contract (rollback target): never opens a modal, ignores v2 flags")
-async def route_v1(request: Request, body: RouterRequest, call: CurrentCall) -> Response:
-    v1_flags = Flags(modal_heuristics=False, organic=False, active_model=call.flags.active_model)
-    outcome = await _run(request, call, body, v1_flags)
-    r = outcome.response
-    _remember(request, r)
-    intent = "rag" if r.intent == "rag" else "conversational"
-    v1 = V1Response(request_id=r.request_id, response=r.answer, intent=intent, provider=r.provider, model=r.model)
-    return FastJSONResponse(v1.model_dump(mode="json"), headers=outcome.rate_headers)
-
 
 @router.get("/health", summary="Can the service answer? (runbook: database connectivity)")
 async def health(state: IvyState) -> FastJSONResponse:

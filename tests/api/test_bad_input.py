@@ -107,3 +107,53 @@ def test_bad_requests_are_logged_with_their_status(client: TestClient, log_file:
     line = next(x for x in lines if x.get("request_id") == "req-malformed")
     assert line["status"] == 400
     assert line["error_code"] == "invalid_json"
+
+
+def test_a_failure_inside_the_router_endpoint_is_a_500_with_request_id_and_a_logged_traceback(
+        client: TestClient, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: the router endpoints are served outside FastAPI's stack, so they must
+    # catch what FastAPI's ServerErrorMiddleware would.
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("pipeline exploded")
+
+    monkeypatch.setattr("app.pipeline.answer", broken)
+    r = client.post(V2, json={"query": "hello"}, headers={**H, "X-Request-ID": "req-exploded"})
+    err = assert_error(r, 500, "internal_error")
+    assert err["message"] == "internal error; quote the request_id when reporting"
+    lines = read_log(log_file, lambda ls: any(x.get("event") == "unhandled_exception" for x in ls))
+    logged = next(x for x in lines if x["event"] == "unhandled_exception")
+    assert logged["request_id"] == "req-exploded" and "RuntimeError: pipeline exploded" in logged["exception"]
+    request_line = next(x for x in read_log(log_file, lambda ls: any(
+        x.get("event") == "request" and x.get("request_id") == "req-exploded" for x in ls))
+        if x.get("event") == "request" and x.get("request_id") == "req-exploded")
+    assert request_line["status"] == 500 and request_line["level"] == "ERROR"
+
+
+def test_a_client_gone_before_its_body_arrives_gets_no_answer_and_is_logged_as_499(
+        client: TestClient, log_file: Path) -> None:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": V2, "raw_path": V2.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"x-request-id", b"req-gone"), (b"x-user-id", b"rep-gone")],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "state": dict(client.app_state)}
+    assert client.portal is not None
+    client.portal.call(client.app, scope, receive, send)
+    assert sent == []
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-gone" for x in ls))
+    line = next(x for x in lines if x.get("request_id") == "req-gone")
+    assert line["status"] == 499 and line["level"] == "INFO"
+
+
+def test_a_json_body_without_a_content_type_is_still_read_as_json(client: TestClient) -> None:
+    # curl -d sends application/x-www-form-urlencoded unless told otherwise; the body is still JSON.
+    r = client.post(V2, content=b'{"query": "hello"}', headers={"X-User-ID": "rep-curl",
+                                                                 "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert r.json()["intent"] == "conversational"

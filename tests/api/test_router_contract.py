@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from fastapi.testclient import TestClient
 
 from tests.conftest import LEAD, LEAD_NO_SCORE
@@ -102,6 +105,12 @@ def test_v1_keeps_its_contract_and_never_opens_a_modal(client: TestClient) -> No
     assert ask(client, "what's their budget", {"lead": LEAD}, path="/ai/router/").json()["intent"] == "rag"
 
 
+def test_v1_without_the_trailing_slash_answers_instead_of_redirecting(client: TestClient) -> None:
+    r = ask(client, "what's their budget", {"lead": LEAD}, path="/ai/router")
+    assert r.status_code == 200 and not r.history
+    assert set(r.json()) == {"request_id", "response", "intent", "provider", "model"}
+
+
 def test_health_reports_the_memory_limiter_when_no_redis_is_configured(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200
@@ -139,6 +148,13 @@ def test_openapi_describes_both_router_endpoints(client: TestClient) -> None:
     schemas = spec["components"]["schemas"]
     assert "query" in schemas["RouterRequest"]["properties"]
     assert "citations" in schemas["RouterResponse"]["properties"]
+    v2 = spec["paths"]["/ai/router/v2"]["post"]
+    assert v2["requestBody"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/RouterRequest"
+    assert {"200", "400", "413", "422", "429"} <= set(v2["responses"])
+    assert "X-User-ID" in {p["name"] for p in v2["parameters"]}
+    # every $ref resolves
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
+    assert refs and set(refs) <= set(schemas)
 
 
 def test_stream_sends_meta_deltas_and_done(client: TestClient) -> None:
