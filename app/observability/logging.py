@@ -8,14 +8,18 @@ listener thread, so a slow disk never stalls the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+import traceback
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -67,9 +71,9 @@ class _LineSink:
     """
 
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[str] | None = None
+        self.queue: queue.SimpleQueue[str | None] | None = None
         self.level = logging.INFO
-        self.listener: logging.handlers.QueueListener | None = None
+        self.writer: _Writer | None = None
 
     def msg(self, line: str) -> None:
         if self.queue is not None:
@@ -88,17 +92,93 @@ def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any])
     return event_dict
 
 
-class _LineListener(logging.handlers.QueueListener):
-    """Turns queued lines into LogRecords on the writer thread, so the event loop never builds one."""
+class _Writer(threading.Thread):
+    """Writes queued lines to the file and the console, a batch at a time.
 
-    def prepare(self, record: Any) -> logging.LogRecord:
-        return logging.makeLogRecord({"msg": record, "levelno": logging.INFO, "levelname": "INFO"})
+    It shares the GIL with the event loop, so the per-line work is a list append: the size and
+    logrotate checks, the write and the flush happen once per batch and destination, using the
+    stdlib handlers' own rollover and reopen. The busier the loop, the bigger (and cheaper per
+    line) the batches. `None` on the queue means: write what came before it, then stop.
+    """
+
+    max_batch = 1000  # bounds what one batch holds in memory (~250 KB of request lines)
+
+    def __init__(self, lines: queue.SimpleQueue[str | None], file: logging.FileHandler,
+                 console: logging.StreamHandler[TextIO]) -> None:
+        super().__init__(name="ivy-log-writer", daemon=True)
+        self.lines, self.file, self.console = lines, file, console
+        self.failing: set[logging.Handler] = set()
+
+    def run(self) -> None:
+        while True:
+            batch: list[str] = []
+            line = self.lines.get()
+            with contextlib.suppress(queue.Empty):
+                while line is not None:
+                    batch.append(line)
+                    if len(batch) == self.max_batch:
+                        break
+                    line = self.lines.get_nowait()
+            if batch:
+                batch.append("")  # so the joined text ends with a newline too
+                text = "\n".join(batch)
+                self._emit(self.file, self._write_file, text)
+                self._emit(self.console, self._write_console, text)
+            if line is None:
+                with contextlib.suppress(OSError):  # a failing disk was reported already
+                    self.file.close()
+                return
+
+    def _emit(self, handler: logging.Handler, write: Callable[[str], None], text: str) -> None:
+        handler.acquire()  # logging.shutdown() at exit flushes and closes handlers under this lock
+        try:
+            write(text)
+        except Exception as exc:
+            # A full disk or a vanished directory loses this batch, not the thread. Said once per
+            # outage rather than per batch (as Handler.handleError would), not to flood stderr.
+            if handler not in self.failing:
+                self.failing.add(handler)
+                with contextlib.suppress(Exception):
+                    print(f"--- Logging error in {handler!r}, reported once until it recovers ---", file=sys.stderr)
+                    traceback.print_exception(exc, file=sys.stderr)
+        else:
+            self.failing.discard(handler)
+        finally:
+            handler.release()
+
+    def _write_console(self, text: str) -> None:
+        self.console.stream.write(text)
+        self.console.stream.flush()
+
+    def _write_file(self, text: str) -> None:
+        handler = self.file
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()  # logrotate moved the file: write to the new one
+        if handler.stream is None:  # a reopen or a rollover failed last time: try again, as FileHandler.emit does
+            handler.stream = handler._open()
+        if isinstance(handler, logging.handlers.RotatingFileHandler) and handler.backupCount > 0:
+            # Roll over where RotatingFileHandler would, line by line: before the line that would
+            # take the file to maxBytes; a deleted file too, but never /dev/null and the like
+            # (bpo-45401). seek, not tell: the file may have been truncated behind our back.
+            name = handler.baseFilename
+            while (pos := handler.stream.seek(0, 2)) + len(text) >= handler.maxBytes and (
+                os.path.isfile(name) or not os.path.exists(name)
+            ):
+                # The lines that keep the file under maxBytes (none if it is there already).
+                fits = text.rfind("\n", 0, max(handler.maxBytes - pos - 1, 0)) + 1
+                if fits == 0 and pos == 0:  # one line alone reaches maxBytes: it gets a file to itself
+                    fits = text.index("\n") + 1
+                handler.stream.write(text[:fits])
+                handler.doRollover()
+                text = text[fits:]
+        handler.stream.write(text)
+        handler.stream.flush()
 
 
 def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, backups: int) -> None:
     shutdown_logging()
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler: logging.Handler
+    file_handler: logging.FileHandler
     if max_bytes > 0:
         file_handler = logging.handlers.RotatingFileHandler(
             log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
@@ -107,13 +187,10 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
         # Several workers must not each rotate the same file: leave rotation to logrotate, and
         # reopen the file when logrotate moves it.
         file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
-    console = logging.StreamHandler(sys.stderr)
-    for handler in (file_handler, console):
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-    listener = _LineListener(lines, file_handler, console, respect_handler_level=False)
-    listener.start()
-    _sink.queue, _sink.listener, _sink.level = lines, listener, logging.getLevelName(level)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    writer = _Writer(lines, file_handler, logging.StreamHandler(sys.stderr))
+    writer.start()
+    _sink.queue, _sink.writer, _sink.level = lines, writer, logging.getLevelName(level)
     # Our JSON `request` line carries everything uvicorn's access line does, and more.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
@@ -132,11 +209,12 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
 
 
 def shutdown_logging() -> None:
-    """Flush what is queued and stop the writer thread."""
-    if _sink.listener is not None:
-        _sink.listener.stop()
-        _sink.listener = None
-        _sink.queue = None
+    """Write everything queued, close the file and stop the writer thread."""
+    lines, writer = _sink.queue, _sink.writer
+    if lines is not None and writer is not None:
+        _sink.queue = _sink.writer = None  # lines logged from here on are dropped, not left queued
+        lines.put(None)
+        writer.join()
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:
