@@ -9,6 +9,7 @@ listener thread, so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import logging.handlers
 import os
@@ -32,26 +33,31 @@ _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|x-g
 _SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
 
 
-_SECRET_HINTS = ("sk-", "AIza", "Bearer")
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Log lines reuse a few dozen field names: the regex runs once per name, not per line.
+    return _SECRET_KEYS.search(key) is not None
 
 
 def _redact_value(value: Any) -> Any:
+    # Per request line this runs a dozen times on the event loop: the common cases (numbers,
+    # None, short strings without a key's prefix) return before any regex or recursion.
     if isinstance(value, str):
-        # The regex only when a value could hold a key: most log values are short ids and numbers.
-        return _SECRET_VALUES.sub("[REDACTED]", value) if any(h in value for h in _SECRET_HINTS) else value
+        if "sk-" in value or "AIza" in value or "Bearer" in value:
+            return _SECRET_VALUES.sub("[REDACTED]", value)
+        return value
+    if value is None or isinstance(value, int | float):
+        return value
     if isinstance(value, Mapping):
-        return {k: "[REDACTED]" if _SECRET_KEYS.search(str(k)) else _redact_value(v) for k, v in value.items()}
+        return {k: "[REDACTED]" if _is_secret_key(str(k)) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value
 
 
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event_dict):
-        if _SECRET_KEYS.search(key):
-            event_dict[key] = "[REDACTED]"
-        else:
-            event_dict[key] = _redact_value(event_dict[key])
+    for key, value in event_dict.items():  # values replaced in place: no key is added or removed
+        event_dict[key] = "[REDACTED]" if _is_secret_key(key) else _redact_value(value)
     return event_dict
 
 

@@ -119,3 +119,22 @@ def test_without_size_rotation_the_log_survives_logrotate_moving_it(make_client,
     client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-1", "X-Request-ID": "req-after"})
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-after" for x in ls))
     assert [x["request_id"] for x in lines if x.get("event") == "request"] == ["req-after"]
+
+
+def test_redaction_reaches_nested_keys_and_key_shaped_values_and_leaves_the_rest_alone() -> None:
+    from app.observability.logging import redact_secrets
+
+    key = "sk-proj-" + "a1B2" * 6
+    event = {
+        "OPENAI_API_KEY": key, "headers": {"Authorization": "Bearer abc.def", "accept": "json"},
+        "error": f"HTTP 401 for key {key}", "notes": ["plain", "token Bearer xyz123"],
+        "status": 200, "latency_ms": 1.5, "org_id": None, "used": True, "user_id": "rep-sk",
+    }
+    out = redact_secrets(None, "info", dict(event))
+    assert out["OPENAI_API_KEY"] == "[REDACTED]"
+    assert out["headers"] == {"Authorization": "[REDACTED]", "accept": "json"}
+    assert out["error"] == "HTTP 401 for key [REDACTED]"
+    assert out["notes"] == ["plain", "token [REDACTED]"]
+    assert {k: out[k] for k in ("status", "latency_ms", "org_id", "used", "user_id")} == {
+        "status": 200, "latency_ms": 1.5, "org_id": None, "used": True, "user_id": "rep-sk"}
+    assert key not in repr(out)
