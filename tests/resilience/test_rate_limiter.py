@@ -127,8 +127,15 @@ async def test_redis_keys_expire_when_the_bucket_would_be_full(redis_url: str) -
     keys = limiter.keys_for("u:a", "o:x")
     ttl_ms = await client.pttl(keys[0])
     assert 3000 < ttl_ms <= 4000  # 3 tokens to refill at 1/s, plus 1 s of slack
-    assert all(k.startswith("ivy:rl:{o:x}:") for k in keys)  # one Cluster hash slot per request
+    assert keys == ["ivy:rl:u:a", "ivy:rl:o:x"]
     await client.aclose()
+
+
+async def test_a_user_gets_one_bucket_whatever_org_header_comes_with_it(make_limiter: Make) -> None:
+    limiter, _ = await make_limiter(limits(per_min=60, burst=4))
+    decisions = [await limiter.check("u:hopper", f"o:org-{i}") for i in range(8)]
+    assert sum(d.allowed for d in decisions) == 4
+    assert decisions[-1].bucket == "burst"
 
 
 async def test_redis_reloads_the_script_after_a_flush(redis_url: str) -> None:
