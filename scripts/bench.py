@@ -712,11 +712,11 @@ class Bench:
             cmd += ["--app-dir", str(app_dir)]
         return pin(cmd, self.sut_cpu)
 
-    def start_proxy(self, upstream: Server) -> Server:
+    def start_proxy(self, upstream: Server, name: str = "proxy") -> Server:
         port = free_port()
         env = child_env(BENCH_UPSTREAM_URL=f"http://127.0.0.1:{upstream.port}/v1/chat/completions")
-        return Server("proxy", self.uvicorn_cmd("bench_proxy:app", port, SCRIPTS), env=env, port=port,
-                      log=self.work / "proxy.log").start()
+        return Server(name, self.uvicorn_cmd("bench_proxy:app", port, SCRIPTS), env=env, port=port,
+                      log=self.work / f"{name}.log").start()
 
     def start_router(self, upstream: Server, name: str) -> Server:
         port = free_port()
@@ -924,6 +924,9 @@ class Bench:
         proxy = self.start_proxy(upstream) if "b" in wanted else None
         router = self.start_router(upstream, "router") if "c" in wanted else None
         slow_router = self.start_router(slow_upstream, "router-300ms") if slow_upstream is not None else None
+        # (b) on the same 300 ms upstream: the floor of that case for any Python router.
+        slow_proxy = (self.start_proxy(slow_upstream, "proxy-300ms")
+                      if slow_upstream is not None and "b" in wanted else None)
         litellm = self.start_litellm(litellm_bin, upstream) if litellm_bin is not None else None
 
         chat_headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
@@ -992,7 +995,8 @@ class Bench:
         }
 
         if slow_router is not None and slow_upstream is not None and slow_direct is not None:
-            rec["slow_upstream"] = self.slow_case(slow_upstream, slow_router, slow_direct, router_body, router_headers)
+            rec["slow_upstream"] = self.slow_case(slow_upstream, slow_router, slow_direct, router_body, router_headers,
+                                                  slow_proxy, chat_body, chat_headers)
             slow_router.stop()
             self.mark("slow_upstream")
         if router is not None and self.targets["c"].status == "measured" and plan.soak_seconds > 0:
@@ -1058,9 +1062,23 @@ class Bench:
         return direct
 
     def slow_case(self, upstream: Server, router: Server, direct: WrkResult, router_body: bytes,
-                  router_headers: dict[str, str]) -> dict[str, Any]:
+                  router_headers: dict[str, str], proxy: Server | None, chat_body: bytes,
+                  chat_headers: dict[str, str]) -> dict[str, Any]:
         assert self.wrk is not None
         seconds, conns = self.plan.slow_seconds, self.args.slow_connections
+        floor: WrkResult | None = None
+        if proxy is not None:
+            try:
+                self.check_chat(proxy)
+                proxy_url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
+                proxy_script = self.wrk.script(chat_body, chat_headers)
+                self.wrk.run(proxy_url, proxy_script, conns, self.plan.warmup_seconds)
+                floor = self.wrk.run(proxy_url, proxy_script, conns, seconds)
+                say(f"300 ms upstream through (b), {conns} connections, {seconds} s: {floor.rps:.0f} req/s  p50 "
+                    f"{fmt(floor.p50_ms)}  p99 {fmt(floor.p99_ms)} ms  errors {floor.errors_total}")
+            except (RuntimeError, OSError, ValueError) as exc:
+                say(f"  proxy-300ms: NOT MEASURED: {str(exc).splitlines()[0]}")
+            proxy.stop()
         url = f"http://127.0.0.1:{router.port}/ai/router/v2"
         script = self.wrk.script(router_body, router_headers)
         self.wrk.run(url, script, conns, self.plan.warmup_seconds)  # opens the router's upstream connections
@@ -1073,7 +1091,8 @@ class Bench:
         if hidden:
             say(f"  WARNING: {hidden} router answers did not come from openai: counted as errors")
         return {"upstream": upstream.name, "latency_ms": 300, "connections": conns, "direct": direct.as_dict(),
-                "router": routed.as_dict(), "hidden_errors": hidden}
+                "proxy": floor.as_dict() if floor is not None else None, "router": routed.as_dict(),
+                "hidden_errors": hidden}
 
     # -- report ----------------------------------------------------------------------------------
 
@@ -1279,7 +1298,9 @@ def render_report(rec: dict[str, Any], targets: dict[str, Target]) -> str:
         d, rt = slow["direct"], slow["router"]
         lines.append(f"300 ms upstream, {slow['connections']} connections: direct p50 {fmt(d['p50_ms'], 1)} "
                      f"p99 {fmt(d['p99_ms'], 1)} ms ({d['rps']:.0f} req/s, {d['errors_total']} errors); "
-                     f"(c) p50 {fmt(rt['p50_ms'], 1)} p99 {fmt(rt['p99_ms'], 1)} ms ({rt['rps']:.0f} req/s, "
+                     + (f"(b) p50 {fmt(pb['p50_ms'], 1)} p99 {fmt(pb['p99_ms'], 1)} ms ({pb['rps']:.0f} req/s, "
+                        f"{pb['errors_total']} errors); " if (pb := slow.get("proxy")) else "")
+                     + f"(c) p50 {fmt(rt['p50_ms'], 1)} p99 {fmt(rt['p99_ms'], 1)} ms ({rt['rps']:.0f} req/s, "
                      f"{rt['errors_total'] + slow['hidden_errors']} errors)")
     soak = rec.get("soak")
     if soak:
@@ -1347,8 +1368,10 @@ def render_markdown(rec: dict[str, Any]) -> str:
         d, rt = slow["direct"], slow["router"]
         errs = rt.get("errors_total", 0) + slow.get("hidden_errors", 0)
         parts.append(f"300 ms upstream with {slow['connections']} connections: direct p99 "
-                     f"{num(d.get('p99_ms'), 0)} ms; through (c) {num(rt.get('rps'))} req/s, "
-                     f"p99 {num(rt.get('p99_ms'), 0)} ms, errors {errs}.")
+                     f"{num(d.get('p99_ms'), 0)} ms; "
+                     + (f"through (b) {num(pb.get('rps'))} req/s, p99 {num(pb.get('p99_ms'), 0)} ms; "
+                        if (pb := slow.get("proxy")) else "")
+                     + f"through (c) {num(rt.get('rps'))} req/s, p99 {num(rt.get('p99_ms'), 0)} ms, errors {errs}.")
     soak = rec.get("soak")
     if soak:
         rss, fds = soak["rss_mb"], soak["fds"]
