@@ -15,8 +15,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import PayloadTooLarge
-from app.api.router_endpoints import ENDPOINTS
+from app.api.errors import PayloadTooLarge, error_payload
+from app.api.router_endpoints import ENDPOINTS, send_json
 from app.observability.logging import get_logger
 from app.state import State
 
@@ -95,12 +95,8 @@ class RequestContextMiddleware:
             self._finish(ivy, scope, state_dict, status, started, is_router)
 
     async def _reject_too_large(self, scope: Scope, send: Send, request_id: str) -> None:
-        body = orjson.dumps({"error": {"code": PayloadTooLarge.code, "request_id": request_id,
-                                       "message": f"request body over {self.max_body} bytes"}})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        exc = PayloadTooLarge(f"request body over {self.max_body} bytes")
+        await send_json(send, exc.status_code, orjson.dumps(error_payload(exc, request_id)), exc.headers)
 
     def _finish(self, ivy: State | None, scope: Scope, st: dict[str, Any], status: int, started: float,
                 is_router: bool) -> None:
