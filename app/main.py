@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await http.close()
+            await state.limiter.aclose()
             if redis is not None:
                 await redis.aclose()
             metrics.close()

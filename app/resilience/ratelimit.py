@@ -17,6 +17,14 @@ batch. The script runs a batch's checks in order, each with the same arithmetic 
 so two checks on one bucket in one batch see each other's decrement and admission stays exact
 across workers and hosts. A failed EVALSHA fails every check of its batch with its exception.
 
+Each batch slot owns one connection, outside the client's shared pool: the in-flight bound already
+serialises a slot's batches, so a pool checkout (an asyncio.Condition under the lock) and the
+client's retry and parse wrappers bought nothing but ~30 us per round trip, the largest single
+cost of a request at one connection. It also fixes the limiter's share of Redis connections
+at ``MAX_IN_FLIGHT`` per worker, whatever the load. Before each use a slot's connection gets the check the
+pool would make (unread data or EOF, e.g. Redis restarted: reconnect); nothing is retried, so a
+timeout costs one ``socket_timeout`` and fails its checks as it did before.
+
 Redis Cluster is not supported: a batch's keys (and a check's user and org buckets) span hash
 slots. The client is a plain ``redis.asyncio.Redis`` on one server (or a primary with replicas);
 a Cluster would need the script split per slot, which the exact user+org decision cannot be.
@@ -33,9 +41,10 @@ import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 Bucket = Literal["user", "org", "burst"]
@@ -104,6 +113,10 @@ class RateLimiter(Protocol):
 
     async def warm(self) -> None:
         """Prepare for traffic (connect, load scripts); raises if the backend is unreachable."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the limiter opened itself (not the client it was given)."""
         ...
 
 
@@ -183,6 +196,9 @@ class MemoryRateLimiter:
         return 0.0
 
     async def warm(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
         return None
 
 
@@ -267,11 +283,12 @@ class RedisRateLimiter:
     """Fleet-wide buckets in one Redis; every app host and worker shares them.
 
     Concurrent checks are coalesced (see the module docstring). With a batch slot free, ``check``
-    sends its own check at once, in its own task. Otherwise it queues its keys and a future; when a
-    batch finishes, it starts a task that sends up to ``max_batch`` queued checks as one EVALSHA and
-    resolves their futures, and so on while checks are queued. No task outlives its batch; batches
-    in flight at once use different connections and may run on the server in either order, as
-    concurrent requests could before.
+    sends its own check at once, from the caller's task, on that slot's connection. Otherwise it
+    queues its keys and a future; when a batch finishes, it starts a task that sends up to
+    ``max_batch`` queued checks as one EVALSHA and resolves their futures, and so on while checks
+    are queued. No task outlives its batch; batches in flight at once use different connections and
+    may run on the server in either order, as concurrent requests could before. ``aclose`` closes
+    the slots' connections; the client (and its pool, used for ``ping``) stays the caller's.
     """
 
     backend: BackendName = "redis"
@@ -289,6 +306,7 @@ class RedisRateLimiter:
         self._pending: deque[_Pending] = deque()
         self._in_flight = 0
         self._batches: set[asyncio.Task[None]] = set()  # strong references until each batch is done
+        self._idle: list[aioredis.Connection] = []  # the free slots' connections (one per slot)
 
     def keys_for(self, user_key: str, org_key: str | None) -> list[str]:
         # One bucket per user whatever org header comes with it (a key that varied with the org
@@ -299,20 +317,58 @@ class RedisRateLimiter:
         return keys
 
     async def warm(self) -> None:
-        await self._load()
+        """Open every slot's connection and load the script, so the first requests pay neither."""
+        self._loop_state()
+        for conn in self._idle:
+            await self._ready(conn)
+            await conn.connect()  # type: ignore[no-untyped-call]
+        await self._load(self._idle[0])
 
-    async def _load(self) -> str:
-        self._sha = str(await self.client.script_load(TOKEN_BUCKET_BATCH_LUA))
+    async def aclose(self) -> None:
+        if self._loop is asyncio.get_running_loop():
+            for conn in self._idle:
+                await conn.disconnect()
+
+    async def _load(self, conn: aioredis.Connection) -> str:
+        sha = await self._call(conn, "SCRIPT", "LOAD", TOKEN_BUCKET_BATCH_LUA)
+        self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
         return self._sha
 
-    async def _evalsha(self, keys: list[str], args: list[float | int]) -> list[int]:
-        sha = self._sha or await self._load()
+    @staticmethod
+    async def _ready(conn: aioredis.Connection) -> None:
+        """What the pool checks on checkout: a connection with unread data or at EOF (Redis
+        restarted since its last use) is dropped, and the next send connects afresh."""
+        if not conn.is_connected:
+            return
         try:
-            result = await self.client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # Redis restarted or SCRIPT FLUSH: load again, once.
-            result = await self.client.evalsha(await self._load(), len(keys), *keys, *args)
-        return [int(x) for x in result]
+            dirty = await conn.can_read()
+        except (RedisConnectionError, OSError):
+            dirty = True
+        if dirty:
+            await conn.disconnect()
+
+    @staticmethod
+    async def _call(conn: aioredis.Connection, *command: str | float | int) -> Any:
+        # send_command connects if needed; both halves drop the connection on any failure or
+        # cancellation, so a reply is never left unread for the next batch to take as its own.
+        await conn.send_command(*command)
+        return await conn.read_response()
+
+    async def _evalsha(self, keys: list[str], args: list[float | int]) -> list[int]:
+        """One EVALSHA on a free slot's connection (the caller holds the slot)."""
+        idle = self._idle  # the list it goes back to, even if another loop has replaced it meanwhile
+        conn = idle.pop()
+        try:
+            await self._ready(conn)
+            sha = self._sha or await self._load(conn)
+            try:
+                result = await self._call(conn, "EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # Redis restarted or SCRIPT FLUSH: load again, once.
+                result = await self._call(conn, "EVALSHA", await self._load(conn), len(keys), *keys, *args)
+            return [int(x) for x in result]
+        finally:
+            idle.append(conn)
 
     async def _send(self, checks: list[list[str]]) -> list[int]:
         """One EVALSHA for a batch (each check's keys, in order); 4 integers per check."""
@@ -366,8 +422,11 @@ class RedisRateLimiter:
         if loop is not self._loop:
             # First use, or the previous loop is gone (tests, a restarted lifespan): whatever was
             # queued or in flight there can never complete here, so start clean rather than count
-            # dead batches against MAX_IN_FLIGHT forever.
+            # dead batches against MAX_IN_FLIGHT forever. Connections opened on that loop cannot be
+            # used on this one either: each slot gets a new one (connected on first use).
             self._loop, self._pending, self._in_flight, self._batches = loop, deque(), 0, set()
+            pool = self.client.connection_pool
+            self._idle = [pool.make_connection() for _ in range(self.max_in_flight)]  # type: ignore[no-untyped-call]
         return loop
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:

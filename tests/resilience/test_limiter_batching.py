@@ -313,3 +313,46 @@ async def test_a_cancelled_caller_does_not_break_the_batch_for_the_others(client
     # The cancelled check was sent with its batch and took a token: 19 for the other 29.
     assert sum(isinstance(r, Decision) and r.allowed for r in others) == 19
     assert (await limiter.check("u:b", None)).allowed  # nothing stuck
+
+
+async def connected_clients(port: int) -> int:
+    """Connections the server holds, by its own count (this query's connection included)."""
+    probe = aioredis.Redis(port=port)
+    try:
+        return int((await probe.info("clients"))["connected_clients"])
+    finally:
+        await probe.aclose()
+
+
+async def test_the_limiter_holds_max_in_flight_connections_whatever_the_load() -> None:
+    # The shared pool grows to the highest concurrency it ever served and keeps those connections;
+    # the limiter must not: a connection per batch slot, opened at warm-up, and never more.
+    with RedisProcess() as server:
+        client = aioredis.Redis.from_url(server.url)
+        limiter = RedisRateLimiter(client, SLOW)
+        await limiter.warm()
+        assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
+        for _ in range(3):
+            decisions = await together(limiter.check(f"u:{i}", "o:x") for i in range(500))
+            assert all(d.allowed for d in decisions)
+        assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
+        await limiter.aclose()
+        assert await connected_clients(server.port) == 1
+        await client.aclose()
+
+
+async def test_a_redis_restart_while_the_limiter_was_idle_costs_no_check() -> None:
+    # Its connections saw the old server go away while nobody used them: the first checks after the
+    # restart reconnect (and load the script again) instead of failing open on a dead socket.
+    with RedisProcess() as server:
+        client = aioredis.Redis.from_url(server.url)
+        limiter = RedisRateLimiter(client, SLOW)
+        await limiter.warm()
+        assert (await limiter.check("u:a", None)).allowed
+        server.stop()
+        await asyncio.sleep(0.2)  # the loop reads the EOF
+        server.start()
+        alone = [await limiter.check("u:a", None) for _ in range(3)]
+        together_ = await together(limiter.check("u:a", None) for _ in range(30))
+        assert sum(d.allowed for d in alone + together_) == 20  # a fresh server: a full bucket, exactly
+        await client.aclose()
