@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -148,6 +149,30 @@ async def _warm_limiter(state: State) -> None:
                     fail_open=state.settings.ai_rate_limit_fail_open, error=f"{type(exc).__name__}: {exc}"[:200])
 
 
+def tune_gc(gen0_threshold: int) -> Callable[[], None]:
+    """Freeze what start-up built out of the cyclic GC and collect the young generation every
+    ``gen0_threshold`` allocations instead of 700; returns the function that undoes both.
+
+    Why: requests in flight are thousands of container objects that live for the provider's
+    latency, so at 700 they survive young collections, are promoted, and trigger full collections
+    that free nothing. With 500 requests waiting on a 300 ms provider the router ran a 45-55 ms
+    full collection every ~2.5 s (150,000 objects traversed, 0 collected) and gen-1 collections of
+    5-12 ms several times a second; the requests caught behind them made p99 373 ms against
+    p50 302. At 50,000, with start-up frozen: no full collection in the run, p99 310 ms. Garbage
+    without cycles is freed by reference counting as before; only cycles wait longer.
+    """
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(gen0_threshold, *before[1:])
+
+    def restore() -> None:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+    return restore
+
+
 def create_app(settings: Settings | None = None) -> IvyAPI:
     if settings is None:
         try:
@@ -179,16 +204,19 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
         log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
                  model_provider=chain.names[0], limiter_backend=state.limiter.backend,
                  modal_heuristics=resolved.ivy_modal_heuristics, organic=resolved.ivy_organic_enabled,
-                 rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections))
+                 rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections),
+                 gc_gen0_threshold=resolved.ivy_gc_gen0_threshold)
         await _warm_limiter(state)
         tasks = [asyncio.create_task(_latency_summaries(state))]
         if redis is not None:
             with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
                 await state.flags.refresh()
             tasks.append(asyncio.create_task(state.flags.poll()))
+        restore_gc = tune_gc(resolved.ivy_gc_gen0_threshold)
         try:
             yield {"ivy": state}
         finally:
+            restore_gc()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

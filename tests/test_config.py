@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("IVY_ORGANIC_ENABLED", "2", "allowed: true or false"),
         ("REDIS_URL", "http://localhost", "redis://"),
         ("OPENAI_BASE_URL", "not a url", "URL"),
+        ("IVY_GC_GEN0_THRESHOLD", "0", "greater than or equal to 700"),
     ],
 )
 def test_invalid_value_names_the_variable_and_allowed_values(

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Admin: runtime flag changes (PUT /admin/flags); the endpoint is off while unset.
     ivy_admin_token: SecretStr | None = Field(default=None, min_length=16)
 
+    # Runtime: the young-generation threshold of CPython's cyclic GC (700 by default; see app/main.py).
+    ivy_gc_gen0_threshold: int = Field(default=50_000, ge=700, le=10_000_000)
+
     # HTTP
     ivy_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
