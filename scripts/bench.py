@@ -17,7 +17,8 @@ load with wrk (installed with apt-get when missing) against:
 Per target: requests/s at 1, 10 (full only) and 50 connections (saturation = the best of them),
 p50/p95/p99 at one connection and at a fixed moderate load (default 200 requests/s over 40
 connections paced by exponential think times in a Lua delay() hook), errors, and the latency over
-(a); then the ratios c/b and c/d, the 300 ms-upstream / 500-connection case for (c), and a soak of
+(a); then the ratios c/b and c/d, the 300 ms-upstream / 500-connection case for (c) (closed loop,
+as the target states, and again with each connection paced by exponential think times), a soak of
 (c) (10 min; 20 s with --quick) sampling VmRSS and the fd count. Prints the targets with PASS/MISS
 (informative) and writes the same as JSON to bench-results/bench-YYYYMMDD-HHMMSS.json. Exit code 0
 whatever the numbers; 2 only when no load generator can be found or installed.
@@ -58,6 +59,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
 CHAT_BODY = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hello there"}]}
 ROUTER_BODY = {"query": "hello there", "context": {}}
 HUGE_LIMIT = "100000000"  # AI_RATE_LIMIT_*: never refuse during the bench
+# The 300 ms case again, each connection waiting an exponential think time of this mean between
+# answer and next request: 500 connections then offer ~1,250 requests/s as independent streams,
+# where the closed loop (no think time) keeps them in lock-step bursts. Informative, not a target.
+SLOW_THINK_MS = 100
 
 TARGET_NAMES = {
     "a": "(a) upstream direct",
@@ -682,6 +687,7 @@ class Bench:
         self.load_cpu: int | None = 0 if can_pin else None
         self.sut_cpu: int | None = 1 if can_pin else None
         self.wrk: Wrk | None = None
+        self.slow_paced: dict[str, dict[str, Any]] = {}  # the slow case's paced points, by target
         self.phases: dict[str, float] = {}
         self._last_mark = time.monotonic()
 
@@ -1059,7 +1065,18 @@ class Bench:
         say(f"300 ms upstream direct, {conns} connections, {seconds} s: {direct.rps:.0f} req/s  p50 "
             f"{fmt(direct.p50_ms)}  p99 {fmt(direct.p99_ms)} ms  errors {direct.errors_total}"
             + (f"  {direct.note}" if direct.note else ""))
+        self.slow_paced["direct"] = self.paced_point(url, chat_body, chat_headers, "direct")
         return direct
+
+    def paced_point(self, url: str, body: bytes, headers: dict[str, str], label: str) -> dict[str, Any]:
+        """The slow case with SLOW_THINK_MS think times (the connections are already open and warm)."""
+        assert self.wrk is not None
+        seconds, conns = self.plan.slow_seconds, self.args.slow_connections
+        point = self.wrk.run(url, self.wrk.script(body, headers, delay_ms=SLOW_THINK_MS), conns, seconds)
+        say(f"  paced ({SLOW_THINK_MS} ms mean think time), {label}: {point.rps:.0f} req/s  p50 "
+            f"{fmt(point.p50_ms)}  p99 {fmt(point.p99_ms)} ms  errors {point.errors_total}"
+            + (f"  {point.note}" if point.note else ""))
+        return point.as_dict()
 
     def slow_case(self, upstream: Server, router: Server, direct: WrkResult, router_body: bytes,
                   router_headers: dict[str, str], proxy: Server | None, chat_body: bytes,
@@ -1076,6 +1093,7 @@ class Bench:
                 floor = self.wrk.run(proxy_url, proxy_script, conns, seconds)
                 say(f"300 ms upstream through (b), {conns} connections, {seconds} s: {floor.rps:.0f} req/s  p50 "
                     f"{fmt(floor.p50_ms)}  p99 {fmt(floor.p99_ms)} ms  errors {floor.errors_total}")
+                self.slow_paced["proxy"] = self.paced_point(proxy_url, chat_body, chat_headers, "(b)")
             except (RuntimeError, OSError, ValueError) as exc:
                 say(f"  proxy-300ms: NOT MEASURED: {str(exc).splitlines()[0]}")
             proxy.stop()
@@ -1090,9 +1108,12 @@ class Bench:
             + (f"  {routed.note}" if routed.note else ""))
         if hidden:
             say(f"  WARNING: {hidden} router answers did not come from openai: counted as errors")
+        before = router_counters(router.port)
+        self.slow_paced["router"] = self.paced_point(url, router_body, router_headers, "(c)")
+        self.slow_paced["router"]["hidden_errors"] = not_openai(before, router_counters(router.port))
         return {"upstream": upstream.name, "latency_ms": 300, "connections": conns, "direct": direct.as_dict(),
                 "proxy": floor.as_dict() if floor is not None else None, "router": routed.as_dict(),
-                "hidden_errors": hidden}
+                "hidden_errors": hidden, "paced": {"think_ms": SLOW_THINK_MS, **self.slow_paced}}
 
     # -- report ----------------------------------------------------------------------------------
 
@@ -1302,6 +1323,12 @@ def render_report(rec: dict[str, Any], targets: dict[str, Target]) -> str:
                         f"{pb['errors_total']} errors); " if (pb := slow.get("proxy")) else "")
                      + f"(c) p50 {fmt(rt['p50_ms'], 1)} p99 {fmt(rt['p99_ms'], 1)} ms ({rt['rps']:.0f} req/s, "
                      f"{rt['errors_total'] + slow['hidden_errors']} errors)")
+        if paced := slow.get("paced"):
+            lines.append(f"  the same, each connection paced by {paced['think_ms']} ms mean think times: " + "; ".join(
+                f"{label} p50 {fmt(pt['p50_ms'], 1)} p99 {fmt(pt['p99_ms'], 1)} ms ({pt['rps']:.0f} req/s, "
+                f"{pt['errors_total'] + pt.get('hidden_errors', 0)} errors)"
+                for label, key in (("direct", "direct"), ("(b)", "proxy"), ("(c)", "router"))
+                if (pt := paced.get(key))))
     soak = rec.get("soak")
     if soak:
         rss, fds = soak["rss_mb"], soak["fds"]
@@ -1372,6 +1399,12 @@ def render_markdown(rec: dict[str, Any]) -> str:
                      + (f"through (b) {num(pb.get('rps'))} req/s, p99 {num(pb.get('p99_ms'), 0)} ms; "
                         if (pb := slow.get("proxy")) else "")
                      + f"through (c) {num(rt.get('rps'))} req/s, p99 {num(rt.get('p99_ms'), 0)} ms, errors {errs}.")
+        if paced := slow.get("paced"):
+            parts.append(f"The same with {paced['think_ms']} ms mean think times per connection: " + "; ".join(
+                f"{label} {num(pt.get('rps'))} req/s, p50 {num(pt.get('p50_ms'), 1)} ms, p99 "
+                f"{num(pt.get('p99_ms'), 1)} ms"
+                for label, key in (("direct", "direct"), ("(b)", "proxy"), ("(c)", "router"))
+                if (pt := paced.get(key))) + ".")
     soak = rec.get("soak")
     if soak:
         rss, fds = soak["rss_mb"], soak["fds"]

@@ -130,7 +130,7 @@ def test_upstream_parses_request_heads() -> None:
 
 
 def test_markdown_from_a_saved_record(tmp_path: Path) -> None:
-    point = {"rps": 500.0, "p50_ms": 1.8, "p99_ms": 5.0, "errors_total": 0}
+    point = {"requests": 1000, "rps": 500.0, "p50_ms": 1.8, "p99_ms": 5.0, "errors_total": 0}
     record = {
         "meta": {"mode": "quick", "started_at": "2026-11-24T16:10:26+0000", "command": "x", "elapsed_seconds": 60},
         "targets": {
@@ -138,6 +138,11 @@ def test_markdown_from_a_saved_record(tmp_path: Path) -> None:
             "d": {"status": "not measured", "why": "install failed"},
         },
         "ratios": {"c_over_b_c50": None},
+        "slow_upstream": {
+            "connections": 500, "direct": point, "proxy": None, "router": point, "hidden_errors": 0,
+            "paced": {"think_ms": 100, "direct": {**point, "p99_ms": 301.0},
+                      "router": {**point, "p50_ms": 302.0, "p99_ms": 313.5, "hidden_errors": 0}},
+        },
         "checks": [{"target": "throughput c/b at c=50", "goal": ">= 0.5", "measured": "-", "status": "n/a"}],
     }
     saved = bench.write_json(tmp_path / "run.json", record)
@@ -147,3 +152,5 @@ def test_markdown_from_a_saved_record(tmp_path: Path) -> None:
     assert "| (a) | 500 | 1.800 ms |" in out.stdout
     assert "not measured: install failed" in out.stdout
     assert "| throughput c/b at c=50 | >= 0.5 | - | n/a |" in out.stdout
+    assert ("The same with 100 ms mean think times per connection: direct 500 req/s, p50 1.8 ms, p99 301.0 ms; "
+            "(c) 500 req/s, p50 302.0 ms, p99 313.5 ms.") in out.stdout
