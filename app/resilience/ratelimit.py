@@ -20,10 +20,10 @@ across workers and hosts. A failed EVALSHA fails every check of its batch with i
 Each batch slot owns one connection, outside the client's shared pool: the in-flight bound already
 serialises a slot's batches, so a pool checkout (an asyncio.Condition under the lock) and the
 client's retry and parse wrappers bought nothing but ~30 us per round trip, the largest single
-cost of a request at one connection. It also fixes the limiter's share of Redis connections
-at ``MAX_IN_FLIGHT`` per worker, whatever the load. Before each use a slot's connection gets the check the
-pool would make (unread data or EOF, e.g. Redis restarted: reconnect); nothing is retried, so a
-timeout costs one ``socket_timeout`` and fails its checks as it did before.
+cost of a request at one connection. It also fixes the limiter's share of Redis connections at
+``MAX_IN_FLIGHT`` per worker, whatever the load. Before each use, a slot's connection gets the
+check the pool would make (unread data or EOF, e.g. Redis restarted: reconnect); nothing is
+retried, so a timeout costs one ``socket_timeout`` and fails its checks, as it did before.
 
 Redis Cluster is not supported: a batch's keys (and a check's user and org buckets) span hash
 slots. The client is a plain ``redis.asyncio.Redis`` on one server (or a primary with replicas);

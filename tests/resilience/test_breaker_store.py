@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.resilience.breaker_store import SharedBreakerStore
+from tests.support import RedisProcess
 
 
 class Clock:
@@ -65,8 +66,6 @@ async def test_a_caller_cancelled_mid_read_leaves_the_read_to_the_others(client:
 
 
 async def test_redis_away_falls_back_to_the_last_answer_then_to_in_process_state() -> None:
-    from tests.support import RedisProcess
-
     clock = Clock()
     with RedisProcess() as server:
         client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
