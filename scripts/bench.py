@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end HTTP benchmark of the router against its floor and against LiteLLM. Measures; never judges.
 
-    .venv/bin/python scripts/bench.py            # full run (~15.5 min, includes a 10-minute soak)
-    .venv/bin/python scripts/bench.py --quick    # ~1 min smoke version (20 s soak)
+    .venv/bin/python scripts/bench.py            # full run (~17 min, includes a 10-minute soak)
+    .venv/bin/python scripts/bench.py --quick    # ~1 min smoke version (15 s soak)
 
 On one machine, in one run, it starts a fast OpenAI-compatible upstream on loopback and drives
 load with wrk (installed with apt-get when missing) against:
@@ -19,7 +19,7 @@ p50/p95/p99 at one connection and at a fixed moderate load (default 200 requests
 connections paced by exponential think times in a Lua delay() hook), errors, and the latency over
 (a); then the ratios c/b and c/d, the 300 ms-upstream / 500-connection case for (c) (closed loop,
 as the target states, and again with each connection paced by exponential think times), a soak of
-(c) (10 min; 20 s with --quick) sampling VmRSS and the fd count. Prints the targets with PASS/MISS
+(c) (10 min; 15 s with --quick) sampling VmRSS and the fd count. Prints the targets with PASS/MISS
 (informative) and writes the same as JSON to bench-results/bench-YYYYMMDD-HHMMSS.json. Exit code 0
 whatever the numbers; 2 only when no load generator can be found or installed.
 
@@ -87,10 +87,11 @@ class Plan:
     soak_interval: float  # seconds between /proc samples
     litellm_point_seconds: int  # LiteLLM answers ~tens of req/s: a few seconds per point is enough
     repeats: int = 1  # c=1, c=10, c=50: this many runs of point_seconds/repeats, the median (by req/s) kept
+    slow_paced: bool = True  # the 300 ms case again with paced connections (informative; not in --quick)
 
 
-QUICK = Plan(point_seconds=2, warmup_seconds=1, levels=(50,), slow_seconds=2, soak_seconds=20, soak_interval=1.0,
-             litellm_point_seconds=2)
+QUICK = Plan(point_seconds=2, warmup_seconds=1, levels=(50,), slow_seconds=2, soak_seconds=15, soak_interval=1.0,
+             litellm_point_seconds=2, slow_paced=False)
 FULL = Plan(point_seconds=15, warmup_seconds=3, levels=(10, 50), slow_seconds=30, soak_seconds=600,
             soak_interval=5.0, litellm_point_seconds=10, repeats=3)
 
@@ -845,7 +846,7 @@ class Bench:
         cmd = self.wrk.command(target.url, script, conns, seconds)
         say(f"  soak: {seconds} s at {args.moderate_rps}/s over {conns} connections against {target.name}, "
             f"sampling VmRSS and fds of pid {target.server.pid} every {plan.soak_interval:g} s"
-            + (" (--quick: a 20 s version of the 10-minute soak)" if args.quick else ""))
+            + (f" (--quick: a {seconds} s version of the 10-minute soak)" if args.quick else ""))
         rss: list[tuple[float, float]] = []
         fds: list[tuple[float, float]] = []
         before = router_counters(target.server.port)
@@ -869,7 +870,7 @@ class Bench:
                 time.sleep(plan.soak_interval)
         result = parse_wrk_output(out_path.read_text(), connections=conns, seconds=seconds)
         hidden = not_openai(before, router_counters(target.server.port))
-        ramp = max(2 * plan.soak_interval, 0.05 * seconds)  # 30 s of 600, 2 s of 20
+        ramp = max(2 * plan.soak_interval, 0.05 * seconds)  # 30 s of 600, 2 s of 15
         return {
             "seconds": seconds, "interval_s": plan.soak_interval, "quick": bool(args.quick), "ramp_s": ramp,
             "load": result.as_dict(), "hidden_errors": hidden,
@@ -1065,7 +1066,8 @@ class Bench:
         say(f"300 ms upstream direct, {conns} connections, {seconds} s: {direct.rps:.0f} req/s  p50 "
             f"{fmt(direct.p50_ms)}  p99 {fmt(direct.p99_ms)} ms  errors {direct.errors_total}"
             + (f"  {direct.note}" if direct.note else ""))
-        self.slow_paced["direct"] = self.paced_point(url, chat_body, chat_headers, "direct")
+        if self.plan.slow_paced:
+            self.slow_paced["direct"] = self.paced_point(url, chat_body, chat_headers, "direct")
         return direct
 
     def paced_point(self, url: str, body: bytes, headers: dict[str, str], label: str) -> dict[str, Any]:
@@ -1093,7 +1095,8 @@ class Bench:
                 floor = self.wrk.run(proxy_url, proxy_script, conns, seconds)
                 say(f"300 ms upstream through (b), {conns} connections, {seconds} s: {floor.rps:.0f} req/s  p50 "
                     f"{fmt(floor.p50_ms)}  p99 {fmt(floor.p99_ms)} ms  errors {floor.errors_total}")
-                self.slow_paced["proxy"] = self.paced_point(proxy_url, chat_body, chat_headers, "(b)")
+                if self.plan.slow_paced:
+                    self.slow_paced["proxy"] = self.paced_point(proxy_url, chat_body, chat_headers, "(b)")
             except (RuntimeError, OSError, ValueError) as exc:
                 say(f"  proxy-300ms: NOT MEASURED: {str(exc).splitlines()[0]}")
             proxy.stop()
@@ -1108,12 +1111,14 @@ class Bench:
             + (f"  {routed.note}" if routed.note else ""))
         if hidden:
             say(f"  WARNING: {hidden} router answers did not come from openai: counted as errors")
-        before = router_counters(router.port)
-        self.slow_paced["router"] = self.paced_point(url, router_body, router_headers, "(c)")
-        self.slow_paced["router"]["hidden_errors"] = not_openai(before, router_counters(router.port))
+        if self.plan.slow_paced:
+            before = router_counters(router.port)
+            self.slow_paced["router"] = self.paced_point(url, router_body, router_headers, "(c)")
+            self.slow_paced["router"]["hidden_errors"] = not_openai(before, router_counters(router.port))
         return {"upstream": upstream.name, "latency_ms": 300, "connections": conns, "direct": direct.as_dict(),
                 "proxy": floor.as_dict() if floor is not None else None, "router": routed.as_dict(),
-                "hidden_errors": hidden, "paced": {"think_ms": SLOW_THINK_MS, **self.slow_paced}}
+                "hidden_errors": hidden,
+                "paced": {"think_ms": SLOW_THINK_MS, **self.slow_paced} if self.slow_paced else None}
 
     # -- report ----------------------------------------------------------------------------------
 
@@ -1332,7 +1337,7 @@ def render_report(rec: dict[str, Any], targets: dict[str, Target]) -> str:
     soak = rec.get("soak")
     if soak:
         rss, fds = soak["rss_mb"], soak["fds"]
-        q = " (--quick: 20 s stand-in for the 10-minute soak)" if soak["quick"] else ""
+        q = f" (--quick: {soak['seconds']} s stand-in for the 10-minute soak)" if soak["quick"] else ""
         errs = soak["load"]["errors_total"] + soak["hidden_errors"]
         lines.append(f"soak {soak['seconds']} s of (c) at {soak['load']['rps']:.0f} req/s{q}, {errs} errors:")
         lines.append(f"  (from {soak['ramp_s']:g} s on: the first seconds open connections and fill pools)")
@@ -1433,7 +1438,7 @@ def default_json_path(now: float | None = None) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 s points, c=1/50 and moderate, 20 s soak (~1 min)")
+    p.add_argument("--quick", action="store_true", help="2 s points, c=1/50 and moderate, 15 s soak (~1 min)")
     p.add_argument("--json-out", type=Path, default=None, help="default: bench-results/bench-YYYYMMDD-HHMMSS.json")
     p.add_argument("--targets", default="a,b,c,d", help="subset of a,b,c,d (a is always measured)")
     p.add_argument("--upstream", choices=("fast", "fake"), default="fast",
