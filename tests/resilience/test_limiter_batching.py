@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -100,6 +101,26 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 # One token a minute: the few seconds a test takes refill a small fraction of a token.
 SLOW = Limits(user_per_min=1, user_capacity=20, org_per_min=100_000, org_capacity=100_000)
+
+
+@dataclass
+class OwnRedis:
+    """A redis-server of the test's own (to stall, kill and restart), a client, and a warm limiter."""
+
+    server: RedisProcess
+    client: aioredis.Redis
+    limiter: RedisRateLimiter
+
+
+@pytest.fixture
+async def own() -> AsyncIterator[OwnRedis]:
+    with RedisProcess() as server:
+        client = aioredis.Redis.from_url(server.url)
+        limiter = RedisRateLimiter(client, SLOW)
+        await limiter.warm()
+        yield OwnRedis(server, client, limiter)
+        await limiter.aclose()
+        await client.aclose()
 
 
 async def test_concurrent_checks_on_one_user_admit_exactly_capacity_in_a_few_round_trips(
@@ -233,55 +254,47 @@ async def started_and_stuck(tasks: list[asyncio.Task[Decision]]) -> None:
     assert not any(t.done() for t in tasks)
 
 
-async def test_redis_killed_mid_batch_fails_every_waiter_then_recovers_after_restart() -> None:
-    with RedisProcess() as server:
-        client = aioredis.Redis.from_url(server.url)
-        limiter = RedisRateLimiter(client, SLOW)
-        await limiter.warm()
-        with server_stalled(server, 5):
-            await asyncio.sleep(0.1)
-            tasks = [asyncio.create_task(limiter.check("u:a", "o:x")) for _ in range(50)]
-            await started_and_stuck(tasks)  # MAX_IN_FLIGHT batches sent, the rest queued behind them
-            server.stop()  # SIGKILL while the batches are in flight
-            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-        assert all(isinstance(r, redis.ConnectionError) for r in results), results
+async def test_redis_killed_mid_batch_fails_every_waiter_then_recovers_after_restart(own: OwnRedis) -> None:
+    server, limiter = own.server, own.limiter
+    with server_stalled(server, 5):
+        await asyncio.sleep(0.1)
+        tasks = [asyncio.create_task(limiter.check("u:a", "o:x")) for _ in range(50)]
+        await started_and_stuck(tasks)  # MAX_IN_FLIGHT batches sent, the rest queued behind them
+        server.stop()  # SIGKILL while the batches are in flight
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert all(isinstance(r, redis.ConnectionError) for r in results), results
 
-        server.start()  # same port, empty: the script is gone too
-        decisions = await together((limiter.check("u:a", "o:x") for _ in range(50)), timeout=30)
-        assert sum(d.allowed for d in decisions) == 20
-        await client.aclose()
+    server.start()  # same port, empty: the script is gone too
+    decisions = await together((limiter.check("u:a", "o:x") for _ in range(50)), timeout=30)
+    assert sum(d.allowed for d in decisions) == 20
 
 
-async def test_cancelled_callers_take_no_token_unless_already_sent_and_others_proceed() -> None:
-    with RedisProcess() as server:
-        client = aioredis.Redis.from_url(server.url)
-        limiter = RedisRateLimiter(client, SLOW)
-        await limiter.warm()
-        before = await evalsha_calls(client)
-        with server_stalled(server, 0.5):
-            await asyncio.sleep(0.1)
-            tasks = [asyncio.create_task(limiter.check("u:a", "o:x")) for _ in range(30)]
-            await started_and_stuck(tasks)
-            # tasks[0] and tasks[1] each sent their own check (free slots), now stuck on the server;
-            # the rest are queued behind them.
-            cancelled = [tasks[0], *tasks[2:7]]
-            for t in cancelled:
-                t.cancel()
-            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        assert all(isinstance(results[tasks.index(t)], asyncio.CancelledError) for t in cancelled)
-        others = [r for t, r in zip(tasks, results, strict=True) if t not in cancelled]
-        assert all(isinstance(r, Decision) for r in others), others
-        # tasks[0]'s EVALSHA was already on the wire: redis-py drops the connection when cancelled
-        # mid-command, and whether the server still ran it shows in its count (2 or 3 EVALSHA:
-        # tasks[1], the queued batch, and maybe tasks[0]). The queued cancelled ones never went out
-        # and took no token: the other 24 get all 20 tokens but the one tasks[0] may have taken.
-        evalsha = await evalsha_calls(client) - before
-        assert evalsha in (2, 3)
-        assert sum(isinstance(r, Decision) and r.allowed for r in others) == 20 - (evalsha - 2)
-        # And the dispatcher is not stuck: later checks, alone and together, still go through.
-        assert (await limiter.check("u:b", None)).allowed
-        assert all(d.allowed for d in await together(limiter.check(f"u:{i}", None) for i in range(10)))
-        await client.aclose()
+async def test_cancelled_callers_take_no_token_unless_already_sent_and_others_proceed(own: OwnRedis) -> None:
+    server, client, limiter = own.server, own.client, own.limiter
+    before = await evalsha_calls(client)
+    with server_stalled(server, 0.5):
+        await asyncio.sleep(0.1)
+        tasks = [asyncio.create_task(limiter.check("u:a", "o:x")) for _ in range(30)]
+        await started_and_stuck(tasks)
+        # tasks[0] and tasks[1] each sent their own check (free slots), now stuck on the server;
+        # the rest are queued behind them.
+        cancelled = [tasks[0], *tasks[2:7]]
+        for t in cancelled:
+            t.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert all(isinstance(results[tasks.index(t)], asyncio.CancelledError) for t in cancelled)
+    others = [r for t, r in zip(tasks, results, strict=True) if t not in cancelled]
+    assert all(isinstance(r, Decision) for r in others), others
+    # tasks[0]'s EVALSHA was already on the wire: redis-py drops the connection when cancelled
+    # mid-command, and whether the server still ran it shows in its count (2 or 3 EVALSHA:
+    # tasks[1], the queued batch, and maybe tasks[0]). The queued cancelled ones never went out
+    # and took no token: the other 24 get all 20 tokens but the one tasks[0] may have taken.
+    evalsha = await evalsha_calls(client) - before
+    assert evalsha in (2, 3)
+    assert sum(isinstance(r, Decision) and r.allowed for r in others) == 20 - (evalsha - 2)
+    # And the dispatcher is not stuck: later checks, alone and together, still go through.
+    assert (await limiter.check("u:b", None)).allowed
+    assert all(d.allowed for d in await together(limiter.check(f"u:{i}", None) for i in range(10)))
 
 
 async def test_a_cancelled_caller_does_not_break_the_batch_for_the_others(client: aioredis.Redis) -> None:
@@ -324,35 +337,27 @@ async def connected_clients(port: int) -> int:
         await probe.aclose()
 
 
-async def test_the_limiter_holds_max_in_flight_connections_whatever_the_load() -> None:
+async def test_the_limiter_holds_max_in_flight_connections_whatever_the_load(own: OwnRedis) -> None:
     # The shared pool grows to the highest concurrency it ever served and keeps those connections;
     # the limiter must not: a connection per batch slot, opened at warm-up, and never more.
-    with RedisProcess() as server:
-        client = aioredis.Redis.from_url(server.url)
-        limiter = RedisRateLimiter(client, SLOW)
-        await limiter.warm()
-        assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
-        for _ in range(3):
-            decisions = await together(limiter.check(f"u:{i}", "o:x") for i in range(500))
-            assert all(d.allowed for d in decisions)
-        assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
-        await limiter.aclose()
-        assert await connected_clients(server.port) == 1
-        await client.aclose()
+    server, limiter = own.server, own.limiter
+    assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
+    for _ in range(3):
+        decisions = await together(limiter.check(f"u:{i}", "o:x") for i in range(500))
+        assert all(d.allowed for d in decisions)
+    assert await connected_clients(server.port) == MAX_IN_FLIGHT + 1
+    await limiter.aclose()
+    assert await connected_clients(server.port) == 1
 
 
-async def test_a_redis_restart_while_the_limiter_was_idle_costs_no_check() -> None:
+async def test_a_redis_restart_while_the_limiter_was_idle_costs_no_check(own: OwnRedis) -> None:
     # Its connections saw the old server go away while nobody used them: the first checks after the
     # restart reconnect (and load the script again) instead of failing open on a dead socket.
-    with RedisProcess() as server:
-        client = aioredis.Redis.from_url(server.url)
-        limiter = RedisRateLimiter(client, SLOW)
-        await limiter.warm()
-        assert (await limiter.check("u:a", None)).allowed
-        server.stop()
-        await asyncio.sleep(0.2)  # the loop reads the EOF
-        server.start()
-        alone = [await limiter.check("u:a", None) for _ in range(3)]
-        together_ = await together(limiter.check("u:a", None) for _ in range(30))
-        assert sum(d.allowed for d in alone + together_) == 20  # a fresh server: a full bucket, exactly
-        await client.aclose()
+    server, limiter = own.server, own.limiter
+    assert (await limiter.check("u:a", None)).allowed
+    server.stop()
+    await asyncio.sleep(0.2)  # the loop reads the EOF
+    server.start()
+    alone = [await limiter.check("u:a", None) for _ in range(3)]
+    together_ = await together(limiter.check("u:a", None) for _ in range(30))
+    assert sum(d.allowed for d in alone + together_) == 20  # a fresh server: a full bucket, exactly
