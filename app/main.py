@@ -32,6 +32,7 @@ from app.observability.metrics import BREAKER_STATE_VALUE, Metrics, clean_dead_p
 from app.providers.base import Provider
 from app.providers.chain import Link, ProviderChain
 from app.providers.gemini import GeminiProvider
+from app.providers.hedging import HedgeConfig
 from app.providers.openai import OpenAIProvider
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
 from app.resilience.breaker import State as BreakerState
@@ -83,6 +84,7 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
     config = BreakerConfig(
         window=settings.ivy_breaker_window, min_calls=settings.ivy_breaker_min_calls,
         failure_rate=settings.ivy_breaker_failure_rate, slow_call_rate=settings.ivy_breaker_slow_call_rate,
+        consecutive=settings.ivy_breaker_consecutive,
         open_seconds=settings.ivy_breaker_open_seconds, half_open_calls=settings.ivy_breaker_half_open_calls,
     )
     order = [settings.active_model, "openai" if settings.active_model == "gemini" else "gemini"]
@@ -105,7 +107,16 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
         metrics.breaker_state.labels(name).set(0)
         links.append(Link(provider, breakers[name]))
     shared = SharedBreakerStore(redis) if redis is not None else None
-    return ProviderChain(links, metrics, shared=shared), breakers
+    hedge = HedgeConfig(
+        enabled=settings.ivy_hedge_enabled, percentile=settings.ivy_hedge_percentile,
+        min_delay=settings.ivy_hedge_min_delay_ms / 1000, max_delay=settings.ivy_hedge_max_delay_ms / 1000,
+        initial_delay=settings.ivy_hedge_initial_delay_ms / 1000, budget_ratio=settings.ivy_hedge_budget_ratio,
+        budget_floor=settings.ivy_hedge_budget_floor,
+        budget_window_seconds=settings.ivy_hedge_budget_window_seconds,
+    )
+    chain = ProviderChain(links, metrics, shared=shared, deadline=settings.ivy_request_deadline_seconds,
+                          hedge=hedge)
+    return chain, breakers
 
 
 async def _latency_summaries(state: State) -> None:
@@ -222,6 +233,7 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await chain.aclose()
             await http.close()
             await state.limiter.aclose()
             if redis is not None:

@@ -19,17 +19,13 @@ from app.intent.classifier import Classification, classify, lead_has_insights
 from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
-from app.providers.chain import ChainResult, LinkFailure
+from app.providers.chain import ChainResult, LinkFailure, Trace
 from app.resilience.ratelimit import Decision, retry_after_header
 from app.retrieval.retriever import retrieve
 from app.state import State
 from app.tools.email import _make_email_json_fallback, parse_email
 
 log = get_logger()
-
-# Generation budgets per intent, inside the runbook's p95 SLOs (conversational 1.5 s, rag 2.2 s)
-# with room left for everything around the provider call.
-BUDGET_SECONDS = {"conversational": 1.3, "rag": 2.0, "modal": 2.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +43,7 @@ class Outcome:
 
     response: RouterResponse
     rate_headers: dict[str, str]
+    trace: Trace
 
 
 @dataclass(slots=True)
@@ -144,7 +141,7 @@ def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
 
 
 def build_generation_request(query: str, context: dict[str, Any], c: Classification,
-                             passages: list[Passage]) -> GenerationRequest:
+                             passages: list[Passage], max_output_tokens: int = 512) -> GenerationRequest:
     lead = context.get("lead") if isinstance(context.get("lead"), dict) else {}
     assert isinstance(lead, dict)
     notes: tuple[str, ...] = ()
@@ -161,7 +158,7 @@ def build_generation_request(query: str, context: dict[str, Any], c: Classificat
         prompt = "Note: " + " ".join(notes) + "\n\n" + prompt
     return GenerationRequest(
         intent=c.intent, query=query, system=system, prompt=prompt, lead=lead, passages=tuple(passages),
-        modal_type=c.modal_type, notes=notes, json_schema=schema,
+        modal_type=c.modal_type, notes=notes, json_schema=schema, max_output_tokens=max_output_tokens,
     )
 
 
@@ -171,7 +168,8 @@ def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer:
     timer.lap("classify")
     passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
     timer.lap("retrieve")
-    return c, passages, build_generation_request(query, context, c, passages)
+    return c, passages, build_generation_request(query, context, c, passages,
+                                                 state.settings.max_output_tokens(c.intent))
 
 
 async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags
@@ -180,22 +178,22 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
     c, passages, request = plan(state, query, context, flags, timer)
-    return Outcome(await respond(state, caller, c, passages, request, flags, timer), rate_headers)
+    response, trace = await respond(state, caller, c, passages, request, flags, timer)
+    return Outcome(response, rate_headers, trace)
 
 
 async def respond(state: State, caller: Caller, c: Classification, passages: list[Passage],
-                  request: GenerationRequest, flags: Flags, timer: Timer) -> RouterResponse:
-    budget = BUDGET_SECONDS[c.intent]
+                  request: GenerationRequest, flags: Flags, timer: Timer) -> tuple[RouterResponse, Trace]:
     modal: Modal | None = None
     if c.modal_type == "email_composer":
-        result = await state.chain.generate(request, budget=budget, json_mode=True, first=flags.active_model)
+        result = await state.chain.generate(request, json_mode=True, first=flags.active_model)
         timer.lap("generate")
         draft, reason = _email_payload(result, request)
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
     else:
-        result = await state.chain.generate(request, budget=budget, first=flags.active_model)
+        result = await state.chain.generate(request, first=flags.active_model)
         timer.lap("generate")
         reason = result.degraded_reason
         text = result.generation.text
@@ -216,7 +214,7 @@ async def respond(state: State, caller: Caller, c: Classification, passages: lis
         intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
         suggestions=_suggestions(c, request.lead) if flags.organic else [],
         latency_ms=timer.total(),
-    )
+    ), result.trace
 
 
 def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
@@ -255,11 +253,12 @@ def _sse(event: str, data: Any) -> bytes:
 
 async def answer_stream(
     state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
-    on_provider: Callable[[str], None],
+    on_trace: Callable[[Trace], None],
 ) -> tuple[AsyncIterator[bytes], dict[str, str], Classification]:
     """Admit and plan now (so a 429 is a real 429), then stream: meta, delta..., done | error.
 
-    ``on_provider`` learns who answered once the stream ends (for the request's log line)."""
+    ``on_trace`` learns what the chain did (who answered, hedges, tokens) once the stream ends,
+    for the request's log line."""
     timer = Timer()
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
@@ -268,31 +267,31 @@ async def answer_stream(
     async def events() -> AsyncIterator[bytes]:
         yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
         if c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
-            response = await respond(state, caller, c, passages, request, flags, timer)
-            on_provider(response.provider)
+            response, trace = await respond(state, caller, c, passages, request, flags, timer)
+            on_trace(trace)
             yield _sse("delta", {"text": response.answer})
             yield _sse("done", response.model_dump(mode="json"))
             return
-        failures: list[LinkFailure] = []
+        trace = Trace()
         provider, parts = "local", []
         try:
-            async for link_name, chunk in state.chain.stream(request, budget=BUDGET_SECONDS[c.intent],
-                                                              failures=failures, first=flags.active_model):
+            async for link_name, chunk in state.chain.stream(request, trace=trace, first=flags.active_model):
                 provider = link_name
                 parts.append(chunk)
                 yield _sse("delta", {"text": chunk})
         except ProviderError as exc:
             # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
-            on_provider(exc.provider)
+            on_trace(trace)
             log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason)
             yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
                                  "reason": exc.reason, "request_id": caller.request_id})
             return
         timer.lap("generate")
-        reason = failures[0].reason if failures else None
+        failures = trace.failures
+        reason = trace.degraded_reason
         if reason:
             state.metrics.fallbacks.labels(reason).inc()
-        on_provider(provider)
+        on_trace(trace)
         yield _sse("done", {
             "request_id": caller.request_id, "intent": c.intent, "provider": provider,
             "answer": "".join(parts), "citations": [x.model_dump() for x in _citations(passages)],

@@ -4,8 +4,9 @@
     python scripts/bench_upstream.py --port 9200 [--latency-ms 0]
 
 A raw asyncio ``Protocol`` speaking just enough HTTP/1.1 (keep-alive, Content-Length bodies,
-pipelining) to answer every ``POST .../chat/completions`` with one fixed ChatCompletion JSON,
-optionally after a fixed delay. ``GET /health`` answers ``{"ok": true}``; anything else is 404.
+pipelining) to answer every ``POST .../chat/completions`` with one fixed ChatCompletion JSON (or, for a
+``"stream": true`` body, the same answer as server-sent chunks ending ``[DONE]``, as the router
+asks), optionally after a fixed delay. ``GET /health`` answers ``{"ok": true}``; anything else is 404.
 It runs on uvloop when installed. It exists because the benchmark's upstream must never be the
 bottleneck: the aiohttp fake provider (``app/devtools/fake_provider.py``) parses, captures and
 synthesises every answer, which costs more per request than a minimal proxy in front of it.
@@ -51,6 +52,25 @@ def _response(status: str, body: bytes, *, close: bool = False) -> bytes:
 
 
 OK = _response("200 OK", json.dumps(COMPLETION, separators=(",", ":")).encode())
+
+
+def _stream_body() -> bytes:
+    base = {k: COMPLETION[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    text = COMPLETION["choices"][0]["message"]["content"]  # type: ignore[index]
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**base, "choices": [], "usage": COMPLETION["usage"]},
+    ]
+    events = b"".join(b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n" for c in chunks)
+    return events + b"data: [DONE]\n\n"
+
+
+_SSE = _stream_body()
+STREAM_OK = (f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {len(_SSE)}\r\n"
+             "Connection: keep-alive\r\n\r\n").encode() + _SSE
 HEALTH = _response("200 OK", b'{"ok":true}')
 NOT_FOUND = _response("404 Not Found", b'{"error":{"message":"not found","type":"invalid_request_error"}}')
 BAD = _response("400 Bad Request", b'{"error":{"message":"bad request","type":"invalid_request_error"}}',
@@ -111,9 +131,10 @@ class UpstreamProtocol(asyncio.Protocol):
             total = end + 4 + length
             if len(self.buffer) < total:
                 return
+            body = self.buffer[end + 4 : total]
             self.buffer = self.buffer[total:]
             if method == b"POST" and path.split(b"?")[0].endswith(b"/chat/completions"):
-                reply = OK
+                reply = STREAM_OK if b'"stream":true' in body or b'"stream": true' in body else OK
             elif method == b"GET" and path == b"/health":
                 reply = HEALTH
             else:

@@ -110,7 +110,8 @@ class RequestContextMiddleware:
             "latency_ms": round(latency_ms, 2), "user_id": st.get("user_id"), "org_id": st.get("org_id"),
             "intent": intent, "model_provider": provider,
         }
-        for key in ("model", "provider_ms", "fallback", "bucket", "error_code", "retry_after"):
+        for key in ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage",
+                    "bucket", "error_code", "retry_after"):
             if st.get(key) is not None:
                 fields[key] = st[key]
         if status == 429:

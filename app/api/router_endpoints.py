@@ -40,6 +40,7 @@ from app.api.errors import (
 from app.api.schemas import ErrorResponse, RouterRequest, RouterResponse, V1Response
 from app.config.runtime_flags import Flags
 from app.observability.logging import get_logger
+from app.providers.chain import Trace
 from app.state import State
 
 log = get_logger()
@@ -78,8 +79,19 @@ async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str
     await send({"type": "http.response.body", "body": body})
 
 
-def _remember(request_state: dict[str, Any], response: RouterResponse) -> None:
+def _remember_trace(request_state: dict[str, Any], trace: Trace) -> None:
+    """Who answered, whether a hedge was fired, how many calls and tokens (for the log line)."""
+    request_state["provider"] = trace.provider
+    request_state["hedged"] = trace.hedged
+    request_state["provider_calls"] = trace.calls
+    if trace.input_tokens is not None or trace.output_tokens is not None:
+        # Not "*_tokens": the log redactor blanks any field whose name says "token".
+        request_state["usage"] = {"input": trace.input_tokens, "output": trace.output_tokens}
+
+
+def _remember(request_state: dict[str, Any], response: RouterResponse, trace: Trace) -> None:
     """What the request log line, the metrics and x-ivy-overhead-ms need (read by the middleware)."""
+    _remember_trace(request_state, trace)
     request_state["intent"] = response.intent
     request_state["provider"] = response.provider
     request_state["fallback"] = response.fallback.reason
@@ -129,7 +141,7 @@ class RouterEndpoints:
         if version == "v2" and body.stream:
             events, headers, c = await pipeline.answer_stream(
                 state, caller, body.query, body.context, flags,
-                on_provider=lambda name: request_state.__setitem__("provider", name))
+                on_trace=lambda trace: _remember_trace(request_state, trace))
             request_state["intent"] = c.intent
             response = StreamingResponse(events, media_type="text/event-stream",
                                          headers={**headers, "Cache-Control": "no-cache"})
@@ -137,7 +149,7 @@ class RouterEndpoints:
             return
         outcome = await pipeline.answer(state, caller, body.query, body.context, flags)
         r = outcome.response
-        _remember(request_state, r)
+        _remember(request_state, r, outcome.trace)
         if version == "v1":
             v1 = V1Response(request_id=r.request_id, response=r.answer, provider=r.provider, model=r.model,
                             intent="rag" if r.intent == "rag" else "conversational")

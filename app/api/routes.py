@@ -56,6 +56,7 @@ async def router_health(state: IvyState) -> FastJSONResponse:
                 for name in ("gemini", "openai")
             },
             "circuit_breakers": {name: b.snapshot() for name, b in state.breakers.items()},
+            "hedging": state.chain.snapshot(),
         },
         "flags": {"IVY_MODAL_HEURISTICS": state.flags.current.modal_heuristics,
                   "IVY_ORGANIC_ENABLED": state.flags.current.organic},

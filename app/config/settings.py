@@ -51,11 +51,29 @@ class Settings(BaseSettings):
     # failed healthy calls open (240 of 11,000 in the bench's 500-connection case; 0 at 250 ms).
     redis_timeout_ms: int = Field(default=250, ge=1, le=10_000)
 
+    # Provider time policy (see app/providers/chain.py). The deadline is the hard limit of one
+    # request's provider calls, sized to the slowest healthy provider's tail (gpt-4.1-mini writing
+    # a long answer), not to the SLO: past it the offline provider answers.
+    ivy_request_deadline_seconds: float = Field(default=8.0, ge=0.5, le=120)
+    ivy_hedge_enabled: bool = True
+    ivy_hedge_percentile: float = Field(default=95.0, ge=50, le=99.9)
+    ivy_hedge_min_delay_ms: int = Field(default=100, ge=1, le=60_000)
+    ivy_hedge_max_delay_ms: int = Field(default=3000, ge=1, le=60_000)
+    ivy_hedge_initial_delay_ms: int = Field(default=1000, ge=1, le=60_000)
+    ivy_hedge_budget_ratio: float = Field(default=0.3, ge=0, le=1)
+    ivy_hedge_budget_floor: int = Field(default=5, ge=0, le=10_000)
+    ivy_hedge_budget_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Output-token caps per intent: they bound the answer's share of the latency.
+    ivy_max_output_tokens_conversational: int = Field(default=256, ge=16, le=65_536)
+    ivy_max_output_tokens_rag: int = Field(default=512, ge=16, le=65_536)
+    ivy_max_output_tokens_modal: int = Field(default=512, ge=16, le=65_536)
+
     # Circuit breaker
     ivy_breaker_window: int = Field(default=20, ge=1, le=10_000)
     ivy_breaker_min_calls: int = Field(default=5, ge=1, le=10_000)
     ivy_breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
     ivy_breaker_slow_call_rate: float = Field(default=0.8, gt=0, le=1)
+    ivy_breaker_consecutive: int = Field(default=6, ge=1, le=10_000)
     ivy_breaker_open_seconds: float = Field(default=30.0, gt=0, le=3600)
     ivy_breaker_half_open_calls: int = Field(default=2, ge=1, le=100)
 
@@ -97,6 +115,16 @@ class Settings(BaseSettings):
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return self
+
+    @model_validator(mode="after")
+    def _check_hedge_delays(self) -> Settings:
+        if self.ivy_hedge_min_delay_ms > self.ivy_hedge_max_delay_ms:
+            raise ValueError("IVY_HEDGE_MIN_DELAY_MS must not exceed IVY_HEDGE_MAX_DELAY_MS")
+        return self
+
+    def max_output_tokens(self, intent: str) -> int:
+        return {"conversational": self.ivy_max_output_tokens_conversational,
+                "rag": self.ivy_max_output_tokens_rag}.get(intent, self.ivy_max_output_tokens_modal)
 
     @property
     def rate_limit_burst(self) -> int:

@@ -6,7 +6,12 @@ that the official SDKs parse its answers, and it can be told to misbehave.
 Run it::
 
     python -m app.devtools.fake_provider --port 9100 [--latency-ms 150] [--chunk-delay-ms 20]
+    python -m app.devtools.fake_provider --port 9100 --realistic [--seed 7] [--time-scale 0.1]
     # then OPENAI_BASE_URL=http://127.0.0.1:9100/v1  GEMINI_BASE_URL=http://127.0.0.1:9100
+
+Realistic mode (``realism.py``) answers after the published providers' time to first token and
+output speed, with lognormal answer lengths capped by the request's max output tokens and the
+sampled counts in ``usage``; ``GET /_fake/stats`` gives the planned service times per provider.
 
 Or in a test::
 
@@ -23,12 +28,13 @@ Endpoints:
   google-genai 3.x default)
 - ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` (Gemini SSE, CRLF framing, no sentinel)
 - admin, never captured: ``GET /_fake/health``, ``POST|DELETE /_fake/fault``, ``POST /_fake/answer``,
-  ``GET|DELETE /_fake/requests``, ``POST /_fake/reset``
+  ``GET|DELETE /_fake/requests``, ``POST /_fake/reset``, ``POST /_fake/realism``, ``GET /_fake/stats``
 
 Faults come from the ``X-Fake-Fault`` request header (that request only) or from a standing
 setting (``set_fault()`` / ``POST /_fake/fault``), optionally scoped to one provider and
 optionally limited to N uses. Header syntax: ``kind[; key=value ...]``, for example
 ``429; retry_after=2``, ``latency; ms=300``, ``stream_cut; after=3``, ``hang; seconds=5``,
+``brownout; share=0.2; seconds=4``,
 ``malformed_json; variant=fenced``, ``503; latency_ms=200``. See ``FAULT_KINDS``.
 """
 
@@ -51,6 +57,8 @@ from typing import Any, Literal, NamedTuple, Self
 import orjson
 from aiohttp import web
 
+from app.devtools.realism import Realism, pad_to_tokens
+
 FakeProvider = Literal["openai", "gemini"]
 
 # kind -> what it does. Numeric aliases ("429", "503", ...) are accepted too.
@@ -60,6 +68,8 @@ FAULT_KINDS: dict[str, str] = {
     "http_error": "an error status with the provider's real error body; param status (500, 503, 401, ...)",
     "bad_key": "the provider's real 'invalid key' answer (OpenAI 401; Gemini 400 API_KEY_INVALID)",
     "hang": "hold the request for `seconds` (default 30) or until the server stops, then answer",
+    "brownout": "a `share` of calls (default 0.2) stall `seconds` (default 4, times the realistic time scale) "
+                "before their first byte; the rest answer normally",
     "reset": "abort the TCP connection (RST) before any response byte",
     "malformed_json": "JSON-mode only: broken JSON text; param variant = trailing_comma|truncated|fenced",
     "malformed_body": "200 whose body is not the provider's envelope (not JSON)",
@@ -118,6 +128,7 @@ class Fault:
     latency_ms: int = 0  # any kind
     seconds: float = 30.0  # hang
     after: int = 2  # stream_cut / stream_truncate
+    share: float = 0.2  # brownout
     variant: str = "trailing_comma"  # malformed_json
     times: int | None = None  # None: until cleared
     provider: FakeProvider | None = None  # None: both
@@ -141,6 +152,8 @@ def make_fault(kind: str, **params: Any) -> Fault:
         raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
     if "ms" in params:
         params["latency_ms"] = params.pop("ms")
+    if kind == "brownout":
+        params.setdefault("seconds", 4.0)
     if kind == "http_error" and not params.get("status"):
         raise ValueError("http_error needs a status")
     if "variant" in params and params["variant"] not in _MALFORMED_VARIANTS:
@@ -148,6 +161,7 @@ def make_fault(kind: str, **params: Any) -> Fault:
     conv: dict[str, Callable[[Any], Any]] = {
         "status": int, "retry_after": float, "latency_ms": int, "seconds": float, "after": int,
         "variant": str, "times": lambda v: None if v is None else int(v), "provider": lambda v: v or None,
+        "share": float,
     }
     unknown = set(params) - set(conv)
     if unknown:
@@ -323,6 +337,9 @@ class _Call:
     schema: dict[str, Any] | None
     include_usage: bool = False
     fault: Fault | None = None
+    max_tokens: int | None = None
+    stall: float = 0.0  # brownout seconds, before time scale
+    output_tokens: int | None = None  # realistic mode: the planned answer length
 
 
 class FakeProviderServer:
@@ -338,7 +355,9 @@ class FakeProviderServer:
         answer_text: str | None = None,
         shutdown_timeout: float = 1.0,
         max_captured: int = 10_000,
+        realism: Realism | None = None,
     ) -> None:
+        self.realism = realism  # None: answers at once (plus latency_ms), else published timings
         self.host = host
         self.port = port
         self.latency_ms = latency_ms
@@ -447,6 +466,8 @@ class FakeProviderServer:
         app.router.add_get("/_fake/requests", self._admin_requests)
         app.router.add_delete("/_fake/requests", self._admin_clear_requests)
         app.router.add_post("/_fake/reset", self._admin_reset)
+        app.router.add_post("/_fake/realism", self._admin_realism)
+        app.router.add_get("/_fake/stats", self._admin_stats)
         return app
 
     async def _capture(self, request: web.Request) -> Any:
@@ -494,6 +515,7 @@ class FakeProviderServer:
             json_mode=isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"),
             schema=(json_schema or {}).get("schema") if isinstance(json_schema, dict) else None,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            max_tokens=_positive_int(body.get("max_completion_tokens") or body.get("max_tokens")),
         )
         early = await self._apply_fault(request, call)
         if early is not None:
@@ -528,7 +550,7 @@ class FakeProviderServer:
                             headers=headers)
 
     def _openai_completion(self, call: _Call, text: str) -> dict[str, Any]:
-        prompt_tokens, completion_tokens = _estimate_tokens(call.prompt), _estimate_tokens(text)
+        prompt_tokens, completion_tokens = _estimate_tokens(call.prompt), _out_tokens(call, text)
         return {
             "id": f"chatcmpl-fake{next(self._ids):06d}",
             "object": "chat.completion",
@@ -571,8 +593,7 @@ class FakeProviderServer:
         if finish:
             events.append(chunk({}, "stop"))
             if call.include_usage:
-                prompt_tokens, completion_tokens = _estimate_tokens(call.prompt), _estimate_tokens(
-                    "".join(deltas))
+                prompt_tokens, completion_tokens = _estimate_tokens(call.prompt), _out_tokens(call, "".join(deltas))
                 events.append({
                     "id": ident, "object": "chat.completion.chunk", "created": created, "model": call.model,
                     "choices": [], "usage": {"prompt_tokens": prompt_tokens,
@@ -600,6 +621,7 @@ class FakeProviderServer:
             streaming=action == "streamGenerateContent",
             json_mode=json_mode,
             schema=schema if isinstance(schema, dict) else None,
+            max_tokens=_positive_int(config.get("maxOutputTokens") if isinstance(config, dict) else None),
         )
         early = await self._apply_fault(request, call)
         if early is not None:
@@ -632,8 +654,12 @@ class FakeProviderServer:
         return web.Response(status=status, body=orjson.dumps({"error": error}),
                             content_type="application/json", headers=headers)
 
-    def _gemini_response(self, call: _Call, text: str, *, finish: bool = True) -> dict[str, Any]:
-        prompt_tokens, out_tokens = _estimate_tokens(call.prompt), _estimate_tokens(text)
+    def _gemini_response(self, call: _Call, text: str, *, finish: bool = True, so_far: str | None = None
+                         ) -> dict[str, Any]:
+        # Each chunk of a real stream carries the running totals; `so_far` is the text until now.
+        prompt_tokens = _estimate_tokens(call.prompt)
+        out_tokens = _out_tokens(call, text) if so_far is None or (finish and call.output_tokens) else \
+            _estimate_tokens(so_far)
         candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
         if finish:
             candidate["finishReason"] = "STOP"
@@ -670,6 +696,11 @@ class FakeProviderServer:
             return self._error(call.provider, fault.status)
         if fault.kind == "bad_key":
             return self._bad_key(request, call)
+        if fault.kind == "brownout":
+            rng = self.realism or _DEFAULT_CHANCE
+            if rng.chance(fault.share):
+                call.stall = fault.seconds
+            return None
         if fault.kind == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.seconds)
@@ -738,6 +769,18 @@ class FakeProviderServer:
     async def _answer(self, request: web.Request, call: _Call) -> web.StreamResponse:
         fault = call.fault
         text = self._answer_text(call, fault)
+        scale = self.realism.time_scale if self.realism is not None else 1.0
+        writing = 0.0
+        if self.realism is not None:
+            plan = self.realism.plan(call.provider, json_mode=call.json_mode, max_tokens=call.max_tokens,
+                                     stall=call.stall)
+            call.output_tokens = plan.tokens
+            if not call.json_mode and text and self.answer_text is None:
+                text = pad_to_tokens(text, plan.tokens)
+            writing = plan.writing * scale
+            await self._sleep((plan.total if not call.streaming else plan.ttft) * scale)
+        elif call.stall:
+            await self._sleep(call.stall)
         if not call.streaming:
             payload = (self._openai_completion(call, text) if call.provider == "openai"
                        else self._gemini_response(call, text))
@@ -756,7 +799,8 @@ class FakeProviderServer:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        await self._write_events(resp, head)
+        pace = writing / max(1, len(events) - 1)  # the first chunk is out at ttft, the rest at speed
+        await self._write_events(resp, head, pace)
         if kind == "stream_cut":
             # The chunks already written reach the client, then the connection drops without the
             # terminating zero-length chunk: the client sees an incomplete payload.
@@ -769,28 +813,35 @@ class FakeProviderServer:
             assert fault is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.seconds)
-            await self._write_events(resp, tail)
+            await self._write_events(resp, tail, pace)
         elif kind != "stream_truncate":
-            await self._write_events(resp, tail)
+            await self._write_events(resp, tail, pace)
         await resp.write_eof()
         return resp
 
-    async def _write_events(self, resp: web.StreamResponse, events: list[bytes]) -> None:
+    async def _write_events(self, resp: web.StreamResponse, events: list[bytes], pace: float = 0.0) -> None:
         for event in events:
             await resp.write(event)
-            if self.chunk_delay_ms:
-                await asyncio.sleep(self.chunk_delay_ms / 1000)
+            if self.chunk_delay_ms or pace:
+                await asyncio.sleep(self.chunk_delay_ms / 1000 + pace)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up when the server stops (a stalled answer must not block shutdown)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _stream_events(self, call: _Call, deltas: list[str]) -> list[bytes]:
         """Every SSE event of a complete streamed answer, framed as the provider frames them."""
         if call.provider == "openai":
             return [*self._openai_chunks(call, deltas, finish=True), b"data: [DONE]\n\n"]
         pieces = deltas or [""]
-        return [
-            b"data: " + orjson.dumps(self._gemini_response(call, piece, finish=i == len(pieces) - 1))
-            + b"\r\n\r\n"
-            for i, piece in enumerate(pieces)
-        ]
+        events, so_far = [], ""
+        for i, piece in enumerate(pieces):
+            so_far += piece
+            payload = self._gemini_response(call, piece, finish=i == len(pieces) - 1, so_far=so_far)
+            events.append(b"data: " + orjson.dumps(payload) + b"\r\n\r\n")
+        return events
 
     def _stream_error_event(self, provider: FakeProvider, status: int) -> bytes:
         if provider == "openai":
@@ -842,9 +893,50 @@ class FakeProviderServer:
         self.requests.clear()
         return web.json_response({"cleared": True})
 
+    async def _admin_realism(self, request: web.Request) -> web.Response:
+        """``{"enabled": true, "seed": 7, "time_scale": 1.0}``: switch realistic timings on or off."""
+        try:
+            params = orjson.loads(await request.read() or b"{}")
+            if not isinstance(params, dict):
+                raise ValueError("body must be a JSON object")
+            if params.get("enabled", True):
+                self.realism = Realism(seed=int(params.get("seed", 0)), time_scale=float(params.get("time_scale", 1.0)))
+            else:
+                self.realism = None
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"realistic": self.realism is not None})
+
+    async def _admin_stats(self, _: web.Request) -> web.Response:
+        """Per provider: calls planned in realistic mode and their service / first-token percentiles."""
+        return web.json_response(self.realism.stats() if self.realism is not None else {})
+
     async def _admin_reset(self, _: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"reset": True})
+
+
+class _Chance:
+    """Brownout draws when realistic mode is off."""
+
+    def __init__(self) -> None:
+        import random
+
+        self._rng = random.Random(0)
+
+    def chance(self, share: float) -> bool:
+        return self._rng.random() < share
+
+
+_DEFAULT_CHANCE = _Chance()
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _out_tokens(call: _Call, text: str) -> int:
+    return call.output_tokens if call.output_tokens is not None else _estimate_tokens(text)
 
 
 def _abort_connection(request: web.Request, *, rst: bool) -> None:
@@ -896,6 +988,7 @@ async def _serve(args: argparse.Namespace) -> None:
     fake = FakeProviderServer(
         host=args.host, port=args.port, latency_ms=args.latency_ms, chunk_delay_ms=args.chunk_delay_ms,
         answer_text=args.answer,
+        realism=Realism(seed=args.seed, time_scale=args.time_scale) if args.realistic else None,
     )
     if args.fault:
         fake.install_fault(parse_fault_header(args.fault))
@@ -916,6 +1009,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-delay-ms", type=int, default=0, help="pause between stream chunks")
     parser.add_argument("--answer", default=None, help="fixed plain answer text")
     parser.add_argument("--fault", default=None, help='standing fault, header syntax, e.g. "503; times=3"')
+    parser.add_argument("--realistic", action="store_true",
+                        help="published provider timings: TTFT, output speed, answer lengths (app/devtools/realism.py)")
+    parser.add_argument("--seed", type=int, default=0, help="realistic mode: the random seed")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="realistic mode: multiply every sleep")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

@@ -98,6 +98,18 @@ class Metrics:
             "ivy_provider_latency_seconds", "Latency of one provider call, by outcome.",
             ["provider", "outcome"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.provider_first_token = Histogram(
+            "ivy_provider_first_token_seconds", "Time to the first chunk of a provider call that won its race.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.hedges = Counter(
+            "ivy_provider_hedges", "Hedged calls: fired (a hedge started), won (a hedge answered), cancelled "
+            "(a call stopped because another answered first).", ["provider", "event"], registry=r,
+        )
+        self.provider_tokens = Counter(
+            "ivy_provider_tokens", "Tokens the providers reported, by direction (input or output).",
+            ["provider", "model", "intent", "direction"], registry=r,
+        )
         self.rate_limited = Counter(
             "ivy_rate_limited", "Requests refused with 429, by the bucket that refused.", ["bucket"], registry=r,
         )

@@ -96,6 +96,14 @@ class GenerationRequest:
     temperature: float = 0.3
 
 
+@dataclass(slots=True)
+class Usage:
+    """Token counts a stream reports at its end; the adapter fills it in as they arrive."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Generation:
     text: str
@@ -117,6 +125,9 @@ class Provider(Protocol):
         """Answer with a JSON document matching ``request.json_schema`` (text is the raw JSON)."""
         ...
 
-    def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
-        """Yield text chunks; raise a ProviderError if the stream fails."""
+    def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+               usage: Usage | None = None) -> AsyncIterator[str]:
+        """Yield text chunks (the raw JSON text in ``json_mode``); raise a ProviderError if the
+        stream fails. ``timeout`` bounds the wait for the first bytes; ``usage`` receives the
+        token counts the provider reports."""
         ...

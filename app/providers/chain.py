@@ -1,13 +1,34 @@
 """The provider chain: ACTIVE_MODEL first, the other provider second, the offline provider last.
 
-One retry policy, here: a failed or skipped link moves to the next one (adapters never retry).
-Each remote link sits behind its own circuit breaker and gets a slice of the request's
-deadline, so a slow primary is abandoned in time for the next link to answer within the SLO.
-The offline provider cannot fail, so a request never fails because providers did.
+The chain is the one place that decides retries (adapters never retry). Its time policy, for
+one request with one hard deadline::
+
+    t = 0                 call the first link; every remote call is streamed, and what the
+                          links race for is the first chunk of the answer
+    an error              (5xx, reset, 429, 401, malformed) fail over at once to the next link
+    + hedge delay         no first chunk yet: hedge, one more call within the hedge budget, to
+                          the same provider when it is the faster and not suspect, else the next
+                          link (the delay is that provider's own first-token percentile)
+    + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
+                          link whatever the budget (the budget caps hedges, never a failover)
+    a first chunk         that call wins; the others are cancelled and their connections closed
+    deadline              the calls still running are cancelled (a failure for their breakers)
+                          and the offline provider answers
+
+Why race for the first chunk rather than the whole answer: the length of an answer belongs to
+the question (a hedge would write as much), the wait before the first token belongs to the
+provider (queues, stalls, hangs). Hedging that wait catches a stalled call after about half a
+second instead of after the whole answer's time.
+
+Breakers: a call outrun by a hedge counts as slow, never as failed; a hedge cancelled because
+the original answered counts as nothing; an error or the deadline counts as a failure. A
+provider whose calls are all outrun (a hang) opens on the slow-call rate and is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,9 +41,14 @@ from app.providers.base import (
     Provider,
     ProviderAuthError,
     ProviderError,
+    ProviderMalformedOutput,
     ProviderName,
     ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    Usage,
 )
+from app.providers.hedging import HedgeBudget, HedgeConfig, LatencyNorm
 from app.providers.local import LocalProvider
 from app.providers.prompts import PROMPT_VERSION
 from app.resilience.breaker import CircuitBreaker
@@ -30,10 +56,10 @@ from app.resilience.breaker_store import SharedBreakerStore
 
 log = get_logger()
 
-# The smallest slice worth giving a remote provider; below it we go straight to the next link.
-MIN_CALL_SECONDS = 0.15
-# A primary that has not answered by this share of the budget is abandoned for the next link.
-PRIMARY_SHARE = 0.6
+# The offline provider answers in microseconds; this much of the deadline is kept for it.
+LOCAL_RESERVE_SECONDS = 0.05
+# At most this many calls of one request in flight at once (the first, a hedge, a failover).
+MAX_IN_FLIGHT = 3
 
 
 @dataclass(slots=True)
@@ -49,25 +75,74 @@ class LinkFailure:
 
 
 @dataclass(slots=True)
-class ChainResult:
-    generation: Generation
+class Trace:
+    """What the chain did for one request, for the response, the log line and the metrics."""
+
     failures: list[LinkFailure] = field(default_factory=list)
+    calls: int = 0  # remote calls started
+    hedged: bool = False  # a hedge was started
+    provider: str = "local"  # who answered (known after the first chunk)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
     @property
     def degraded_reason(self) -> str | None:
         return self.failures[0].reason if self.failures else None
 
 
+@dataclass(slots=True)
+class ChainResult:
+    generation: Generation
+    trace: Trace
+
+    @property
+    def failures(self) -> list[LinkFailure]:
+        return self.trace.failures
+
+    @property
+    def degraded_reason(self) -> str | None:
+        return self.trace.degraded_reason
+
+
 NO_PROVIDER = LinkFailure("none", "no_provider_configured")
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    link: Link
+    role: str  # first | hedge | failover
+    started: float
+    delay: float  # the provider's hedge delay when this call started
+    usage: Usage
+    stream: AsyncIterator[str]
+    task: asyncio.Task[str]
+    slow: bool = False  # no first chunk within `delay`
+
+    @property
+    def name(self) -> str:
+        return self.link.provider.name
+
+
+async def _first_chunk(stream: AsyncIterator[str]) -> str:
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        raise ProviderMalformedOutput("stream", "stream ended without a chunk") from None
 
 
 class ProviderChain:
     def __init__(self, links: list[Link], metrics: Metrics, *, shared: SharedBreakerStore | None = None,
-                 local: LocalProvider | None = None) -> None:
+                 local: LocalProvider | None = None, deadline: float = 8.0,
+                 hedge: HedgeConfig | None = None) -> None:
         self.links = links
         self.metrics = metrics
         self.shared = shared
         self.local = local or LocalProvider()
+        self.deadline = deadline
+        self.hedge = hedge or HedgeConfig()
+        self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
+        self.budget = HedgeBudget(self.hedge)
+        self._background: set[asyncio.Task[object]] = set()
 
     @property
     def names(self) -> list[ProviderName]:
@@ -79,92 +154,179 @@ class ProviderChain:
             return self.links
         return sorted(self.links, key=lambda link: link.provider.name != first)
 
-    async def _admit(self, link: Link, last: bool, deadline: float) -> tuple[float, str | None]:
-        """The time slice for ``link``, or the reason to skip it."""
-        remaining = deadline - time.monotonic()
-        timeout = remaining if last else remaining * PRIMARY_SHARE
-        if timeout < MIN_CALL_SECONDS:
-            return timeout, "deadline"
+    # --- the two entry points ----------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest, *, json_mode: bool = False,
+                       first: str | None = None) -> ChainResult:
+        """The whole answer. Until it is complete nothing reached the client, so a stream that
+        breaks after its first chunk still fails over to the next link."""
+        deadline = time.monotonic() + self.deadline
+        trace = Trace()
+        self.budget.request()
+        pending = list(self.ordered(first))
+        while (won := await self._race(request, json_mode, pending, deadline, trace, streamed=False)) is not None:
+            attempt, chunk = won
+            parts = [chunk]
+            try:
+                async with asyncio.timeout(max(0.0, deadline - LOCAL_RESERVE_SECONDS - time.monotonic())):
+                    parts.extend([piece async for piece in attempt.stream])
+            except ProviderError as exc:
+                await self._failed(attempt, exc, trace)
+                continue
+            except TimeoutError:
+                await self._failed(attempt, self._deadline_error(attempt), trace)
+                break
+            await self._answered(attempt, request, trace)
+            generation = Generation("".join(parts), attempt.link.provider.name, attempt.link.provider.model,
+                                    trace.input_tokens, trace.output_tokens)
+            return ChainResult(generation, trace)
+        local = self.local
+        generation = await (local.generate_json(request, timeout=1.0) if json_mode
+                            else local.generate(request, timeout=1.0))
+        self._exhausted(trace)
+        return ChainResult(generation, trace)
+
+    async def stream(self, request: GenerationRequest, *, trace: Trace,
+                     first: str | None = None) -> AsyncIterator[tuple[str, str]]:
+        """Yield (provider, chunk). Races and fails over only before the first chunk; after it,
+        the client has seen text, so an error propagates."""
+        deadline = time.monotonic() + self.deadline
+        self.budget.request()
+        won = await self._race(request, False, list(self.ordered(first)), deadline, trace, streamed=True)
+        if won is None:
+            self._exhausted(trace)
+            async for chunk in self.local.stream(request, timeout=1.0):
+                yield self.local.name, chunk
+            return
+        attempt, chunk = won
+        name = attempt.link.provider.name
+        yield name, chunk
+        try:
+            async for piece in attempt.stream:
+                yield name, piece
+        except ProviderError as exc:
+            await self._failed(attempt, exc, trace)
+            raise
+        await self._answered(attempt, request, trace)
+
+    # --- the race ------------------------------------------------------------------------------
+
+    async def _race(self, request: GenerationRequest, json_mode: bool, pending: list[Link], deadline: float,
+                    trace: Trace, *, streamed: bool) -> tuple[_Attempt, str] | None:
+        """Start links from ``pending`` (consumed) until one yields a first chunk, or none can."""
+        race = _Race(self, request, json_mode, pending, deadline, trace, streamed)
+        return await race.run()
+
+    def _hedge_target(self, slow: Link, pending: list[Link], streamed: bool) -> Link | None:
+        """The same provider when its norm is known, it is not suspect and it is the faster;
+        else the next link."""
+        norm = self.norms[slow.provider.name]
+        other = next((link for link in pending if link.breaker.current_state() != "open"), None)
+        same_ok = norm.known and not norm.suspect and slow.breaker.current_state() == "closed"
+        if not same_ok:
+            return other
+        if other is None:
+            return slow
+        mine, theirs = norm.expected(streamed), self.norms[other.provider.name].expected(streamed)
+        return other if theirs is not None and mine is not None and theirs < mine else slow
+
+    async def _won(self, winner: _Attempt, running: dict[asyncio.Task[str], _Attempt], trace: Trace) -> None:
+        now = time.monotonic()
+        first_token = now - winner.started
+        norm = self.norms[winner.name]
+        winner.slow = norm.known and first_token > winner.delay  # slow against its own norm only
+        norm.first_token(first_token)
+        self.metrics.provider_first_token.labels(winner.name).observe(first_token)
+        trace.provider = winner.name
+        if winner.role == "hedge":
+            self.metrics.hedges.labels(winner.name, "won").inc()
+        for loser in list(running.values()):
+            self._cancel(loser)
+            self.metrics.hedges.labels(loser.name, "cancelled").inc()
+            if loser.role == "hedge" or now - loser.started < loser.delay:
+                continue  # a cancelled hedge, or a call not yet past its norm: nothing against it
+            was = loser.link.breaker.state
+            loser.link.breaker.record_slow()
+            self.norms[loser.name].troubled()
+            self.metrics.provider_latency.labels(loser.name, "outrun").observe(now - loser.started)
+            if loser.name != winner.name:
+                trace.failures.append(LinkFailure(loser.name, "slow"))
+            await self._share(loser.link, was)
+        running.clear()
+
+    def _cancel(self, attempt: _Attempt) -> None:
+        """Stop a call: a pending first chunk is cancelled (the stream closes its connection);
+        a stream that already yielded is closed in the background."""
+        task = attempt.task
+        if not task.done():
+            task.cancel()
+            return
+        if task.cancelled() or task.exception() is not None:
+            return
+        closer = asyncio.ensure_future(self._close(attempt.stream))
+        self._background.add(closer)
+        closer.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _close(stream: AsyncIterator[str]) -> None:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    # --- admission and outcomes ------------------------------------------------------------
+
+    async def _next_admitted(self, pending: list[Link], trace: Trace) -> Link | None:
+        while pending:
+            link = pending.pop(0)
+            if await self._admit(link, trace):
+                return link
+        return None
+
+    async def _admit(self, link: Link, trace: Trace) -> bool:
+        """May ``link`` be called now? A refusal is recorded as `circuit_open`."""
         if self.shared is not None and link.breaker.state == "closed":
             held = await self.shared.remaining_open(link.provider.name)
             if held is not None:
                 link.breaker.trip(f"shared: {held[1]}", open_for=held[0])
-        return timeout, None if link.breaker.allow() else "circuit_open"
+        if link.breaker.allow():
+            return True
+        trace.failures.append(LinkFailure(link.provider.name, "circuit_open"))
+        return False
 
-    async def generate(self, request: GenerationRequest, *, budget: float, json_mode: bool = False,
-                       first: str | None = None) -> ChainResult:
-        deadline = time.monotonic() + budget
-        failures: list[LinkFailure] = []
-        links = self.ordered(first)
-        for index, link in enumerate(links):
-            timeout, skip = await self._admit(link, index == len(links) - 1, deadline)
-            if skip:
-                failures.append(LinkFailure(link.provider.name, skip))
-                continue
-            started = time.monotonic()
-            try:
-                if json_mode:
-                    generation = await link.provider.generate_json(request, timeout=timeout)
-                else:
-                    generation = await link.provider.generate(request, timeout=timeout)
-            except ProviderError as exc:
-                await self._failed(link, exc, time.monotonic() - started)
-                failures.append(LinkFailure(link.provider.name, exc.reason))
-                continue
-            await self._succeeded(link, generation.model, time.monotonic() - started)
-            return ChainResult(generation, failures)
-        if json_mode:
-            generation = await self.local.generate_json(request, timeout=budget)
-        else:
-            generation = await self.local.generate(request, timeout=budget)
-        self._exhausted(failures)
-        return ChainResult(generation, failures or [NO_PROVIDER])
+    def _deadline_error(self, attempt: _Attempt) -> ProviderTimeout:
+        return ProviderTimeout(attempt.name, f"no answer within the {self.deadline:g}s request deadline "
+                                             f"(call ran {time.monotonic() - attempt.started:.2f}s)")
 
-    async def stream(self, request: GenerationRequest, *, budget: float, failures: list[LinkFailure],
-                     first: str | None = None) -> AsyncIterator[tuple[str, str]]:
-        """Yield (provider, chunk). Fails over only before the first chunk; after it, the error propagates."""
-        deadline = time.monotonic() + budget
-        links = self.ordered(first)
-        for index, link in enumerate(links):
-            timeout, skip = await self._admit(link, index == len(links) - 1, deadline)
-            if skip:
-                failures.append(LinkFailure(link.provider.name, skip))
-                continue
-            started = time.monotonic()
-            sent_any = False
-            try:
-                async for chunk in link.provider.stream(request, timeout=timeout):
-                    sent_any = True
-                    yield link.provider.name, chunk
-            except ProviderError as exc:
-                await self._failed(link, exc, time.monotonic() - started)
-                if sent_any:
-                    raise
-                failures.append(LinkFailure(link.provider.name, exc.reason))
-                continue
-            await self._succeeded(link, link.provider.model, time.monotonic() - started)
-            return
-        self._exhausted(failures)
-        if not failures:
-            failures.append(NO_PROVIDER)
-        async for chunk in self.local.stream(request, timeout=budget):
-            yield self.local.name, chunk
-
-    def _exhausted(self, failures: list[LinkFailure]) -> None:
+    def _exhausted(self, trace: Trace) -> None:
+        trace.provider = self.local.name
+        if not trace.failures:
+            trace.failures.append(NO_PROVIDER)
         if self.links:
             log.warning("provider_chain_exhausted", model_provider=self.local.name,
-                        failures=[f"{f.provider}:{f.reason}" for f in failures])
+                        failures=[f"{f.provider}:{f.reason}" for f in trace.failures])
 
-    async def _succeeded(self, link: Link, model: str, seconds: float) -> None:
+    async def _answered(self, attempt: _Attempt, request: GenerationRequest, trace: Trace) -> None:
         # The successful call is logged on the request's own line (model_provider, provider_ms):
         # a second INFO line per request cost more than the rest of the logging.
-        was = link.breaker.state
-        link.breaker.record_success(seconds)
-        self.metrics.provider_latency.labels(link.provider.name, "ok").observe(seconds)
-        await self._share(link, was)
+        seconds = time.monotonic() - attempt.started
+        name, model = attempt.name, attempt.link.provider.model
+        self.norms[name].answered(seconds)
+        self.metrics.provider_latency.labels(name, "ok").observe(seconds)
+        trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
+        for direction, count in (("input", trace.input_tokens), ("output", trace.output_tokens)):
+            if count:
+                self.metrics.provider_tokens.labels(name, model, request.intent, direction).inc(count)
+        breaker = attempt.link.breaker
+        was = breaker.state
+        breaker.record_success(slow=attempt.slow)
+        await self._share(attempt.link, was)
 
-    async def _failed(self, link: Link, exc: ProviderError, seconds: float) -> None:
-        name, breaker, was = link.provider.name, link.breaker, link.breaker.state
+    async def _failed(self, attempt: _Attempt, exc: ProviderError, trace: Trace) -> None:
+        name, breaker, was = attempt.name, attempt.link.breaker, attempt.link.breaker.state
+        seconds = time.monotonic() - attempt.started
+        trace.failures.append(LinkFailure(name, exc.reason))
+        self.norms[name].troubled()
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
         if isinstance(exc, ProviderRateLimited):
             breaker.record_failure(exc.reason, open_for=exc.retry_after)
@@ -174,9 +336,10 @@ class ProviderChain:
             breaker.record_failure(exc.reason, open_for=breaker.config.open_seconds)
         elif exc.counts_as_failure:
             breaker.record_failure(exc.reason)
-        log.warning("provider_call", model_provider=name, model=link.provider.model, outcome=exc.reason,
-                    latency_ms=round(seconds * 1000, 1), error=exc.message[:300], prompt_version=PROMPT_VERSION)
-        await self._share(link, was)
+        log.warning("provider_call", model_provider=name, model=attempt.link.provider.model, outcome=exc.reason,
+                    role=attempt.role, latency_ms=round(seconds * 1000, 1), error=exc.message[:300],
+                    prompt_version=PROMPT_VERSION)
+        await self._share(attempt.link, was)
 
     async def _share(self, link: Link, was: str) -> None:
         """Tell the other workers when this one opened or closed the provider's breaker."""
@@ -188,3 +351,110 @@ class ProviderChain:
                                            link.breaker.reason or "")
         elif now == "closed":
             await self.shared.publish_closed(link.provider.name)
+
+    async def aclose(self) -> None:
+        """Wait for the streams being closed in the background (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def snapshot(self) -> dict[str, object]:
+        """Each provider's norm and hedge delay, and the hedge budget, for /ai/router/health."""
+        return {
+            "enabled": self.hedge.enabled,
+            "deadline_seconds": self.deadline,
+            "percentile": self.hedge.percentile,
+            "providers": {name: norm.snapshot() for name, norm in self.norms.items()},
+            "budget": self.budget.snapshot(),
+        }
+
+
+class _Race:
+    """One request's race for a first chunk (see the module docstring for the timeline)."""
+
+    def __init__(self, chain: ProviderChain, request: GenerationRequest, json_mode: bool, pending: list[Link],
+                 deadline: float, trace: Trace, streamed: bool) -> None:
+        self.chain, self.request, self.json_mode, self.pending = chain, request, json_mode, pending
+        self.calls_end = deadline - LOCAL_RESERVE_SECONDS
+        self.trace, self.streamed = trace, streamed
+        self.running: dict[asyncio.Task[str], _Attempt] = {}
+        self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
+        self.hedge_for: _Attempt | None = None
+        self.failover_at: float | None = None  # when to presume the calls in flight hung
+
+    async def start(self, role: str, link: Link | None = None) -> _Attempt | None:
+        chain = self.chain
+        link = link or await chain._next_admitted(self.pending, self.trace)
+        if link is None:
+            return None
+        now = time.monotonic()
+        usage = Usage()
+        stream = link.provider.stream(self.request, timeout=max(0.01, self.calls_end - now),
+                                      json_mode=self.json_mode, usage=usage)
+        attempt = _Attempt(link, role, now, chain.norms[link.provider.name].hedge_delay(), usage, stream,
+                           asyncio.ensure_future(_first_chunk(stream)))
+        self.running[attempt.task] = attempt
+        self.trace.calls += 1
+        if chain.hedge.enabled:
+            if role != "hedge" and not self.trace.hedged:
+                self.hedge_at, self.hedge_for = now + attempt.delay, attempt
+            self.failover_at = now + chain.hedge.max_delay
+        return attempt
+
+    async def run(self) -> tuple[_Attempt, str] | None:
+        chain, running = self.chain, self.running
+        if await self.start("first") is None:
+            return None
+        while running:
+            now = time.monotonic()
+            if now >= self.calls_end:
+                for attempt in list(running.values()):
+                    chain._cancel(attempt)
+                    await chain._failed(attempt, chain._deadline_error(attempt), self.trace)
+                running.clear()
+                return None
+            wake = min(t for t in (self.calls_end, self.hedge_at, self.failover_at) if t is not None)
+            done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                attempt = running.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    await chain._won(attempt, running, self.trace)
+                    return attempt, task.result()
+                await chain._failed(attempt, _as_provider_error(attempt.name, exc), self.trace)
+            if not running:
+                await self.start("failover")  # an error fails over at once, budget or not
+                continue
+            now = time.monotonic()
+            if self.hedge_at is not None and now >= self.hedge_at:
+                self.hedge_at = None
+                if self.hedge_for is not None and self.hedge_for in running.values():
+                    await self.hedge(self.hedge_for)
+            elif self.failover_at is not None and now >= self.failover_at:
+                self.failover_at = None
+                if len(running) < MAX_IN_FLIGHT:
+                    await self.start("failover")
+        return None
+
+    async def hedge(self, slow: _Attempt) -> bool:
+        chain = self.chain
+        target = chain._hedge_target(slow.link, self.pending, self.streamed)
+        if target is None or not chain.budget.try_spend():
+            return False
+        if target is not slow.link:
+            self.pending.remove(target)
+            if not await chain._admit(target, self.trace):
+                return False
+        attempt = await self.start("hedge", target)
+        if attempt is None:
+            return False
+        self.trace.hedged = True
+        chain.metrics.hedges.labels(attempt.name, "fired").inc()
+        return True
+
+
+def _as_provider_error(name: str, exc: BaseException) -> ProviderError:
+    if isinstance(exc, ProviderMalformedOutput) and exc.provider == "stream":
+        return ProviderMalformedOutput(name, exc.message)
+    if isinstance(exc, ProviderError):
+        return exc
+    return ProviderUnavailable(name, f"{type(exc).__name__}: {exc}")

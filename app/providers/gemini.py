@@ -21,6 +21,7 @@ from app.providers.base import (
     ProviderMalformedOutput,
     ProviderName,
     ProviderUnavailable,
+    Usage,
 )
 
 # Shared HTTP plumbing lives in openai.py (the first adapter) until it earns its own module.
@@ -90,20 +91,28 @@ class GeminiProvider:
         text, finish = self._candidate_text(payload)
         if not text.strip():
             raise ProviderMalformedOutput(self.name, f"empty answer (finishReason={finish})")
-        usage = payload.get("usageMetadata")
-        if not isinstance(usage, dict):
-            usage = {}
-        output = optional_int(usage.get("candidatesTokenCount"))
-        thoughts = optional_int(usage.get("thoughtsTokenCount"))
-        if output is not None and thoughts is not None:
-            output += thoughts  # thinking tokens are billed as output
+        usage = Usage()
+        self._count(payload, usage)
         return Generation(
             text=text,
             provider=self.name,
             model=self.model,  # the configured name, as for OpenAI (modelVersion may differ)
-            input_tokens=optional_int(usage.get("promptTokenCount")),
-            output_tokens=output,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
         )
+
+    @staticmethod
+    def _count(payload: dict[str, Any], usage: Usage) -> None:
+        """Token counts from ``usageMetadata`` (each stream chunk carries the running totals)."""
+        counts = payload.get("usageMetadata")
+        if not isinstance(counts, dict):
+            return
+        output = optional_int(counts.get("candidatesTokenCount"))
+        thoughts = optional_int(counts.get("thoughtsTokenCount"))
+        if output is not None and thoughts is not None:
+            output += thoughts  # thinking tokens are billed as output
+        usage.input_tokens = optional_int(counts.get("promptTokenCount"))
+        usage.output_tokens = output
 
     def _candidate_text(self, payload: dict[str, Any]) -> tuple[str, str | None]:
         """Text of the first candidate (thought parts skipped) and its finishReason, if any."""
@@ -128,14 +137,15 @@ class GeminiProvider:
         )
         return text, finish if isinstance(finish, str) else None
 
-    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+                     usage: Usage | None = None) -> AsyncIterator[str]:
         """Yield candidate text pieces. There is no sentinel: the last chunk carries finishReason,
         so a stream that ends without one was cut short."""
         produced = False
         finished = False
         events = stream_sse(
             self._session, self._stream_url, provider=self.name, headers=self._headers(),
-            body=self._body(request), seconds=timeout, secret=self._api_key,
+            body=self._body(request, json_mode=json_mode), seconds=timeout, secret=self._api_key,
             idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):
@@ -143,6 +153,8 @@ class GeminiProvider:
                 event = parse_event(self.name, data)
                 if "error" in event:
                     raise error_in_stream(self.name, event, self._api_key)
+                if usage is not None:
+                    self._count(event, usage)
                 if not event.get("candidates") and not event.get("promptFeedback"):
                     continue  # e.g. a usage-only chunk
                 text, finish = self._candidate_text(event)

@@ -186,6 +186,8 @@ async def stream_sse(
             if not 200 <= resp.status < 300:
                 raw = await resp.read()
                 raise error_for_status(provider, resp.status, resp.headers, raw, secret)
+            if resp.content_type != "text/event-stream":
+                raise ProviderMalformedOutput(provider, f"2xx answer is {resp.content_type}, not an event stream")
             buffer = bytearray()
             data: list[str] = []
             async for piece in resp.content.iter_any():

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from app.providers.base import Generation, GenerationRequest, ProviderName
+from app.providers.base import Generation, GenerationRequest, ProviderName, Usage
 from app.tools.email import _make_email_json_fallback
 
 _GREETINGS = ("hi", "hello", "hey", "good morning", "good afternoon", "yo", "hiya")
@@ -34,8 +34,9 @@ class LocalProvider:
         draft = _make_email_json_fallback(request.lead, request.query)
         return Generation(orjson.dumps(draft).decode(), self.name, self.model)
 
-    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
-        text = self.answer(request)
+    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+                     usage: Usage | None = None) -> AsyncIterator[str]:
+        text = (await self.generate_json(request, timeout=timeout)).text if json_mode else self.answer(request)
         for start in range(0, len(text), 64):
             yield text[start : start + 64]
 

@@ -19,6 +19,7 @@ from app.providers.base import (
     ProviderMalformedOutput,
     ProviderName,
     ProviderUnavailable,
+    Usage,
 )
 from app.providers.http import (
     MAX_MESSAGE,
@@ -88,6 +89,8 @@ class OpenAIProvider:
                 body["response_format"] = {"type": "json_object"}
         if stream:
             body["stream"] = True
+            # The token counts arrive in a last chunk with no choices, only when asked for.
+            body["stream_options"] = {"include_usage": True}
         return body
 
     async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
@@ -122,12 +125,13 @@ class OpenAIProvider:
             output_tokens=optional_int(usage.get("completion_tokens")),
         )
 
-    async def stream(self, request: GenerationRequest, *, timeout: float) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+                     usage: Usage | None = None) -> AsyncIterator[str]:
         """Yield ``choices[0].delta.content`` pieces; a stream without ``[DONE]`` is unavailable."""
         produced = False
         events = stream_sse(
             self._session, self._url, provider=self.name, headers=self._headers(stream=True),
-            body=self._body(request, stream=True), seconds=timeout, secret=self._api_key,
+            body=self._body(request, json_mode=json_mode, stream=True), seconds=timeout, secret=self._api_key,
             idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):
@@ -143,6 +147,10 @@ class OpenAIProvider:
                 if not isinstance(choices, list):
                     raise ProviderMalformedOutput(self.name, "stream chunk has no choices")
                 if not choices:  # the usage chunk (stream_options.include_usage) has none
+                    counts = event.get("usage")
+                    if usage is not None and isinstance(counts, dict):
+                        usage.input_tokens = optional_int(counts.get("prompt_tokens"))
+                        usage.output_tokens = optional_int(counts.get("completion_tokens"))
                     continue
                 delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
                 piece = delta.get("content") if isinstance(delta, dict) else None

@@ -1,10 +1,15 @@
 """A circuit breaker per provider, after resilience4j's count-based model.
 
 CLOSED: calls flow; the last ``window`` outcomes are kept. Once at least ``min_calls`` are
-recorded, a failure rate >= ``failure_rate`` or a slow-call rate >= ``slow_call_rate`` opens it.
+recorded, a failure rate >= ``failure_rate`` or a slow-call rate >= ``slow_call_rate`` opens it,
+and so do ``consecutive`` calls in a row that failed or were outrun (a provider that starts
+hanging after an hour of successes is skipped after a few calls, not after the window fills).
+What "slow" means is the caller's judgement against the provider's own norm (the chain: no
+first token within the provider's hedge delay), never a fixed number of seconds, so a provider
+whose every call takes 2 s is not opened for being itself.
 OPEN: calls are refused for ``open_seconds`` (or the provider's Retry-After on a 429).
 HALF_OPEN: up to ``half_open_calls`` trial calls go through; all succeed -> CLOSED, any
-failure -> OPEN again.
+failure or outrun trial -> OPEN again.
 
 The clock is injected so tests drive time instead of sleeping.
 """
@@ -27,7 +32,7 @@ class BreakerConfig:
     min_calls: int = 5
     failure_rate: float = 0.5
     slow_call_rate: float = 0.8
-    slow_call_seconds: float = 1.0
+    consecutive: int = 6
     open_seconds: float = 30.0
     half_open_calls: int = 2
 
@@ -48,6 +53,7 @@ class CircuitBreaker:
         self.state: State = "closed"
         self.reason: str | None = None
         self._outcomes: deque[tuple[bool, bool]] = deque(maxlen=config.window)  # (failed, slow)
+        self._streak = 0  # calls in a row that failed or were outrun
         self._open_until = 0.0
         self._trials_started = 0
         self._trials_ok = 0
@@ -59,6 +65,7 @@ class CircuitBreaker:
         self._trials_started = self._trials_ok = 0
         if to == "closed":
             self._outcomes.clear()
+        self._streak = 0
         if self.on_transition is not None:
             self.on_transition(self.name, before, to, reason)
 
@@ -80,8 +87,7 @@ class CircuitBreaker:
     def seconds_until_retry(self) -> float:
         return max(0.0, self._open_until - self.clock()) if self.state == "open" else 0.0
 
-    def record_success(self, duration: float) -> None:
-        slow = duration >= self.config.slow_call_seconds
+    def record_success(self, *, slow: bool = False) -> None:
         if self.state == "half_open":
             self._trials_ok += 1
             if self._trials_ok >= self.config.half_open_calls:
@@ -94,16 +100,28 @@ class CircuitBreaker:
         if open_for is not None or self.state == "half_open":
             self.trip(reason, open_for)
             return
-        self._record(True, False, reason)
+        self._record(True, False, reason, troubled=True)
+
+    def record_slow(self, reason: str = "outrun") -> None:
+        """A call abandoned for being slower than its norm (a hedge answered first): not a
+        failure, but a half-open trial that is outrun proves nothing good."""
+        if self.state == "half_open":
+            self.trip(f"trial call {reason}")
+            return
+        self._record(False, True, reason, troubled=True)
 
     def trip(self, reason: str, open_for: float | None = None) -> None:
         self._open_until = self.clock() + (open_for if open_for is not None else self.config.open_seconds)
         self._move("open", reason)
 
-    def _record(self, failed: bool, slow: bool, reason: str = "") -> None:
+    def _record(self, failed: bool, slow: bool, reason: str = "", *, troubled: bool = False) -> None:
         if self.state != "closed":
             return
         self._outcomes.append((failed, slow))
+        self._streak = self._streak + 1 if troubled else 0
+        if self._streak >= self.config.consecutive:
+            self.trip(f"{self._streak} calls in a row failed or were outrun ({reason})")
+            return
         n = len(self._outcomes)
         if n < self.config.min_calls:
             return

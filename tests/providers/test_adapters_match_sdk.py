@@ -107,6 +107,7 @@ async def test_openai_stream_call_matches_the_sdk_request(
         max_completion_tokens=request.max_output_tokens,
         temperature=request.temperature,
         stream=True,
+        stream_options={"include_usage": True},
     )
     sdk_text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     ours, sdk = ours_and_sdks(fake)

@@ -17,7 +17,7 @@ def make(**overrides: float) -> tuple[CircuitBreaker, Clock, list[tuple[str, str
     clock = Clock()
     seen: list[tuple[str, str, str]] = []
     config = BreakerConfig(**{"window": 10, "min_calls": 4, "failure_rate": 0.5, "open_seconds": 30,
-                              "half_open_calls": 2, "slow_call_seconds": 1.0, "slow_call_rate": 0.8,
+                              "half_open_calls": 2, "slow_call_rate": 0.8,
                               **overrides})  # type: ignore[arg-type]
     breaker = CircuitBreaker("gemini", config, clock=clock,
                              on_transition=lambda _n, a, b, r: seen.append((a, b, r)))
@@ -33,8 +33,8 @@ def test_stays_closed_below_the_minimum_number_of_calls() -> None:
 
 def test_opens_when_the_failure_rate_crosses_the_threshold() -> None:
     b, _, seen = make()
-    b.record_success(0.1)
-    b.record_success(0.1)
+    b.record_success()
+    b.record_success()
     b.record_failure("timeout")
     assert b.current_state() == "closed"
     b.record_failure("unavailable")
@@ -46,9 +46,31 @@ def test_opens_when_the_failure_rate_crosses_the_threshold() -> None:
 def test_opens_on_slow_calls() -> None:
     b, _, _ = make()
     for _ in range(4):
-        b.record_success(1.5)
+        b.record_success(slow=True)
     assert b.current_state() == "open"
     assert "slow call rate" in (b.reason or "")
+
+
+def test_calls_outrun_by_a_hedge_open_it_only_when_most_calls_are_outrun() -> None:
+    b, _, _ = make()
+    for _ in range(7):  # a brownout: a few calls outrun, most answer
+        b.record_success()
+    for _ in range(3):
+        b.record_slow()
+    assert b.current_state() == "closed"
+    hung, _, _ = make()
+    for _ in range(4):  # a hang: every call outrun
+        hung.record_slow()
+    assert hung.current_state() == "open" and "slow call rate 4/4" in (hung.reason or "")
+
+
+def test_an_outrun_trial_call_reopens_the_breaker() -> None:
+    b, clock, _ = make()
+    b.trip("test")
+    clock.now += 31
+    assert b.allow()
+    b.record_slow()
+    assert b.current_state() == "open"
 
 
 def test_open_half_opens_after_the_wait_and_closes_after_successful_trials() -> None:
@@ -59,9 +81,9 @@ def test_open_half_opens_after_the_wait_and_closes_after_successful_trials() -> 
     clock.now += 0.2
     assert b.allow() and b.allow()
     assert not b.allow()  # only two trial calls in half-open
-    b.record_success(0.1)
+    b.record_success()
     assert b.current_state() == "half_open"
-    b.record_success(0.1)
+    b.record_success()
     assert b.current_state() == "closed"
     assert [s[:2] for s in seen] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -83,3 +105,17 @@ def test_a_retry_after_opens_for_exactly_that_long() -> None:
     assert b.current_state() == "open"
     clock.now += 5.01
     assert b.current_state() == "half_open"
+
+
+def test_a_run_of_failed_or_outrun_calls_opens_it_whatever_the_window_holds() -> None:
+    b, _, _ = make(window=20, consecutive=3)
+    for _ in range(15):
+        b.record_success()
+    b.record_slow()
+    b.record_failure("timeout")
+    b.record_success()  # a success breaks the run
+    b.record_slow()
+    b.record_slow()
+    assert b.current_state() == "closed"
+    b.record_failure("timeout")
+    assert b.current_state() == "open" and "3 calls in a row" in (b.reason or "")

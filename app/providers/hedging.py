@@ -1,0 +1,141 @@
+"""What the chain knows about each provider's speed, and how many extra calls it may spend.
+
+`LatencyNorm` keeps a provider's recent times to first token (and to the whole answer) from
+calls that succeeded. The hedge delay is a percentile of those first-token times, clamped: a
+call with no first token by then is slower than the provider's own norm. Calls that lost a
+race are never recorded, so a brownout's stalled calls do not inflate the norm they are
+judged against.
+
+`HedgeBudget` caps the extra calls started because a call was slow: a share of the requests
+seen over a rolling window, plus a small floor so that a quiet worker can still hedge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeConfig:
+    enabled: bool = True
+    percentile: float = 95.0
+    min_delay: float = 0.1
+    max_delay: float = 3.0
+    initial_delay: float = 1.0  # until a provider has `min_samples` first-token times
+    min_samples: int = 20
+    window: int = 256  # samples kept per provider
+    budget_ratio: float = 0.3
+    budget_floor: int = 5
+    budget_window_seconds: float = 60.0
+    suspect_share: float = 0.5  # share of recent calls outrun or failed that makes a provider suspect
+    recent: int = 10  # how many recent outcomes that share is taken over
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[index]
+
+
+class LatencyNorm:
+    """One provider's recent first-token and total times (successful calls only)."""
+
+    def __init__(self, config: HedgeConfig) -> None:
+        self.config = config
+        self._first: deque[float] = deque(maxlen=config.window)
+        self._total: deque[float] = deque(maxlen=config.window)
+        self._recent: deque[bool] = deque(maxlen=config.recent)  # True: the call was outrun or failed
+        self._sorted_first: list[float] | None = None
+
+    def first_token(self, seconds: float) -> None:
+        self._first.append(seconds)
+        self._sorted_first = None
+        self._recent.append(False)
+
+    def answered(self, seconds: float) -> None:
+        self._total.append(seconds)
+
+    def troubled(self) -> None:
+        """The call was outrun by a hedge, failed, or hit the deadline."""
+        self._recent.append(True)
+
+    @property
+    def known(self) -> bool:
+        return len(self._first) >= self.config.min_samples
+
+    @property
+    def suspect(self) -> bool:
+        """Most of the recent calls were outrun or failed: do not hedge onto this provider."""
+        n = len(self._recent)
+        return n >= min(3, self.config.recent) and sum(self._recent) / n >= self.config.suspect_share
+
+    def _first_sorted(self) -> list[float]:
+        if self._sorted_first is None:
+            self._sorted_first = sorted(self._first)
+        return self._sorted_first
+
+    def hedge_delay(self) -> float:
+        c = self.config
+        if not self.known:
+            return c.initial_delay
+        return min(c.max_delay, max(c.min_delay, percentile(self._first_sorted(), c.percentile)))
+
+    def expected(self, streamed: bool) -> float | None:
+        """Median time to what the client waits for (the first chunk when streamed, else the
+        whole answer), or None before there are enough samples to say."""
+        values = self._first if streamed else self._total
+        if len(values) < self.config.min_samples:
+            return None
+        return percentile(sorted(values), 50)
+
+    def snapshot(self) -> dict[str, object]:
+        first = self._first_sorted()
+        total = sorted(self._total)
+
+        def ms(values: list[float], q: float) -> float | None:
+            return round(percentile(values, q) * 1000, 1) if values else None
+
+        return {
+            "hedge_delay_ms": round(self.hedge_delay() * 1000, 1),
+            "norm_known": self.known,
+            "suspect": self.suspect,
+            "first_token_p50_ms": ms(first, 50), "first_token_p95_ms": ms(first, 95),
+            "answer_p50_ms": ms(total, 50), "answer_p95_ms": ms(total, 95),
+            "samples": len(first),
+        }
+
+
+class HedgeBudget:
+    """At most ``ratio`` hedges per request over the window, plus ``floor``; one per process."""
+
+    def __init__(self, config: HedgeConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self._requests: deque[float] = deque()
+        self._hedges: deque[float] = deque()
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.config.budget_window_seconds
+        for q in (self._requests, self._hedges):
+            while q and q[0] < horizon:
+                q.popleft()
+
+    def request(self) -> None:
+        self._requests.append(self.clock())
+
+    def try_spend(self) -> bool:
+        now = self.clock()
+        self._prune(now)
+        allowed = self.config.budget_floor + self.config.budget_ratio * len(self._requests)
+        if len(self._hedges) + 1 > allowed:
+            return False
+        self._hedges.append(now)
+        return True
+
+    def snapshot(self) -> dict[str, object]:
+        self._prune(self.clock())
+        return {"window_seconds": self.config.budget_window_seconds, "requests": len(self._requests),
+                "hedges": len(self._hedges), "ratio": self.config.budget_ratio, "floor": self.config.budget_floor}
