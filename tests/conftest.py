@@ -124,6 +124,9 @@ class FakeProviderThread:
     def set_fault(self, kind: str, **params: Any) -> None:
         self.call(self.server.set_fault, kind, **params)
 
+    def clear_faults(self) -> None:
+        self.call(self.server.clear_faults)
+
     def set_answer(self, text: str | None = None, *, json_answer: Any = None) -> None:
         self.call(self.server.set_answer, text, json_answer=json_answer)
 

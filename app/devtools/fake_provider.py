@@ -787,6 +787,9 @@ class FakeProviderServer:
             return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
         deltas = _chunks(text) if text else []
+        if self.realism is not None and len(deltas) > 8:
+            # Providers send a few tokens a chunk; about 8 tokens (32 characters) keeps the fake cheap.
+            deltas = _regroup(deltas, 32)
         events = self._stream_events(call, deltas)
         kind = fault.kind if fault is not None else None
         split = len(events)
@@ -820,10 +823,14 @@ class FakeProviderServer:
         return resp
 
     async def _write_events(self, resp: web.StreamResponse, events: list[bytes], pace: float = 0.0) -> None:
-        for event in events:
+        loop = asyncio.get_running_loop()
+        step = self.chunk_delay_ms / 1000 + pace
+        start = loop.time()
+        for i, event in enumerate(events):
             await resp.write(event)
-            if self.chunk_delay_ms or pace:
-                await asyncio.sleep(self.chunk_delay_ms / 1000 + pace)
+            if step:
+                # Absolute times, so the overhead of each write does not add up over a long answer.
+                await asyncio.sleep(max(0.0, start + (i + 1) * step - loop.time()))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up when the server stops (a stalled answer must not block shutdown)."""
@@ -929,6 +936,16 @@ class _Chance:
 
 
 _DEFAULT_CHANCE = _Chance()
+
+
+def _regroup(pieces: list[str], size: int) -> list[str]:
+    out: list[str] = []
+    for piece in pieces:
+        if out and len(out[-1]) + len(piece) <= size:
+            out[-1] += piece
+        else:
+            out.append(piece)
+    return out
 
 
 def _positive_int(value: Any) -> int | None:

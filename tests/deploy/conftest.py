@@ -63,4 +63,12 @@ def exported(make_client: Callable[..., TestClient], fake_provider: FakeProvider
     breakers = providers.get("/ai/router/health").json()["providers"]["circuit_breakers"]
     assert breakers["gemini"]["state"] == "open", breakers
     scrapes.add_scrape(providers.get("/metrics").text)
+
+    # A gemini call with no first token after the hedge delay: a hedge to openai answers first.
+    fake_provider.clear_faults()
+    hedging = make_client(**provider_settings, ivy_hedge_initial_delay_ms=200)
+    fake_provider.set_fault("brownout", provider="gemini", share=1.0, seconds=1.0, times=1)
+    hedged = hedging.post(V2, json={"query": "hello once more"}, headers={"X-User-ID": "rep-4"}).json()
+    assert hedged["provider"] == "openai" and hedged["fallback"]["reason"] == "slow", hedged
+    scrapes.add_scrape(hedging.get("/metrics").text)
     return scrapes
