@@ -211,7 +211,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     secondary = "openai" if sc.active == "gemini" else "gemini"
     return {
         "real_share": len(real) / len(samples), "reasons": reasons, "intents": intents,
-        "p95": pct([s.seconds for s in samples], 95), "p95_tail": pct([s.seconds for s in samples[20:]], 95),
+        "p95": pct([s.seconds for s in samples], 95),
+        "p95_chat": pct([s.seconds for s in samples if s.intent != "modal"], 95), "p95_tail": pct([s.seconds for s in samples[20:]], 95),
         "max": max(s.seconds for s in samples), "ok_share": sum(s.status == 200 for s in samples) / len(samples),
         "local_share": sum(s.provider == "local" for s in samples) / len(samples),
         "primary": result["stats"].get(sc.active, {}), "secondary": result["stats"].get(secondary, {}),
@@ -249,8 +250,10 @@ def check(name: str, s: dict[str, Any], healthy: dict[str, Any] | None, deadline
         return [("100% HTTP 200 from local", s["ok_share"] == 1 and s["local_share"] == 1),
                 ("within the deadline", s["max"] <= deadline)]
     if name == "streamed":
+        # A modal's payload is one JSON document, sent whole: only chat answers stream token by token.
         return [("real >= 99.5%", s["real_share"] >= 0.995),
-                ("first delta p95 <= primary TTFT p95 + 50 ms", s["p95"] * ms <= prim.get("ttft_p95_ms", 0) + 50)]
+                ("first delta p95 (chat intents) <= primary TTFT p95 + 50 ms",
+                 s["p95_chat"] * ms <= prim.get("ttft_p95_ms", 0) + 50)]
     return []
 
 

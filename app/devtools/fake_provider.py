@@ -769,9 +769,12 @@ class FakeProviderServer:
     async def _answer(self, request: web.Request, call: _Call) -> web.StreamResponse:
         fault = call.fault
         text = self._answer_text(call, fault)
-        scale = self.realism.time_scale if self.realism is not None else 1.0
         writing = 0.0
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        plan = None
         if self.realism is not None:
+            scale = self.realism.time_scale
             plan = self.realism.plan(call.provider, json_mode=call.json_mode, max_tokens=call.max_tokens,
                                      stall=call.stall)
             call.output_tokens = plan.tokens
@@ -784,7 +787,11 @@ class FakeProviderServer:
         if not call.streaming:
             payload = (self._openai_completion(call, text) if call.provider == "openai"
                        else self._gemini_response(call, text))
-            return web.Response(body=orjson.dumps(payload), content_type="application/json")
+            response = web.Response(body=orjson.dumps(payload), content_type="application/json")
+            if plan is not None and self.realism is not None:
+                took = loop.time() - began
+                self.realism.measured(plan, first_byte=took, finished=took)
+            return response
 
         deltas = _chunks(text) if text else []
         if self.realism is not None and len(deltas) > 8:
@@ -803,6 +810,8 @@ class FakeProviderServer:
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         pace = writing / max(1, len(events) - 1)  # the first chunk is out at ttft, the rest at speed
+        if plan is not None and self.realism is not None:
+            self.realism.measured(plan, first_byte=loop.time() - began)
         await self._write_events(resp, head, pace)
         if kind == "stream_cut":
             # The chunks already written reach the client, then the connection drops without the
@@ -820,6 +829,8 @@ class FakeProviderServer:
         elif kind != "stream_truncate":
             await self._write_events(resp, tail, pace)
         await resp.write_eof()
+        if plan is not None and self.realism is not None:
+            self.realism.measured(plan, finished=loop.time() - began)
         return resp
 
     async def _write_events(self, resp: web.StreamResponse, events: list[bytes], pace: float = 0.0) -> None:

@@ -38,6 +38,7 @@ class Plan:
     tokens: int
     speed: float
     stall: float = 0.0
+    index: int = -1  # its place in Realism.plans
 
     @property
     def writing(self) -> float:
@@ -56,6 +57,10 @@ class Realism:
     time_scale: float = 1.0
     profiles: dict[str, Profile] = field(default_factory=lambda: dict(PROFILES))
     plans: list[Plan] = field(default_factory=list)
+    # What the fake really took, by plan index: its own scheduling adds to the plan under load,
+    # and the benchmark's reference must be the provider as the router met it.
+    first_bytes: dict[int, float] = field(default_factory=dict)
+    finishes: dict[int, float] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,11 +74,22 @@ class Realism:
         tokens = max(1, round(median * rng.lognormvariate(0.0, p.answer_sigma)))
         if max_tokens:
             tokens = min(tokens, max_tokens)
-        planned = Plan(provider, ttft + stall, tokens, rng.uniform(p.speed_min, p.speed_max), stall)
+        if len(self.plans) >= 100_000:
+            self.plans.clear()
+            self.first_bytes.clear()
+            self.finishes.clear()
+        planned = Plan(provider, ttft + stall, tokens, rng.uniform(p.speed_min, p.speed_max), stall,
+                       len(self.plans))
         self.plans.append(planned)
-        if len(self.plans) > 100_000:
-            del self.plans[:50_000]
         return planned
+
+    def measured(self, plan: Plan, *, first_byte: float | None = None, finished: float | None = None) -> None:
+        """Seconds (in simulated time) the call really took to its first byte and to its end."""
+        index = plan.index
+        if first_byte is not None:
+            self.first_bytes[index] = first_byte / self.time_scale
+        if finished is not None:
+            self.finishes[index] = finished / self.time_scale
 
     def chance(self, share: float) -> bool:
         return self._rng.random() < share
@@ -82,9 +98,11 @@ class Realism:
         """Per provider: how many calls were planned and their service and first-token percentiles."""
         out: dict[str, dict[str, float | int]] = {}
         for provider in sorted({p.provider for p in self.plans}):
-            plans = [p for p in self.plans if p.provider == provider]
-            totals = sorted(p.total for p in plans)
-            firsts = sorted(p.ttft for p in plans)
+            indexed = [(i, p) for i, p in enumerate(self.plans) if p.provider == provider]
+            plans = [p for _, p in indexed]
+            # Cancelled calls never finished: their plan stands for them.
+            totals = sorted(self.finishes.get(i, p.total) for i, p in indexed)
+            firsts = sorted(self.first_bytes.get(i, p.ttft) for i, p in indexed)
             out[provider] = {
                 "calls": len(plans), "stalled": sum(1 for p in plans if p.stall),
                 "service_p50_ms": _ms(totals, 50), "service_p95_ms": _ms(totals, 95),
