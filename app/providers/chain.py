@@ -9,6 +9,8 @@ one request with one hard deadline::
     + hedge delay         no first chunk yet: hedge, one more call within the hedge budget, to
                           the same provider when it is the faster and not suspect, else the next
                           link (the delay is that provider's own first-token percentile)
+    + the hedge's delay   still nothing (both stalled): a second hedge, to the next untried link,
+                          within the budget
     + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
                           link whatever the budget (the budget caps hedges, never a failover)
     a first chunk         that call wins; the others are cancelled and their connections closed
@@ -379,6 +381,7 @@ class _Race:
         self.running: dict[asyncio.Task[str], _Attempt] = {}
         self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
         self.hedge_for: _Attempt | None = None
+        self.second_at: float | None = None  # when to hedge again, onto the next link
         self.failover_at: float | None = None  # when to presume the calls in flight hung
 
     async def start(self, role: str, link: Link | None = None) -> _Attempt | None:
@@ -412,7 +415,7 @@ class _Race:
                     await chain._failed(attempt, chain._deadline_error(attempt), self.trace)
                 running.clear()
                 return None
-            wake = min(t for t in (self.calls_end, self.hedge_at, self.failover_at) if t is not None)
+            wake = min(t for t in (self.calls_end, self.hedge_at, self.second_at, self.failover_at) if t is not None)
             done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 attempt = running.pop(task)
@@ -429,18 +432,26 @@ class _Race:
                 self.hedge_at = None
                 if self.hedge_for is not None and self.hedge_for in running.values():
                     await self.hedge(self.hedge_for)
+            elif self.second_at is not None and now >= self.second_at:
+                self.second_at = None
+                if len(running) < MAX_IN_FLIGHT and self.pending:
+                    await self.hedge(None)
             elif self.failover_at is not None and now >= self.failover_at:
                 self.failover_at = None
                 if len(running) < MAX_IN_FLIGHT:
                     await self.start("failover")
         return None
 
-    async def hedge(self, slow: _Attempt) -> bool:
+    async def hedge(self, slow: _Attempt | None) -> bool:
+        """Hedge ``slow`` (onto its provider or the next link), or with None onto the next link."""
         chain = self.chain
-        target = chain._hedge_target(slow.link, self.pending, self.streamed)
+        if slow is None:
+            target = next((link for link in self.pending if link.breaker.current_state() != "open"), None)
+        else:
+            target = chain._hedge_target(slow.link, self.pending, self.streamed)
         if target is None or not chain.budget.try_spend():
             return False
-        if target is not slow.link:
+        if slow is None or target is not slow.link:
             self.pending.remove(target)
             if not await chain._admit(target, self.trace):
                 return False
@@ -449,6 +460,8 @@ class _Race:
             return False
         self.trace.hedged = True
         chain.metrics.hedges.labels(attempt.name, "fired").inc()
+        if slow is not None:
+            self.second_at = time.monotonic() + attempt.delay
         return True
 
 

@@ -27,7 +27,7 @@ class HedgeConfig:
     initial_delay: float = 1.0  # until a provider has `min_samples` first-token times
     min_samples: int = 20
     window: int = 256  # samples kept per provider
-    budget_ratio: float = 0.3
+    budget_ratio: float = 0.25
     budget_floor: int = 5
     budget_window_seconds: float = 60.0
     suspect_share: float = 0.5  # share of recent calls outrun or failed that makes a provider suspect
