@@ -56,11 +56,11 @@ class Settings(BaseSettings):
     # a long answer), not to the SLO: past it the offline provider answers.
     ivy_request_deadline_seconds: float = Field(default=8.0, ge=0.5, le=120)
     ivy_hedge_enabled: bool = True
-    ivy_hedge_percentile: float = Field(default=95.0, ge=50, le=99.9)
+    ivy_hedge_percentile: float = Field(default=97.0, ge=50, le=99.9)
     ivy_hedge_min_delay_ms: int = Field(default=100, ge=1, le=60_000)
     ivy_hedge_max_delay_ms: int = Field(default=3000, ge=1, le=60_000)
     ivy_hedge_initial_delay_ms: int = Field(default=1000, ge=1, le=60_000)
-    ivy_hedge_budget_ratio: float = Field(default=0.25, ge=0, le=1)
+    ivy_hedge_budget_ratio: float = Field(default=0.3, ge=0, le=1)
     ivy_hedge_budget_floor: int = Field(default=5, ge=0, le=10_000)
     ivy_hedge_budget_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     # Output-token caps per intent: they bound the answer's share of the latency.

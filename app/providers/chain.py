@@ -9,8 +9,6 @@ one request with one hard deadline::
     + hedge delay         no first chunk yet: hedge, one more call within the hedge budget, to
                           the same provider when it is the faster and not suspect, else the next
                           link (the delay is that provider's own first-token percentile)
-    + the hedge's delay   still nothing (both stalled): a second hedge, to the next untried link,
-                          within the budget
     + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
                           link whatever the budget (the budget caps hedges, never a failover)
     a first chunk         that call wins; the others are cancelled and their connections closed
@@ -62,6 +60,8 @@ log = get_logger()
 LOCAL_RESERVE_SECONDS = 0.05
 # At most this many calls of one request in flight at once (the first, a hedge, a failover).
 MAX_IN_FLIGHT = 3
+# Share of a provider's calls in flight past their hedge delay that makes it stalling right now.
+STALLING_SHARE = 0.75
 
 
 @dataclass(slots=True)
@@ -144,6 +144,7 @@ class ProviderChain:
         self.hedge = hedge or HedgeConfig()
         self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
         self.budget = HedgeBudget(self.hedge)
+        self._waiting: dict[str, set[_Attempt]] = {name: set() for name in self.norms}  # no first chunk yet
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -224,13 +225,22 @@ class ProviderChain:
         else the next link."""
         norm = self.norms[slow.provider.name]
         other = next((link for link in pending if link.breaker.current_state() != "open"), None)
-        same_ok = norm.known and not norm.suspect and slow.breaker.current_state() == "closed"
+        same_ok = (norm.known and not norm.suspect and slow.breaker.current_state() == "closed"
+                   and not self._stalling(slow.provider.name))
         if not same_ok:
             return other
         if other is None:
             return slow
         mine, theirs = norm.expected(streamed), self.norms[other.provider.name].expected(streamed)
         return other if theirs is not None and mine is not None and theirs < mine else slow
+
+    def _stalling(self, name: str) -> bool:
+        """Most of the provider's calls in flight, across requests, are past their hedge delay with
+        no first chunk: it is stalling now (a hang starting), before any of them has ended."""
+        waiting = self._waiting.get(name, set())
+        now = time.monotonic()
+        overdue = sum(1 for a in waiting if now - a.started > a.delay)
+        return overdue >= 2 and overdue >= STALLING_SHARE * len(waiting)
 
     async def _won(self, winner: _Attempt, running: dict[asyncio.Task[str], _Attempt], trace: Trace) -> None:
         now = time.monotonic()
@@ -381,7 +391,6 @@ class _Race:
         self.running: dict[asyncio.Task[str], _Attempt] = {}
         self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
         self.hedge_for: _Attempt | None = None
-        self.second_at: float | None = None  # when to hedge again, onto the next link
         self.failover_at: float | None = None  # when to presume the calls in flight hung
 
     async def start(self, role: str, link: Link | None = None) -> _Attempt | None:
@@ -396,6 +405,9 @@ class _Race:
         attempt = _Attempt(link, role, now, chain.norms[link.provider.name].hedge_delay(), usage, stream,
                            asyncio.ensure_future(_first_chunk(stream)))
         self.running[attempt.task] = attempt
+        waiting = chain._waiting.setdefault(attempt.name, set())
+        waiting.add(attempt)
+        attempt.task.add_done_callback(lambda _: waiting.discard(attempt))
         self.trace.calls += 1
         if chain.hedge.enabled:
             if role != "hedge" and not self.trace.hedged:
@@ -415,7 +427,7 @@ class _Race:
                     await chain._failed(attempt, chain._deadline_error(attempt), self.trace)
                 running.clear()
                 return None
-            wake = min(t for t in (self.calls_end, self.hedge_at, self.second_at, self.failover_at) if t is not None)
+            wake = min(t for t in (self.calls_end, self.hedge_at, self.failover_at) if t is not None)
             done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 attempt = running.pop(task)
@@ -432,26 +444,19 @@ class _Race:
                 self.hedge_at = None
                 if self.hedge_for is not None and self.hedge_for in running.values():
                     await self.hedge(self.hedge_for)
-            elif self.second_at is not None and now >= self.second_at:
-                self.second_at = None
-                if len(running) < MAX_IN_FLIGHT and self.pending:
-                    await self.hedge(None)
             elif self.failover_at is not None and now >= self.failover_at:
                 self.failover_at = None
                 if len(running) < MAX_IN_FLIGHT:
                     await self.start("failover")
         return None
 
-    async def hedge(self, slow: _Attempt | None) -> bool:
-        """Hedge ``slow`` (onto its provider or the next link), or with None onto the next link."""
+    async def hedge(self, slow: _Attempt) -> bool:
+        """Hedge ``slow``: one more call, onto its provider or the next link, within the budget."""
         chain = self.chain
-        if slow is None:
-            target = next((link for link in self.pending if link.breaker.current_state() != "open"), None)
-        else:
-            target = chain._hedge_target(slow.link, self.pending, self.streamed)
+        target = chain._hedge_target(slow.link, self.pending, self.streamed)
         if target is None or not chain.budget.try_spend():
             return False
-        if slow is None or target is not slow.link:
+        if target is not slow.link:
             self.pending.remove(target)
             if not await chain._admit(target, self.trace):
                 return False
@@ -460,8 +465,6 @@ class _Race:
             return False
         self.trace.hedged = True
         chain.metrics.hedges.labels(attempt.name, "fired").inc()
-        if slow is not None:
-            self.second_at = time.monotonic() + attempt.delay
         return True
 
 

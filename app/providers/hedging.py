@@ -21,13 +21,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class HedgeConfig:
     enabled: bool = True
-    percentile: float = 95.0
+    percentile: float = 97.0
     min_delay: float = 0.1
     max_delay: float = 3.0
     initial_delay: float = 1.0  # until a provider has `min_samples` first-token times
     min_samples: int = 20
     window: int = 256  # samples kept per provider
-    budget_ratio: float = 0.25
+    budget_ratio: float = 0.3
     budget_floor: int = 5
     budget_window_seconds: float = 60.0
     suspect_share: float = 0.5  # share of recent calls outrun or failed that makes a provider suspect
