@@ -21,7 +21,8 @@ provider (queues, stalls, hangs). Hedging that wait catches a stalled call after
 second instead of after the whole answer's time.
 
 Breakers: a call outrun by a hedge counts as slow, never as failed; a hedge cancelled because
-the original answered counts as nothing; an error or the deadline counts as a failure. A
+the original answered counts as nothing; an error or the deadline counts as a failure; a call
+that answered counts as a success, however long it took against its provider's norm. A
 provider whose calls are all outrun (a hang) opens on the slow-call rate and is skipped.
 """
 
@@ -118,7 +119,6 @@ class _Attempt:
     usage: Usage
     stream: AsyncIterator[str]
     task: asyncio.Task[str]
-    slow: bool = False  # no first chunk within `delay`
 
     @property
     def name(self) -> str:
@@ -245,9 +245,10 @@ class ProviderChain:
     async def _won(self, winner: _Attempt, running: dict[asyncio.Task[str], _Attempt], trace: Trace) -> None:
         now = time.monotonic()
         first_token = now - winner.started
-        norm = self.norms[winner.name]
-        winner.slow = norm.known and first_token > winner.delay  # slow against its own norm only
-        norm.first_token(first_token)
+        # A call that answered is a success however long it took: slowness is what hedges are
+        # for. Judged against an old norm, a provider whose latency shifts (every call 2 s, or
+        # 300 ms instead of 3) would open its breaker before the norm caught up.
+        self.norms[winner.name].first_token(first_token)
         self.metrics.provider_first_token.labels(winner.name).observe(first_token)
         trace.provider = winner.name
         if winner.role == "hedge":
@@ -331,7 +332,7 @@ class ProviderChain:
                 self.metrics.provider_tokens.labels(name, model, request.intent, direction).inc(count)
         breaker = attempt.link.breaker
         was = breaker.state
-        breaker.record_success(slow=attempt.slow)
+        breaker.record_success()
         await self._share(attempt.link, was)
 
     async def _failed(self, attempt: _Attempt, exc: ProviderError, trace: Trace) -> None:

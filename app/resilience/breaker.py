@@ -4,9 +4,9 @@ CLOSED: calls flow; the last ``window`` outcomes are kept. Once at least ``min_c
 recorded, a failure rate >= ``failure_rate`` or a slow-call rate >= ``slow_call_rate`` opens it,
 and so do ``consecutive`` calls in a row that failed or were outrun (a provider that starts
 hanging after an hour of successes is skipped after a few calls, not after the window fills).
-What "slow" means is the caller's judgement against the provider's own norm (the chain: no
-first token within the provider's hedge delay), never a fixed number of seconds, so a provider
-whose every call takes 2 s is not opened for being itself.
+What "slow" means is the caller's judgement against the provider's own norm (the chain: a
+call outrun by a hedge started after the provider's own hedge delay), never a fixed number of
+seconds, so a provider whose every call takes 2 s is not opened for being itself.
 OPEN: calls are refused for ``open_seconds`` (or the provider's Retry-After on a 429).
 HALF_OPEN: up to ``half_open_calls`` trial calls go through; all succeed -> CLOSED, any
 failure or outrun trial -> OPEN again.

@@ -200,3 +200,15 @@ async def test_the_hedge_goes_to_the_faster_provider_once_both_norms_are_known(
     assert target is not None and target.provider.name == "gemini"  # ~100 ms against ~250 ms
     slow_gemini = chain.ordered("gemini")[0]
     assert chain._hedge_target(slow_gemini, [chain.ordered("gemini")[1]], streamed=False) is slow_gemini
+
+
+async def test_a_provider_whose_every_call_gets_slower_keeps_its_breaker_closed(
+        make_chain: MakeChain, make_request: Callable[..., GenerationRequest], fake: FakeProviderServer) -> None:
+    chain = make_chain()
+    request = make_request()
+    await ask_many(chain, request, 20)  # the norm: ~33 ms to the first token
+    fake.set_fault("brownout", provider="gemini", share=1.0, seconds=2)  # now every call waits 0.2 s more
+    fake.set_fault("503", provider="openai")
+    results = await ask_many(chain, request, 30)
+    assert {r.generation.provider for r, _ in results} == {"gemini"}
+    assert breaker(chain, "gemini")["state"] == "closed"  # slower than its old norm is not broken
