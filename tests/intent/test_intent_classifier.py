@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.intent.classifier import classify, lead_has_insights, normalise
+from app.intent.classifier import classify, lead_has_insights
+from app.intent.normalise import normalise
 from tests.conftest import LEAD, LEAD_NO_SCORE
 
 CASES_FILE = Path(__file__).resolve().parents[2] / "scripts" / "eval_data" / "cases.jsonl"
