@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from app.intent.guards import cannot_act, context_terms, injection, is_feedback, strip_negated
 from app.intent.lexicon import (
     AI_OPINION,
     ANALYZE,
@@ -67,6 +68,11 @@ from app.intent.normalise import normalise, split_clauses
 
 Intent = Literal["conversational", "rag", "modal"]
 ModalType = Literal["email_composer", "lead_insights"]
+
+# The default of IVY_MODAL_MIN_CONFIDENCE: a modal opens only at this confidence or above.
+MODAL_MIN_CONFIDENCE = 0.8
+# Taken off a modal's confidence when the query also thanks Ivy or negates a drafting request.
+MIXED_SIGNAL_PENALTY = 0.1
 
 _PRODUCT_QUESTION = re.compile(
     r"\b(?:do|does|can|will|is|are) (?:we|ivy|our product|our app|the product|ivy crm|you guys) "
@@ -210,9 +216,15 @@ def _joined(words: list[str]) -> str:
     return " ".join(words)
 
 
-def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = True) -> Classification:
-    clauses = split_clauses(query)
-    words = [w for c in clauses for w in c]
+def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = True,
+             modal_min_confidence: float = MODAL_MIN_CONFIDENCE) -> Classification:
+    """The intent of `query` in `context`. A modal opens only at `modal_min_confidence` or above
+    (IVY_MODAL_MIN_CONFIDENCE); below it the request is answered as rag or conversational."""
+    raw_clauses = split_clauses(query)
+    feedback = [c for c in raw_clauses if is_feedback(c)]
+    negated = [n for c in raw_clauses if (n := strip_negated(c)) is not None]
+    clauses = [c for c in raw_clauses if c not in feedback and strip_negated(c) is None]
+    words = [w for c in clauses + negated for w in c]
     word_set = set(words)
     lead = _lead(context)
     has_lead = bool(lead)
@@ -229,26 +241,52 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     def result(intent: Intent, confidence: float, modal: ModalType | None = None) -> Classification:
         return Classification(intent, confidence, tuple(reasons), modal, signals)
 
+    def modal(confidence: float, modal_type: ModalType, otherwise: Intent) -> Classification:
+        if feedback or negated:  # mixed signals: "thanks! now draft one for marcus" is less certain
+            confidence = round(confidence - MIXED_SIGNAL_PENALTY, 2)
+            reasons.append("confidence:mixed_signals")
+        if not modal_heuristics:
+            reasons.append("flag:modal_heuristics_off")
+            return result(otherwise, 0.8)
+        if confidence < modal_min_confidence:
+            reasons.append(f"gate:modal_confidence_{confidence:.2f}_below_{modal_min_confidence:.2f}")
+            return result(otherwise, confidence)
+        return result("modal", confidence, modal_type)
+
+    # 0. What the query is not: an injection, feedback, a negated request, or nothing at all.
+    if injection(query):
+        reasons.append("guard:prompt_injection")
+        return result("conversational", 0.9)
+    if raw_clauses and not clauses and feedback:
+        reasons.append("chat:feedback")
+        return result("conversational", 0.9)
+    if negated:
+        reasons.append("guard:negated_request")
+
     # 1. An instruction to produce a message.
-    email_rule = next((r for c in clauses if (r := _email_rule(c, names))), None)
+    bodies = [_request_body(c) for c in clauses]
+    cannot = any(cannot_act(b, names) for b in bodies)
+    email_rule = next((r for c, b in zip(clauses, bodies, strict=True)
+                       if not cannot_act(b, names) and (r := _email_rule(c, names))), None)
     signals["email_request"] = email_rule is not None
     if email_rule:
         reasons.append(email_rule)
-        if modal_heuristics:
-            return result("modal", 0.92 if email_rule != "email:terse" else 0.85, "email_composer")
-        reasons.append("flag:modal_heuristics_off")
-        return result("conversational", 0.8)
+        single_word = email_rule == "email:terse" and len(words) == 1
+        return modal(0.7 if single_word else 0.92 if email_rule != "email:terse" else 0.85, "email_composer",
+                     "conversational")
 
     # 2. This lead's score or insights.
+    first_clause = _joined(_strip_fillers(clauses[0])) if clauses else ""
+    advice_question = any(p.search(first_clause) for p in _ADVICE_OPENERS)
     text = _joined(words)
     insight_hits = word_set & INSIGHT_NOUNS
     score = lead.get("leadScore")
     if score not in (None, "") and str(score) in word_set and word_set & {"why", "explain", "is", "a", "an"}:
         insight_hits = insight_hits | {"score_value"}
-    body = _request_body(clauses[0]) if clauses else None
+    body = bodies[0] if bodies else None
     if body and body[0] in RATE_VERBS and lead_ref:
         insight_hits = insight_hits | {"rate"}
-    if "ai" in word_set and word_set & AI_OPINION:
+    if "ai" in word_set and word_set & AI_OPINION and not advice_question:
         insight_hits = insight_hits | {"ai_opinion"}
     analyze = bool(word_set & ANALYZE) and not word_set & {"emails", "email", "thread", "call", "notes", "meeting"}
     temperature = bool(word_set & TEMPERATURE) and lead_ref and not word_set & EMAIL_NOUNS
@@ -256,7 +294,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
         word_set & (PRONOUNS | names) or "this" in word_set
     )
     content = [w for w in words if w not in FILLERS and w not in ("the", "a", "an", "me", "for", "my")]
-    wants_insights = not feature_question and (
+    wants_insights = not feature_question and not (advice_question and not lead_ref) and (
         analyze
         or temperature
         or (bool(insight_hits) and (bool(word_set & INSIGHT_VIEW) or len(content) <= 3 or lead_ref))
@@ -265,16 +303,20 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     if wants_insights:
         tags = sorted(insight_hits | ({"analyze"} if analyze else set()) | ({"temperature"} if temperature else set()))
         reasons.append("insights:" + ",".join(tags))
-        if has_insights and modal_heuristics:
-            return result("modal", 0.9, "lead_insights")
         if has_insights:
-            reasons.append("flag:modal_heuristics_off")
-            return result("rag", 0.8)
+            weak = (insight_hits and insight_hits <= {"signals", "signal"}) or tags == ["temperature"]
+            return modal(0.85 if weak else 0.9,
+                         "lead_insights", "rag")
         if has_lead:
             reasons.append("lead:no_score_or_insights")
             return result("rag", 0.8)
         reasons.append("lead:none_in_context")
         return result("conversational", 0.7)
+
+    # 2b. Something Ivy cannot do from the CRM panel: say so, never open a panel for it.
+    if cannot:
+        reasons.append("chat:cannot_act")
+        return result("conversational", 0.8)
 
     # 3. Product facts and our own playbook: the knowledge base.
     kb_words = set(words)
@@ -299,7 +341,6 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
         return result("rag", 0.7)
 
     # 4. Ivy itself, small talk, generic advice.
-    first_clause = _joined(_strip_fillers(clauses[0])) if clauses else ""
     if _ABOUT_IVY.search(first_clause) or _ABOUT_IVY.search(text):
         reasons.append("chat:about_ivy")
         return result("conversational", 0.85)
@@ -307,18 +348,24 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
         reasons.append("chat:small_talk")
         return result("conversational", 0.95)
     has_context = has_lead or has_activity
-    if method_hits and not (lead_ref and has_context):  # "what objections has she raised" is about the lead
+    summary = bool(word_set & SUMMARY)
+    # "what objections has she raised" and "recap the discovery call" are about the lead.
+    if method_hits and not ((lead_ref or summary) and has_context):
         reasons.append("advice:" + ",".join(sorted(method_hits)[:2]))
         return result("conversational", 0.75)
 
     # 5. The lead's record, notes, activity and emails.
     fact_hits = word_set & LEAD_FACTS
-    summary = bool(word_set & SUMMARY)
     advice = any(p.search(first_clause) for p in _ADVICE_OPENERS) or generic
     if has_context and (lead_ref or ((fact_hits or summary) and not advice)):
         tag = sorted(fact_hits)[:3] or (["summary"] if summary else ["reference"])
         reasons.append("lead_data:" + ",".join(tag))
         return result("rag", 0.8 if fact_hits or lead_ref else 0.7)
+    question = bool(clauses) and (clauses[0][0] in QUESTION_START or query.rstrip().endswith("?"))
+    if has_context and question and not advice and (named := word_set & context_terms(context)):
+        # "is Raj the CFO?": a name the lead's notes use makes the question about the lead.
+        reasons.append("lead_data:context:" + ",".join(sorted(named)[:2]))
+        return result("rag", 0.75)
     if advice:
         reasons.append("advice:generic")
         return result("conversational", 0.75)

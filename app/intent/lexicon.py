@@ -19,7 +19,7 @@ SHORTHAND = {
     "scor": "score", "socre": "score", "scroe": "score", "wat": "what", "wats": "whats", "wht": "what",
     "thier": "their", "ther": "their", "tehm": "them", "hte": "the", "repy": "reply", "rply": "reply",
     "analyse": "analyze", "analyses": "analyze", "analysing": "analyzing", "personalised": "personalized",
-    "summarise": "summarize", "info": "information", "tmrw": "tomorrow",
+    "summarise": "summarize", "info": "information", "tmrw": "tomorrow", "sayin": "saying", "tldr": "summary",
 }
 # Contractions kept as one token; any other "'s" is a possessive and is dropped ("lead's" -> "lead").
 CONTRACTIONS = {
@@ -41,6 +41,7 @@ BIGRAMS = {
 }
 # Words the rules hinge on: a one-edit misspelling of one of these is read as the word.
 FUZZY_TARGETS = frozenset({
+    "response",
     "email", "emails", "draft", "write", "compose", "prepare", "followup", "follow", "reply", "respond",
     "message", "analyze", "analysis", "insights", "score", "scored", "scoring", "breakdown", "explain",
     "budget", "pricing", "price", "refund", "refunds", "integration", "integrate", "onboarding",
@@ -89,12 +90,13 @@ REQUEST_PREFIX = frozenset({
 })
 
 EMAIL_NOUNS = frozenset({
-    "email", "message", "note", "reply", "followup", "response", "intro", "introduction", "letter", "recap",
+    "email", "message", "note", "reply", "followup", "response", "intro", "introduction", "letter",
     "thankyou", "nudge", "checkin", "line", "draft",
 })
 GENERIC_OBJECT = frozenset({"something", "one", "anything", "it"})
 # Nouns that, met before any email noun, say the artefact is not a message to the lead.
 NON_EMAIL_OBJECT = frozenset({
+    "invite", "invitation", "calendar", "event", "zoom", "appointment", "slot", "webinar",
     "summary", "tips", "list", "script", "proposal", "agenda", "plan", "report", "post", "notes", "brief",
     "overview", "analysis", "breakdown", "outline", "template", "templates", "sequence", "table", "call",
     "question", "questions", "pitch", "slide", "deck", "contract", "quote", "task", "reminder", "meeting",
@@ -123,10 +125,14 @@ TERSE_TAIL = frozenset({
 })
 
 INSIGHT_NOUNS = frozenset({
+    "signals", "signal",
     "score", "scoring", "scored", "insights", "rating", "rated", "rank", "ranked", "ranking", "grade",
     "graded",
 })
-AI_OPINION = frozenset({"think", "thinks", "say", "says", "saying", "insights", "thought", "opinion"})
+AI_OPINION = frozenset({
+    "think", "thinks", "say", "says", "saying", "insights", "thought", "opinion", "signals", "signal", "noticed",
+    "notice", "picked", "spotted", "flagged", "detected", "see", "sees", "seeing", "found",
+})
 RATE_VERBS = frozenset({"rate", "grade", "score", "rank"})
 ANALYZE = frozenset({"analyze", "analysis", "analyzing", "assess", "assessment"})
 TEMPERATURE = frozenset({"hot", "warm"})
@@ -143,6 +149,7 @@ FEATURE_MARKERS = frozenset({
 
 # Product facts the knowledge base answers whoever asks.
 KB_TERMS = frozenset({
+    "quarterly", "monthly", "annually",
     "pricing", "price", "prices", "priced", "cost", "costs", "plan", "plans", "tier", "tiers", "starter",
     "growth", "enterprise", "seat", "seats", "license", "licenses", "sso", "saml", "oidc", "okta", "entra",
     "onelogin", "jumpcloud", "signon", "scim", "security", "soc", "soc2", "iso", "gdpr", "ccpa", "hipaa",
@@ -197,8 +204,45 @@ GENERIC_LEAD_WORDS = frozenset({"the", "a", "an", "inc", "llc", "ltd", "group", 
 
 KB_PRODUCT_TOPICS = KB_TERMS | METHOD_TERMS | (OWNED - {"process", "our"})
 
+# Thanks and praise: a clause with one of these, and no drafting verb at its head, is feedback on
+# something Ivy did ("the email you wrote was great, thanks"), never a request for a new one.
+THANKS = frozenset({"thanks", "thank", "thankyou", "cheers", "appreciate", "appreciated", "grateful", "kudos"})
+PRAISE = frozenset({
+    "great", "perfect", "excellent", "love", "loved", "nice", "good", "awesome", "wonderful", "wow", "amazing",
+    "brilliant", "helpful", "nailed", "fantastic", "better", "works", "job", "reads", "spot", "looks",
+})
+# What praise is about: the artefact Ivy produced.
+ARTEFACTS = frozenset({"email", "emails", "draft", "reply", "message", "note", "followup", "it", "that", "this", "one"})
+# A clause of artefacts and these is the rep reporting back ("email sent"), not asking for anything.
+DONE = frozenset({"sent", "done", "shipped", "out", "off"})
+# Verbs that make a clause a drafting request even next to a thanks ("thanks, draft one for marcus").
+STRICT_COMPOSE_VERBS = frozenset({
+    "draft", "write", "compose", "prepare", "craft", "redo", "rewrite", "send", "shoot", "reply", "respond",
+    "writeback", "whipup", "drawup", "puttogether", "fireoff",
+})
+# Negations that take a drafting word in their next few words: "no email, just ...", "don't write to him".
+NEGATIONS = frozenset({"no", "not", "dont", "without", "skip", "instead", "never", "nothing", "forget", "stop"})
+# Things Ivy cannot do from the CRM panel: book, schedule, call, translate, calculate.
+CANNOT_ACT_VERBS = frozenset({
+    "schedule", "book", "set", "setup", "add", "invite", "dial", "call", "ring", "translate", "calculate",
+    "compute", "convert", "play", "order", "put", "create", "send", "remind",
+})
+CALENDAR_NOUNS = frozenset({
+    "meeting", "call", "invite", "invitation", "calendar", "event", "demo", "zoom", "reminder", "slot",
+    "appointment", "webinar",
+})
+# Words the lead's own record uses that say nothing about a question's subject.
+CONTEXT_STOP = frozenset({"the", "and", "for", "with", "this", "that", "our", "you", "your", "can", "thanks"})
+# Four-letter hinge words and five-letter ones missing a letter: their slips ("sned", "drft") are
+# read as the word; the real words among the slips are never touched.
+SHORT_HINGES = ("send", "show", "note", "draft", "email", "write", "score", "reply", "quote")
+SHORT_REAL_WORDS = frozenset({
+    "raft", "drat", "dart", "daft", "core", "sore", "scor", "mail", "writ", "rite", "emil", "rely", "repl",
+    "quot", "tone", "snow", "shoe", "shot", "shop", "slow", "stow", "shew", "nose",
+})
 # Every word a rule names is a real word for the typo pass: only unknown words get corrected.
 KNOWN: frozenset[str] = frozenset().union(
+    THANKS, PRAISE, ARTEFACTS, DONE, NEGATIONS, CANNOT_ACT_VERBS, CALENDAR_NOUNS,
     FUZZY_TARGETS, PROTECTED, FILLERS, QUESTION_START, AUX, YOU, REQUEST_PREFIX, EMAIL_NOUNS,
     GENERIC_OBJECT, NON_EMAIL_OBJECT, OPEN_VERBS, COMPOSE_VERBS, SEND_VERBS, REPLY_VERBS, RECIPIENTS,
     TERSE_MODIFIERS, TERSE_TAIL, INSIGHT_NOUNS, ANALYZE, TEMPERATURE, INSIGHT_VIEW, FEATURE_MARKERS,

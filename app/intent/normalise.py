@@ -18,6 +18,8 @@ from app.intent.lexicon import (
     FORMS,
     FUZZY_TARGETS,
     KNOWN,
+    SHORT_HINGES,
+    SHORT_REAL_WORDS,
     SHORTHAND,
 )
 
@@ -61,6 +63,22 @@ def _build_delete_index(words: frozenset[str]) -> dict[str, frozenset[str]]:
 _DELETE_INDEX = _build_delete_index(FUZZY_TARGETS)
 
 
+def _short_slips() -> dict[str, str]:
+    """Four-letter slips of the short hinge words: swapped letters of a four-letter one ("sned"),
+    a letter missing from a five-letter one ("drft"); real words and known words are left alone."""
+    slips: dict[str, str] = {}
+    for word in SHORT_HINGES:
+        if len(word) == 4:
+            found = {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(3)}
+        else:
+            found = {s for s in _deletes(word) if len(s) == 4}
+        slips.update({s: word for s in found if s != word and s not in SHORT_REAL_WORDS and s not in KNOWN})
+    return slips
+
+
+_SHORT_SLIPS = _short_slips()
+
+
 @lru_cache(maxsize=8192)
 def _canonical(word: str) -> str:
     word = SHORTHAND.get(word, word)
@@ -70,6 +88,8 @@ def _canonical(word: str) -> str:
         joined = word.replace("-", "").replace("/", "")
         word = SHORTHAND.get(joined, joined) if "-" in word else word
     word = FORMS.get(word, word)
+    if len(word) == 4:
+        return _SHORT_SLIPS.get(word, word)
     if len(word) >= 5 and word.isalpha() and word not in KNOWN:
         # SymSpell-style lookup (shared one-character deletes), confirmed by the real distance.
         candidates: set[str] = set(_DELETE_INDEX.get(word, ()))
