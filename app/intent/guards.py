@@ -56,7 +56,7 @@ _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z]{2,}\b")
 
 def injection(text: str) -> bool:
     """Does the raw query try to instruct the router or the model rather than ask something?"""
-    return bool(_INJECTION.search(text.lower()))
+    return bool(_INJECTION.search(" ".join(text.lower().split())))
 
 
 def _head(clause: list[str]) -> list[str]:
@@ -77,6 +77,8 @@ def is_feedback(clause: list[str]) -> bool:
         return True
     if not words & (THANKS | PRAISE):
         return False
+    if words <= THANKS | PRAISE | FILLERS:  # "excellent", "great, thanks"
+        return True
     head = _head(clause)
     if head[0] in STRICT_COMPOSE_VERBS or (head[0] in THANKS and len(head) > 1 and head[1] in STRICT_COMPOSE_VERBS):
         return False
