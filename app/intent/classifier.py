@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from app.intent.guards import cannot_act, context_terms, injection, is_feedback, strip_negated
+from app.intent.guards import cannot_act, context_names, injection, is_feedback, strip_negated
 from app.intent.lexicon import (
     AI_OPINION,
     ANALYZE,
@@ -222,8 +222,9 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     (IVY_MODAL_MIN_CONFIDENCE); below it the request is answered as rag or conversational."""
     raw_clauses = split_clauses(query)
     feedback = [c for c in raw_clauses if is_feedback(c)]
-    negated = [n for c in raw_clauses if (n := strip_negated(c)) is not None]
-    clauses = [c for c in raw_clauses if c not in feedback and strip_negated(c) is None]
+    stripped = [strip_negated(c) for c in raw_clauses]
+    negated = [n for n in stripped if n is not None]
+    clauses = [c for c, n in zip(raw_clauses, stripped, strict=True) if n is None and c not in feedback]
     words = [w for c in clauses + negated for w in c]
     word_set = set(words)
     lead = _lead(context)
@@ -254,7 +255,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
         return result("modal", confidence, modal_type)
 
     # 0. What the query is not: an injection, feedback, a negated request, or nothing at all.
-    if injection(query):
+    if injection(query, {w for c in raw_clauses for w in c}):
         reasons.append("guard:prompt_injection")
         return result("conversational", 0.9)
     if raw_clauses and not clauses and feedback:
@@ -362,7 +363,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
         reasons.append("lead_data:" + ",".join(tag))
         return result("rag", 0.8 if fact_hits or lead_ref else 0.7)
     question = bool(clauses) and (clauses[0][0] in QUESTION_START or query.rstrip().endswith("?"))
-    if has_context and question and not advice and (named := word_set & context_terms(context)):
+    if has_context and question and not advice and (named := context_names(word_set, context)):
         # "is Raj the CFO?": a name the lead's notes use makes the question about the lead.
         reasons.append("lead_data:context:" + ",".join(sorted(named)[:2]))
         return result("rag", 0.75)

@@ -27,6 +27,7 @@ from app.intent.lexicon import (
     DONE,
     EMAIL_NOUNS,
     FILLERS,
+    INJECTION_CUES,
     KNOWN,
     LOOSE_COMPOSE_VERBS,
     NEGATIONS,
@@ -54,8 +55,13 @@ _NEGATION_WINDOW = 4
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z]{2,}\b")
 
 
-def injection(text: str) -> bool:
-    """Does the raw query try to instruct the router or the model rather than ask something?"""
+def injection(text: str, words: set[str]) -> bool:
+    """Does the raw query try to instruct the router or the model rather than ask something?
+
+    `words` (the normalised tokens) gate the pattern: only a query with one of its cue words, or
+    with markup, pays for the regular expression."""
+    if not (words & INJECTION_CUES or any(ch in text for ch in "{<[")):
+        return False
     return bool(_INJECTION.search(" ".join(text.lower().split())))
 
 
@@ -133,9 +139,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def context_terms(context: dict[str, Any]) -> frozenset[str]:
-    """Proper nouns of the lead's record (people, tools, events: "Raj", "Okta", "Board"), lower-cased,
-    leaving out every word the lexicon already gives a meaning to."""
+def context_names(words: set[str], context: dict[str, Any]) -> frozenset[str]:
+    """The query's words that the lead's record uses as proper nouns (people, tools, events: "Raj",
+    "Okta", "Board"), leaving out every word the lexicon already gives a meaning to."""
+    candidates = {w for w in words if len(w) > 2 and w not in KNOWN and w not in CONTEXT_STOP}
+    return frozenset(candidates & _context_terms(context)) if candidates else frozenset()
+
+
+def _context_terms(context: dict[str, Any]) -> frozenset[str]:
     lead = context.get("lead")
     values: list[str] = []
     if isinstance(lead, dict):
@@ -143,4 +154,4 @@ def context_terms(context: dict[str, Any]) -> frozenset[str]:
     for key in ("activities", "emails", "notes"):
         values += _strings(context.get(key))
     found = {w.lower() for text in values for w in _CAPITALISED.findall(text)}
-    return frozenset(w for w in found if w not in KNOWN and w not in CONTEXT_STOP)
+    return frozenset(found)

@@ -231,6 +231,12 @@ CALENDAR_NOUNS = frozenset({
     "meeting", "call", "invite", "invitation", "calendar", "event", "demo", "zoom", "reminder", "slot",
     "appointment", "webinar",
 })
+# Words without which a query is no prompt injection (the guard's pattern only runs when one is there).
+INJECTION_CUES = frozenset({
+    "ignore", "disregard", "forget", "override", "system", "developer", "jailbreak", "now", "dan", "pretend",
+    "act", "reveal", "print", "dump", "repeat", "output", "prompt", "instructions", "api", "keys", "key", "admin",
+    "password", "secret", "inst", "intent", "modal",
+})
 # Words the lead's own record uses that say nothing about a question's subject.
 CONTEXT_STOP = frozenset({"the", "and", "for", "with", "this", "that", "our", "you", "your", "can", "thanks"})
 # Four-letter hinge words and five-letter ones missing a letter: their slips ("sned", "drft") are
