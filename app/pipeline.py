@@ -164,7 +164,8 @@ def build_generation_request(query: str, context: dict[str, Any], c: Classificat
 
 def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer
          ) -> tuple[Classification, list[Passage], GenerationRequest]:
-    c = classify(query, context, modal_heuristics=flags.modal_heuristics)
+    c = classify(query, context, modal_heuristics=flags.modal_heuristics,
+                 modal_min_confidence=state.settings.ivy_modal_min_confidence)
     timer.lap("classify")
     passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
     timer.lap("retrieve")

@@ -7,7 +7,10 @@
 Writes `scripts/eval_reports/YYYYMMDD.json` (`jq '.summary'` shows the figures; `.cases` has every
 case's outcome) and `scripts/eval_reports/ivy_eval.prom` (Prometheus textfile gauges), wherever it
 is run from. Exits 1, with an ERROR line in logs/ai_router.log, when the success rate is below
-the threshold (0.80); 2 when it cannot run at all (bad settings, unreadable cases file).
+the threshold (0.80) or when any case opened a modal it did not expect (a false modal,
+`--max-false-modals`); 2 when it cannot run at all (bad settings, unreadable cases file).
+
+The cases are every `*.jsonl` in `scripts/eval_data/` (`--cases` takes a file or a folder).
 
 A case succeeds when the response is 200, the intent (and modal type) is the expected one, an
 email draft validates as the email JSON tool's schema, and a rag answer carries citations.
@@ -47,7 +50,7 @@ from app.observability.logging import configure_logging, get_logger, shutdown_lo
 from app.tools.email import EmailDraft  # noqa: E402
 
 SCRIPTS = ROOT / "scripts"
-DEFAULT_CASES = SCRIPTS / "eval_data" / "cases.jsonl"
+DEFAULT_CASES = SCRIPTS / "eval_data"  # every *.jsonl in it
 DEFAULT_REPORTS = SCRIPTS / "eval_reports"
 PROM_FILE = "ivy_eval.prom"
 THRESHOLD = 0.80
@@ -63,6 +66,13 @@ log = get_logger(component="eval_nightly")
 # --- cases and outcomes ----------------------------------------------------------------------------
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
+    """The cases of one JSON-lines file, or of every `*.jsonl` in a folder (in name order)."""
+    if path.is_dir():
+        cases = [case for file in sorted(path.glob("*.jsonl")) for case in load_cases(file)]
+        duplicates = sorted(i for i, n in collections.Counter(c["id"] for c in cases).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"{path}: duplicate case ids {duplicates[:5]}")
+        return cases
     cases = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -102,6 +112,11 @@ class Outcome:
     @property
     def intent_ok(self) -> bool:
         return self.intent == self.case["expected_intent"] and self.modal_type == self.case.get("expected_modal")
+
+    @property
+    def false_modal(self) -> bool:
+        """A panel opened that the case did not ask for (or the other panel): the costliest error."""
+        return self.intent == "modal" and not self.intent_ok
 
     @property
     def json_valid(self) -> bool | None:
@@ -275,6 +290,29 @@ def precision_recall(pairs: Iterable[tuple[str | None, str | None]], labels: Ite
     return table
 
 
+def _label_of(intent: str | None, modal: str | None) -> str:
+    return f"modal/{modal}" if intent == "modal" else str(intent)
+
+
+def confusion(outcomes: Iterable[Outcome]) -> dict[str, dict[str, int]]:
+    """expected label -> got label -> cases (labels: conversational, rag, modal/<type>)."""
+    table: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        want = _label_of(o.case["expected_intent"], o.case.get("expected_modal"))
+        got = _label_of(o.intent, o.modal_type) if o.body is not None else "no_answer"
+        row = table.setdefault(want, {})
+        row[got] = row.get(got, 0) + 1
+    return {want: dict(sorted(row.items())) for want, row in sorted(table.items())}
+
+
+def _modal_figures(evaluated: list[Outcome]) -> dict[str, Any]:
+    right = sum(1 for o in evaluated if o.intent == "modal" and o.intent_ok)
+    opened = sum(1 for o in evaluated if o.intent == "modal")
+    expected = sum(1 for o in evaluated if o.case["expected_intent"] == "modal")
+    return {"false_modals": sum(o.false_modal for o in evaluated), "modal_precision": _rate(right, opened),
+            "modal_recall": _rate(right, expected)}
+
+
 def _split_figures(outcomes: list[Outcome]) -> dict[str, Any]:
     evaluated = [o for o in outcomes if o.skipped is None]
     return {
@@ -283,6 +321,8 @@ def _split_figures(outcomes: list[Outcome]) -> dict[str, Any]:
         "skipped": len(outcomes) - len(evaluated),
         "success_rate": _rate(sum(o.passed for o in evaluated), len(evaluated)),
         "intent_accuracy": _rate(sum(o.intent_ok for o in evaluated), len(evaluated)),
+        **_modal_figures(evaluated),
+        "per_confusion": confusion(evaluated),
         "per_intent": precision_recall(((o.case["expected_intent"], o.intent) for o in evaluated), INTENTS),
         "per_modal_type": precision_recall(((o.case.get("expected_modal"), o.modal_type) for o in evaluated),
                                            MODAL_TYPES),
@@ -316,6 +356,10 @@ def summarise(outcomes: list[Outcome], *, threshold: float, mode: str, base_url:
         "success_rate": success_rate,
         "threshold": threshold,
         "below_threshold": success_rate < threshold,
+        "false_modals": overall["false_modals"],
+        "false_modal_ids": [o.case["id"] for o in evaluated if o.false_modal],
+        "modal_precision": overall["modal_precision"],
+        "modal_recall": overall["modal_recall"],
         "intent_accuracy": overall["intent_accuracy"],
         "json_tool_valid_rate": _rate(sum(bool(v) for v in drafts), len(drafts)),
         "rag_citation_rate": _rate(sum(bool(v) for v in rag), len(rag)),
@@ -329,6 +373,7 @@ def summarise(outcomes: list[Outcome], *, threshold: float, mode: str, base_url:
         "per_intent": {"overall": overall["per_intent"], **{s: by_split[s]["per_intent"] for s in SPLITS}},
         "per_modal_type": {"overall": overall["per_modal_type"],
                            **{s: by_split[s]["per_modal_type"] for s in SPLITS}},
+        "confusion": {"overall": overall["per_confusion"], **{s: by_split[s]["per_confusion"] for s in SPLITS}},
         "splits": {s: {k: v for k, v in fig.items() if not k.startswith("per_")} for s, fig in by_split.items()},
         "failed_ids": [o.case["id"] for o in evaluated if not o.passed],
     }
@@ -364,6 +409,10 @@ def write_prometheus(path: Path, summary: dict[str, Any], finished: datetime) ->
     gauge("ivy_eval_rag_citation_rate", "Share of rag answers that carry citations.", summary["rag_citation_rate"])
     p95 = summary["p95_latency_ms"]
     gauge("ivy_eval_p95_latency_seconds", "p95 latency of eval requests.", None if p95 is None else p95 / 1000)
+    gauge("ivy_eval_false_modals", "Eval cases where a modal opened that was not expected (last run).",
+          summary["false_modals"])
+    gauge("ivy_eval_modal_precision", "Share of opened modals that were the expected one.", summary["modal_precision"])
+    gauge("ivy_eval_modal_recall", "Share of expected modals that opened.", summary["modal_recall"])
     gauge("ivy_eval_threshold", "Success rate below which the eval fails.", summary["threshold"])
     gauge("ivy_eval_below_threshold", "1 when the last run's success rate was below the threshold.",
           float(summary["below_threshold"]))
@@ -373,6 +422,8 @@ def write_prometheus(path: Path, summary: dict[str, Any], finished: datetime) ->
         gauge("ivy_eval_split_success_rate", "Success rate per eval split.", figures["success_rate"],
               {"split": split})
         gauge("ivy_eval_split_intent_accuracy", "Intent accuracy per eval split.", figures["intent_accuracy"],
+              {"split": split})
+        gauge("ivy_eval_split_false_modals", "False modals per eval split.", figures["false_modals"],
               {"split": split})
     gauge("ivy_eval_last_run_timestamp_seconds", "Unix time the last eval run finished.", finished.timestamp())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,6 +451,10 @@ def _print_summary(summary: dict[str, Any], report: Path) -> None:
     print(f"eval {summary['date']} ({summary['mode']}{' ' + summary['base_url'] if summary['base_url'] else ''}): "
           f"{summary['passed']}/{summary['total']} passed, success rate {pct(summary['success_rate'])} "
           f"(threshold {pct(summary['threshold'])}), {summary['skipped']} skipped")
+    print(f"  false modals {summary['false_modals']}, modal precision {pct(summary['modal_precision'])}, "
+          f"modal recall {pct(summary['modal_recall'])}"
+          + "".join(f"; {s}: {f['false_modals']} false, precision {pct(f['modal_precision'])}, "
+                    f"recall {pct(f['modal_recall'])}" for s, f in summary["splits"].items() if f["total"]))
     print(f"  intent accuracy {pct(summary['intent_accuracy'])}"
           + "".join(f", {s} {pct(f['intent_accuracy'])}" for s, f in summary["splits"].items() if f["total"]))
     print(f"  email JSON valid {pct(summary['json_tool_valid_rate'])}, rag cited {pct(summary['rag_citation_rate'])}, "
@@ -414,7 +469,10 @@ def _print_summary(summary: dict[str, Any], report: Path) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the eval set through the router and write today's report.")
-    parser.add_argument("--cases", type=Path, default=DEFAULT_CASES, help="labelled cases (JSON lines)")
+    parser.add_argument("--cases", type=Path, default=DEFAULT_CASES,
+                        help="labelled cases: a JSON-lines file or a folder of them (default scripts/eval_data/)")
+    parser.add_argument("--max-false-modals", type=int, default=0,
+                        help="false modals above which the run fails (default 0: any false modal fails it)")
     parser.add_argument("--reports-dir", type=Path, default=DEFAULT_REPORTS, help="where reports are written")
     parser.add_argument("--base-url", default=os.environ.get("IVY_EVAL_BASE_URL") or None,
                         help="evaluate a running server instead of the in-process app (env IVY_EVAL_BASE_URL)")
@@ -488,12 +546,22 @@ def main(argv: list[str] | None = None) -> int:
 
     with _Logging(settings):
         figures = {k: summary[k] for k in ("total", "passed", "skipped", "success_rate", "intent_accuracy",
+                                           "false_modals", "modal_precision", "modal_recall",
                                            "json_tool_valid_rate", "p95_latency_ms", "provider", "mode")}
+        failed = False
+        if summary["false_modals"] > args.max_false_modals:
+            log.error("eval_false_modals", max_false_modals=args.max_false_modals, report=str(report_path),
+                      false_modal_ids=summary["false_modal_ids"][:50], model_provider=summary["provider"], **figures)
+            print(f"ERROR: {summary['false_modals']} eval case(s) opened a modal nobody asked for "
+                  f"({', '.join(summary['false_modal_ids'][:10])}; report: {report_path})", file=sys.stderr)
+            failed = True
         if summary["below_threshold"]:
             log.error("eval_success_rate_below_threshold", threshold=args.threshold, report=str(report_path),
                       failed_ids=summary["failed_ids"][:50], model_provider=summary["provider"], **figures)
             print(f"ERROR: eval success rate {summary['success_rate']:.1%} is below {args.threshold:.0%} "
                   f"(report: {report_path})", file=sys.stderr)
+            failed = True
+        if failed:
             return 1
         log.info("eval_completed", threshold=args.threshold, report=str(report_path),
                  model_provider=summary["provider"], **figures)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("REDIS_URL", "http://localhost", "redis://"),
         ("OPENAI_BASE_URL", "not a url", "URL"),
         ("IVY_GC_GEN0_THRESHOLD", "0", "greater than or equal to 700"),
+        ("IVY_MODAL_MIN_CONFIDENCE", "1.5", "less than or equal to 1"),
+        ("IVY_MODAL_MIN_CONFIDENCE", "high", "valid number"),
     ],
 )
 def test_invalid_value_names_the_variable_and_allowed_values(

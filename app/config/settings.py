@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     # Feature flags
     ivy_modal_heuristics: bool = True
+    # A modal opens only at this classifier confidence or above; below it the request is answered as
+    # rag or conversational (1.0: only the surest drafts; 0: the rules alone decide).
+    ivy_modal_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
     ivy_organic_enabled: bool = True
 
     # Rate limiting

@@ -75,10 +75,12 @@ class EvalReportCollector(Collector):
                 summary = {}
         yield GaugeMetricFamily("ivy_eval_last_run_timestamp_seconds",
                                 "When the latest nightly eval report was written (0: none).", value=stamp)
-        for key, name in (("success_rate", "ivy_eval_success_rate"), ("intent_accuracy", "ivy_eval_intent_accuracy")):
+        for key, name, unit in (("success_rate", "ivy_eval_success_rate", " (0..1)"),
+                                ("intent_accuracy", "ivy_eval_intent_accuracy", " (0..1)"),
+                                ("false_modals", "ivy_eval_false_modals", ": modals opened where none was expected")):
             value = summary.get(key)
             if isinstance(value, int | float):
-                yield GaugeMetricFamily(name, f"Latest nightly eval {key.replace('_', ' ')} (0..1).", value=value)
+                yield GaugeMetricFamily(name, f"Latest nightly eval {key.replace('_', ' ')}{unit}.", value=value)
 
 
 class Metrics:

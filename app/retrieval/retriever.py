@@ -5,10 +5,11 @@ Ranking is BM25 (rank-bm25) on both sides. The knowledge base is indexed once at
 small, so it is indexed per request.
 
 Which side leads depends on what the question is about, read with the router's own lexicon
-(`product_terms`): a product question ("does our product support SSO") is answered from the
-knowledge base first, with any matching lead facts after it; a question about the lead ("what's
-their budget") is answered from the lead's data, and the knowledge base only joins with a strong
-match, so "budget" does not drag in the playbook's BANT section.
+(`app/intent/lexicon.py`, which holds every word list used here too): a product question ("does
+our product support SSO") is answered from the knowledge base first, with any matching lead facts
+after it; a question about the lead ("what's their budget") is answered from the lead's data, and
+the knowledge base only joins with a strong match, so "budget" does not drag in the playbook's
+BANT section.
 """
 
 from __future__ import annotations
@@ -20,21 +21,12 @@ from typing import Any
 
 from rank_bm25 import BM25Okapi
 
-from app.intent.classifier import normalise, product_terms
+from app.intent.lexicon import COLLECTION_WORDS, EXPAND, ITEM_WORDS, LEAD_GENERIC, RECENT, STOP, product_terms
+from app.intent.normalise import normalise
 from app.providers.base import Passage
 
-_STOP = frozenset(
-    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "do", "does", "did", "of", "to", "in", "on", "for", "and", "or", "but", "with", "at", "by", "from", "it", "its", "this", "that", "these", "those", "what", "whats", "how", "when", "why", "who", "whos", "which", "can", "could", "would", "should", "will", "i", "me", "my", "we", "our", "you", "your", "they", "them", "their", "he", "she", "his", "her", "him", "us", "about", "tell", "give", "show", "any", "there", "have", "has", "had", "if", "so", "than", "then", "as", "into", "up", "per", "please", "ivy", "ivys", "crm", "product", "much", "many", "say", "says", "said", "get", "let", "know", "need", "want", "theres", "thats", "hes", "shes", "hi", "hey", "ok", "not", "no", "yes", "some", "all", "also", "just", "really", "quick", "quickly", "now", "like", "here", "take", "takes", "work", "works", "support", "supports", "supported", "offer", "offers", "allow", "allows", "provide", "provides"]
-)
-# Words that name the lead itself rather than one of its facts: "tell me about this lead" matches
-# every field equally, so it is answered by the lead's core record instead.
-_LEAD_GENERIC = frozenset(
-    ["lead", "deal", "prospect", "account", "person", "summary", "summarize", "overview", "recap", "brief", "briefing", "background", "rundown", "information", "everything", "deepdive", "analyze", "analysis", "insights", "before", "prep", "one", "guy", "client", "customer", "opportunity", "opp", "look", "looking", "update", "catch"]
-)
+# The lead's record answering "tell me about this lead", field by field.
 _CORE_LEAD_FIELDS = ("name", "company", "title", "stage", "email", "budget", "lastContact", "leadScore", "aiInsights")
-# What each kind of context item is, searchable: "did they reply to my last email" is about the
-# emails, not the lead's email address.
-_ITEM_WORDS = {"activities": "activity", "emails": "email message reply thread", "notes": "note"}
 
 # Thresholds on a section's BM25 score, in units of the corpus's rarest term's IDF: BM25 scores
 # scale with log(number of sections), and IVY_KNOWLEDGE_DIR may hold 3 sections or 300.
@@ -60,26 +52,16 @@ def _stem(word: str) -> str:
 
 
 def _terms(text: str) -> list[str]:
-    return [_stem(w) for w in normalise(text) if w not in _STOP]
+    return [_stem(w) for w in normalise(text) if w not in STOP]
 
 
-# Reps and the docs name the same things differently ("how much" / "costs", "users" / "seats"):
-# each query word also searches for the docs' words for it.
-_EXPAND = {
-    "cost": ("price",), "price": ("cost",), "pricing": ("price", "cost"), "charge": ("price", "cost"),
-    "user": ("seat",), "seat": ("user",), "people": ("seat", "user"), "person": ("seat", "user"),
-    "team": ("seat",), "rep": ("seat", "user"),
-    "secure": ("security", "encryption"), "safe": ("security",), "pay": ("payment",), "paid": ("payment",),
-    "hosted": ("region", "hosting"), "host": ("region", "hosting"), "cancel": ("cancellation",),
-    "refund": ("moneyback",), "login": ("sso", "signon"), "sign": ("sso",),
-}
 
 
 def _query_terms(tokens: list[str]) -> list[str]:
-    terms = [_stem(w) for w in tokens if w not in _STOP]
+    terms = [_stem(w) for w in tokens if w not in STOP]
     if "how" in tokens and "much" in tokens:
         terms += ["price", "cost"]
-    return terms + [x for t in terms for x in _EXPAND.get(t, ())]
+    return terms + [x for t in terms for x in EXPAND.get(t, ())]
 
 
 def _slug(text: str) -> str:
@@ -191,7 +173,7 @@ def context_passages(context: dict[str, Any]) -> list[Passage]:
 
 def _fact_terms(passage: Passage) -> list[str]:
     name = passage.source.split("[")[0]
-    label = _ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
+    label = ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
     return _terms(label + " " + passage.text)
 
 
@@ -203,15 +185,6 @@ def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]
     return [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
 
 
-_RECENT = frozenset({"last", "latest", "recent", "recently", "newest", "lastcontact"})
-# Which context list a question about "the last ..." means.
-_COLLECTION_WORDS = {
-    "emails": frozenset({"email", "emails", "reply", "replied", "wrote", "message", "thread", "respond",
-                         "responded", "sent", "subject"}),
-    "activities": frozenset({"call", "calls", "meeting", "meetings", "demo", "activity", "activities", "talk",
-                             "talked", "spoke", "touch", "touchpoint", "conversation"}),
-    "notes": frozenset({"note", "notes"}),
-}
 
 
 def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
@@ -221,14 +194,15 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
     item is taken, as CRMs list activity newest first.
     """
     words = set(tokens)
-    if not words & _RECENT:
+    if not words & RECENT:
         return []
     chosen: list[Passage] = []
-    for name, nouns in _COLLECTION_WORDS.items():
+    for name, nouns in COLLECTION_WORDS.items():
         items = context.get(name)
         if not (words & nouns) or not isinstance(items, list) or not items:
             continue
-        dated = [(str(item.get("date")), i) for i, item in enumerate(items) if isinstance(item, dict) and item.get("date")]
+        dated = [(str(item.get("date")), i) for i, item in enumerate(items)
+                 if isinstance(item, dict) and item.get("date")]
         index = max(dated)[1] if len(dated) == len(items) else 0
         chosen.append(Passage(f"{name}[{index}]", _flatten(items[index])))
     return chosen
@@ -248,7 +222,7 @@ def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4)
     tokens = normalise(query)
     terms = _query_terms(tokens)
     facts = context_passages(context)
-    matched = _rank_facts(facts, [t for t in terms if t not in _LEAD_GENERIC], k)
+    matched = _rank_facts(facts, [t for t in terms if t not in LEAD_GENERIC], k)
     recent = _most_recent(context, tokens)
     if recent:
         scores = {p.source: p.score for p in matched}

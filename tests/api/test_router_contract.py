@@ -177,3 +177,14 @@ def test_every_suggestion_does_what_it_promises_when_sent_back(client: TestClien
                 "lead_insights" if "score" in suggestion else None)
             assert (body["modal"] or {}).get("type") == expected, suggestion
             assert body["intent"] != "conversational", suggestion
+
+
+def test_a_modal_under_the_confidence_gate_is_answered_without_a_panel(make_client) -> None:
+    strict = make_client(ivy_modal_min_confidence=0.95)
+    body = ask(strict, "draft a follow-up email to dana", {"lead": LEAD}).json()
+    assert (body["intent"], body["modal"]) == ("conversational", None)
+    assert any(r.startswith("gate:modal_confidence_0.92_below_0.95") for r in body["intent_detail"]["reasons"])
+    insights = ask(strict, "show me this lead's score", {"lead": LEAD}).json()
+    assert (insights["intent"], insights["modal"]) == ("rag", None)
+    default = ask(make_client(), "draft a follow-up email to dana", {"lead": LEAD}).json()
+    assert default["modal"]["type"] == "email_composer"

@@ -33,7 +33,8 @@ def exported(make_client: Callable[..., TestClient], fake_provider: FakeProvider
     # eval report of its own (a fresh clone has none), so the eval gauges exist.
     reports = tmp_path / "eval_reports"
     reports.mkdir()
-    (reports / "20261124.json").write_text(json.dumps({"summary": {"success_rate": 0.9, "intent_accuracy": 0.9}}))
+    (reports / "20261124.json").write_text(json.dumps({"summary": {"success_rate": 0.9, "intent_accuracy": 0.9,
+                                                                         "false_modals": 0}}))
     app = make_client(ivy_eval_reports_dir=reports)
     assert _ask(app, "hello there, how are you") == 200
     assert _ask(app, "what's their budget?", {"lead": LEAD_NO_SCORE}) == 200

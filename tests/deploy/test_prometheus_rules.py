@@ -17,7 +17,9 @@ RULE_TESTS = Path("deploy/prometheus/alerts_test.yml")
 CONFIG = Path("deploy/prometheus/prometheus.yml")
 
 # The on-call runbook's critical alerts; everything else is a warning.
-CRITICAL = {"IvyConversationalP95LatencyHigh", "IvyRagP95LatencyHigh", "IvyErrorRateHigh", "IvyEvalSuccessRateLow"}
+# The runbook's three alerts; the eval's now fires on a false modal as well as on a low success rate.
+CRITICAL = {"IvyConversationalP95LatencyHigh", "IvyRagP95LatencyHigh", "IvyErrorRateHigh", "IvyEvalSuccessRateLow",
+            "IvyEvalFalseModals"}
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -143,3 +143,14 @@ def test_rag_response_cites_every_passage_it_used(client: TestClient) -> None:
     assert cited[0] == "emails[1]"
     assert all(c["snippet"] for c in body["citations"])
     assert "Okta SSO is included" in body["answer"]  # the offline provider answers from the passages
+
+
+def test_the_retriever_reads_the_shared_lexicon_not_the_classifier() -> None:
+    import ast
+
+    import app.retrieval.retriever as retriever
+
+    tree = ast.parse(Path(retriever.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "app.intent.classifier" not in imported
+    assert {"app.intent.lexicon", "app.intent.normalise"} <= imported

@@ -114,17 +114,40 @@ def test_flags_off_case_runs_on_an_app_with_modal_heuristics_off(run: Any, sampl
 
 def test_success_rate_below_threshold_exits_1_and_logs_an_error(
         run: Any, tmp_path: Path, log_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    wrong = [{**ALL_CASES[i], "expected_intent": "rag", "expected_modal": None} for i in ("c001", "c061", "c250")]
+    # Conversational labels on cases that are not modals: wrong, but no false modal among them.
+    wrong = [{**ALL_CASES[i], "expected_intent": "conversational", "expected_modal": None}
+             for i in ("c120", "c121", "c123")]
+    assert all(ALL_CASES[i]["expected_intent"] == "rag" for i in ("c120", "c121", "c123"))
     code, report = run(write_cases(tmp_path / "wrong.jsonl", [*wrong, ALL_CASES["c211"]]))
     assert code == 1
     assert report["summary"]["success_rate"] == 0.25 and report["summary"]["below_threshold"] is True
-    assert report["cases"][0]["failures"] == ["intent: expected rag, got modal/email_composer"]
+    assert report["summary"]["false_modals"] == 0
+    assert report["cases"][0]["failures"] == ["intent: expected conversational, got rag"]
     errors = [line for line in read_log(log_file, until=lambda ls: any(x["level"] == "ERROR" for x in ls))
               if line["level"] == "ERROR"]
     assert len(errors) == 1
     assert errors[0]["event"] == "eval_success_rate_below_threshold"
     assert errors[0]["success_rate"] == 0.25 and errors[0]["threshold"] == 0.8
     assert "ERROR: eval success rate 25.0% is below 80%" in capsys.readouterr().err
+
+
+def test_one_false_modal_fails_the_run_whatever_the_success_rate(
+        run: Any, tmp_path: Path, log_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    right = [ALL_CASES[i] for i in SAMPLE_IDS]
+    false_modal = {**ALL_CASES["c001"], "id": "fm1", "expected_intent": "rag", "expected_modal": None}
+    code, report = run(write_cases(tmp_path / "one_false.jsonl", [*right, false_modal]))
+    summary = report["summary"]
+    assert code == 1
+    assert summary["below_threshold"] is False
+    assert (summary["false_modals"], summary["false_modal_ids"]) == (1, ["fm1"])
+    assert summary["modal_precision"] < 1.0
+    assert summary["confusion"]["overall"]["rag"]["modal/email_composer"] == 1
+    errors = [line for line in read_log(log_file, until=lambda ls: any(x["level"] == "ERROR" for x in ls))
+              if line["level"] == "ERROR"]
+    assert [e["event"] for e in errors] == ["eval_false_modals"]
+    assert "opened a modal nobody asked for (fm1" in capsys.readouterr().err
+    prom = (tmp_path / "reports" / "ivy_eval.prom").read_text()
+    assert "ivy_eval_false_modals 1.0" in prom
 
 
 def test_a_rag_answer_without_citations_fails_its_case(run: Any, tmp_path: Path) -> None:
@@ -190,7 +213,8 @@ def test_runs_from_the_scripts_directory_and_from_the_root(cwd: Path, sample: Pa
 def test_reports_go_next_to_the_script_whatever_the_working_directory() -> None:
     reports, cases = eval_nightly.DEFAULT_REPORTS, eval_nightly.DEFAULT_CASES
     assert reports == SCRIPT.parent / "eval_reports"
-    assert cases == SCRIPT.parent / "eval_data" / "cases.jsonl"
+    assert cases == SCRIPT.parent / "eval_data"
+    assert {p.name for p in cases.glob("*.jsonl")} >= {"cases.jsonl", "tune_families.jsonl", "heldout_families.jsonl"}
 
 
 @pytest.fixture
