@@ -48,6 +48,11 @@ class PayloadTooLarge(IvyError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(IvyError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class RateLimited(IvyError):
     status_code = 429
     code = "rate_limited"

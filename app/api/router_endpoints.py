@@ -33,6 +33,7 @@ from app.api.errors import (
     INTERNAL_ERROR_MESSAGE,
     IvyError,
     MethodNotAllowed,
+    UnsupportedMediaType,
     error_payload,
     from_http_exception,
     from_validation_errors,
@@ -63,6 +64,19 @@ async def read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def require_json(scope: Scope) -> None:
+    """415 unless the body is declared JSON (application/json or application/*+json): a cross-site
+    form or a text/plain fetch is never served."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            media = value.partition(b";")[0].strip().lower()
+            if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+                return
+            break
+    raise UnsupportedMediaType("the body must be JSON: send 'Content-Type: application/json'",
+                               headers={"Accept-Post": "application/json"})
 
 
 def parse(body: bytes) -> RouterRequest:
@@ -133,8 +147,10 @@ class RouterEndpoints:
     async def _answer(self, scope: Scope, receive: Receive, send: Send, version: str,
                       request_state: dict[str, Any]) -> None:
         state: State = request_state["ivy"]
+        identity = await state.auth.identify(scope) if state.auth is not None else None
+        require_json(scope)
         body = parse(await read_body(receive))
-        caller = caller_from(scope, state)
+        caller = caller_from(scope, state, identity)
         flags = state.flags.current
         if version == "v1":
             flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
@@ -143,7 +159,7 @@ class RouterEndpoints:
                 state, caller, body.query, body.context, flags,
                 on_trace=lambda trace: _remember_trace(request_state, trace))
             request_state["intent"] = c.intent
-            response = StreamingResponse(events, media_type="text/event-stream",
+            response = StreamingResponse(state.drain.guard(events, request_state), media_type="text/event-stream",
                                          headers={**headers, "Cache-Control": "no-cache"})
             await response(scope, receive, send)
             return
