@@ -64,15 +64,15 @@ class RedisProcess:
         self.stop()
 
 
-def spawn_uvicorn(env: dict[str, str], *, workers: int = 1, port: int | None = None, stderr: Path | None = None
-                  ) -> tuple[subprocess.Popen[bytes], str]:
+def spawn_uvicorn(env: dict[str, str], *, workers: int = 1, port: int | None = None, stderr: Path | None = None,
+                  host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:
     """`python -m uvicorn app.main:app` as operators run it, once /health answers: (process, base URL).
     Its stderr goes to ``stderr`` (a file) or a pipe; the process leads its own session (os.killpg
     reaches its workers)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "OPENAI_API_KEY", "REDIS_URL")}
     full_env.update(env)
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
            "--workers", str(workers), "--log-level", "warning"]
     err = stderr.open("wb") if stderr is not None else subprocess.PIPE
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=err,

@@ -84,7 +84,7 @@ class JWKSCache:
     rotated in during it."""
 
     REFRESH_SECONDS = 300.0
-    MIN_REFETCH_SECONDS = 10.0
+    MIN_REFETCH_SECONDS = 2.0
     TIMEOUT = aiohttp.ClientTimeout(total=3.0, connect=1.0)
 
     def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
