@@ -50,8 +50,14 @@ def test_a_json_array_body_is_a_422(client: TestClient) -> None:
     assert_error(client.post(V2, json=["query"], headers=H), 422, "validation_error")
 
 
-def test_query_is_trimmed_and_8000_chars_is_accepted(client: TestClient) -> None:
-    assert client.post(V2, json={"query": "  " + "a" * 8000 + "  "}, headers=H).status_code == 200
+def test_query_of_8000_chars_is_accepted_and_trimmed_and_the_documented_limits_hold(client: TestClient) -> None:
+    assert client.post(V2, json={"query": "  " + "a" * 7996 + "  "}, headers=H).status_code == 200
+    assert client.post(V2, json={"query": "  " + "a" * 7997 + "  "}, headers=H).status_code == 422  # 8001 as sent
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RouterRequest"]["properties"]["query"]
+    assert (schema["minLength"], schema["maxLength"]) == (1, 8000)
+    import re
+    assert re.search(schema["pattern"], " \t\n ") is None and re.search(schema["pattern"], "\u00a0")
+    assert client.post(V2, json={"query": "\u00a0"}, headers=H).status_code == 200  # not blank by the pattern
 
 
 def test_body_over_the_size_limit_is_a_413(client: TestClient) -> None:
