@@ -53,6 +53,11 @@ class UnsupportedMediaType(IvyError):
     code = "unsupported_media_type"
 
 
+class ShuttingDown(IvyError):
+    status_code = 503
+    code = "shutting_down"
+
+
 class RateLimited(IvyError):
     status_code = 429
     code = "rate_limited"

@@ -16,6 +16,7 @@ error in the one error shape (`errors.error_payload`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from app.api.errors import (
     INTERNAL_ERROR_MESSAGE,
     IvyError,
     MethodNotAllowed,
+    ShuttingDown,
     UnsupportedMediaType,
     error_payload,
     from_http_exception,
@@ -137,6 +139,17 @@ class RouterEndpoints:
             await self._error(send, request_state, exc)
         except HTTPException as exc:  # the body limit, raised while reading
             await self._error(send, request_state, from_http_exception(exc))
+        except asyncio.CancelledError:
+            drain = getattr(request_state.get("ivy"), "drain", None)
+            if drain is None or not drain.cutting:
+                raise
+            # Still running at the shutdown bound: said as such (a 503 line), not as an unhandled exception.
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+            request_state["outcome"] = "shutting_down"
+            if not started:
+                await self._error(send, request_state, ShuttingDown("the server is restarting; ask again",
+                                                                    headers={"Retry-After": "5"}))
         except Exception as exc:
             log.error("unhandled_exception", request_id=request_state.get("request_id"), path=scope["path"],
                       error=type(exc).__name__, exc_info=exc)
@@ -227,7 +240,8 @@ _ERROR_STATUSES = {
     "415": "The body is not declared JSON (Content-Type application/json or application/*+json)",
     "422": "A field is missing or invalid (the message names it)",
     "429": "Rate limited (Retry-After says when to come back)", "500": "Internal error",
-    "503": "IVY_AUTH_MODE=jwt: the token's signing key could not be fetched (auth_unavailable)",
+    "503": "IVY_AUTH_MODE=jwt: the token's signing key could not be fetched (auth_unavailable); or the server "
+           "was restarting and the request was cut at its shutdown bound (shutting_down)",
 }
 
 SSE_DESCRIPTION = (

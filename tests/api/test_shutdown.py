@@ -84,7 +84,8 @@ def test_clients_slow_to_send_their_headers_or_body_are_dropped_while_the_servic
 def test_sigterm_finishes_requests_cuts_streams_drops_slow_senders_and_frees_the_port_within_the_bound(
         tmp_path: Path) -> None:
     fake = FakeProviderThread(latency_ms=600)
-    fake.set_fault("stream_stall", after=1, seconds=30, provider="gemini")
+    # The stream's call stalls after its first piece; later calls (the plain request's) answer.
+    fake.set_fault("stream_stall", after=1, seconds=30, provider="gemini", times=1)
     env = _env(tmp_path, GEMINI_API_KEY="test-gemini-key-0001", GEMINI_BASE_URL=fake.server.base_url,
                IVY_SHUTDOWN_TIMEOUT_SECONDS="3")
     proc, base = spawn_uvicorn(env, stderr=tmp_path / "stderr.log")
