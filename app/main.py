@@ -20,15 +20,18 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.admin import router as admin_router
+from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
 from app.api.router_endpoints import IvyAPI, RouterEndpoints
 from app.api.routes import router
+from app.api.serving import ServerWatch, bind_is_loopback, find_server
 from app.config import ConfigError, Settings, load_settings
 from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
 from app.observability.logging import configure_logging, get_logger, shutdown_logging
 from app.observability.metrics import BREAKER_STATE_VALUE, Metrics, clean_dead_process_files, multiproc_dir
+from app.observability.redaction import redact, register_secrets
 from app.providers.base import Provider
 from app.providers.chain import Link, ProviderChain
 from app.providers.gemini import GeminiProvider
@@ -157,7 +160,27 @@ async def _warm_limiter(state: State) -> None:
     except Exception as exc:
         up.set(0)
         log.warning("rate_limiter_unavailable", backend=state.limiter.backend, at="startup",
-                    fail_open=state.settings.ai_rate_limit_fail_open, error=f"{type(exc).__name__}: {exc}"[:200])
+                    fail_open=state.settings.ai_rate_limit_fail_open,
+                    error=redact(f"{type(exc).__name__}: {exc}")[:200])
+
+
+def _watch_server(state: State) -> ServerWatch | None:
+    """The slow-client and shutdown watchdog over uvicorn's connections, and the start-up warning
+    when anyone who reaches the port may name themselves (IVY_AUTH_MODE=off on a public address)."""
+    s = state.settings
+    server = find_server()
+    if server is None:
+        log.info("server_watch_unavailable", auth_mode=s.ivy_auth_mode,
+                 message="not under uvicorn's own Server: read timeouts, the bounded shutdown and the "
+                         "bind-address check are left to the server")
+        return None
+    loopback = bind_is_loopback(server)
+    if s.ivy_auth_mode == "off" and loopback is not True:
+        log.warning("auth_off_on_public_address", host=str(server.config.host), auth_mode="off",
+                    message="IVY_AUTH_MODE=off and listening beyond loopback: any client can name any "
+                            "user with X-User-ID; set IVY_AUTH_MODE=jwt (README: Identity)")
+    return ServerWatch(server, state.drain, header_timeout=s.ivy_header_timeout_seconds,
+                       body_timeout=s.ivy_body_timeout_seconds, shutdown_timeout=s.ivy_shutdown_timeout_seconds)
 
 
 def tune_gc(gen0_threshold: int) -> Callable[[], None]:
@@ -193,6 +216,7 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
             print(str(exc), file=sys.stderr, flush=True)
             raise SystemExit(2) from None
     resolved = settings
+    register_secrets(*resolved.secret_values())
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, State]]:
@@ -212,14 +236,19 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
             limiter=build_limiter(resolved, redis), chain=chain, breakers=breakers,
             kb=KnowledgeBase.from_folder(resolved.ivy_knowledge_dir), http=http,
             flags=RuntimeFlags(resolved, redis),
+            auth=Authenticator(resolved, http) if resolved.ivy_auth_mode == "jwt" else None,
         )
         log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
                  model_provider=chain.names[0], limiter_backend=state.limiter.backend,
                  modal_heuristics=resolved.ivy_modal_heuristics, organic=resolved.ivy_organic_enabled,
                  rate_limit_per_min=resolved.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections),
-                 gc_gen0_threshold=resolved.ivy_gc_gen0_threshold)
+                 gc_gen0_threshold=resolved.ivy_gc_gen0_threshold, auth_mode=resolved.ivy_auth_mode)
         await _warm_limiter(state)
+        if state.auth is not None:
+            await state.auth.start()
         tasks = [asyncio.create_task(_latency_summaries(state))]
+        if (watch := _watch_server(state)) is not None:
+            tasks.append(asyncio.create_task(watch.run()))
         if redis is not None:
             with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
                 await state.flags.refresh()
@@ -234,6 +263,8 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await chain.aclose()
+            if state.auth is not None:
+                await state.auth.aclose()
             await http.close()
             await state.limiter.aclose()
             if redis is not None:

@@ -283,7 +283,7 @@ async def answer_stream(
         except ProviderError as exc:
             # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
             on_trace(trace)
-            log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason)
+            log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
             yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
                                  "reason": exc.reason, "request_id": caller.request_id})
             return

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from app.api.auth import Authenticator
+from app.api.serving import Drain
 from app.config import Settings
 from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
@@ -68,3 +70,5 @@ class State:
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))
+    auth: Authenticator | None = None  # None: IVY_AUTH_MODE=off (nothing to do per request)
+    drain: Drain = field(default_factory=Drain)

@@ -212,7 +212,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "real_share": len(real) / len(samples), "reasons": reasons, "intents": intents,
         "p95": pct([s.seconds for s in samples], 95),
-        "p95_chat": pct([s.seconds for s in samples if s.intent != "modal"], 95), "p95_tail": pct([s.seconds for s in samples[20:]], 95),
+        "p95_chat": pct([s.seconds for s in samples if s.intent != "modal"], 95),
+        "p95_tail": pct([s.seconds for s in samples[20:]], 95),
         "max": max(s.seconds for s in samples), "ok_share": sum(s.status == 200 for s in samples) / len(samples),
         "local_share": sum(s.provider == "local" for s in samples) / len(samples),
         "primary": result["stats"].get(sc.active, {}), "secondary": result["stats"].get(secondary, {}),

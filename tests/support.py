@@ -64,34 +64,52 @@ class RedisProcess:
         self.stop()
 
 
-@contextmanager
-def uvicorn_server(env: dict[str, str], *, workers: int = 1, port: int | None = None) -> Iterator[str]:
-    """`python -m uvicorn app.main:app` as operators run it; yields the base URL once /health answers."""
+def spawn_uvicorn(env: dict[str, str], *, workers: int = 1, port: int | None = None, stderr: Path | None = None,
+                  host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m uvicorn app.main:app` as operators run it, once /health answers: (process, base URL).
+    Its stderr goes to ``stderr`` (a file) or a pipe; the process leads its own session (os.killpg
+    reaches its workers)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "OPENAI_API_KEY", "REDIS_URL")}
     full_env.update(env)
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
            "--workers", str(workers), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    err = stderr.open("wb") if stderr is not None else subprocess.PIPE
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=err,
                             start_new_session=True)
+    if stderr is not None:
+        err.close()  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            said = proc.stderr.read().decode() if proc.stderr else stderr.read_text() if stderr else ""
+            raise RuntimeError(f"uvicorn exited: {said}")
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            return proc, base
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_process(proc)
+                raise
+            time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@contextmanager
+def uvicorn_server(env: dict[str, str], *, workers: int = 1, port: int | None = None) -> Iterator[str]:
+    """`python -m uvicorn app.main:app` as operators run it; yields the base URL once /health answers."""
+    proc, base = spawn_uvicorn(env, workers=workers, port=port)
+    try:
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process(proc)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from app.api.deps import IvyState
 from app.api.errors import BadRequest, NotFound, Unauthorized
 from app.api.responses import FastJSONResponse
+from app.api.schemas import ErrorResponse
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+_ERROR = {"model": ErrorResponse}
+router = APIRouter(prefix="/admin", tags=["admin"], responses={
+    401: {**_ERROR, "description": "Missing or wrong 'Authorization: Bearer <IVY_ADMIN_TOKEN>'"},
+    404: {**_ERROR, "description": "Admin endpoints are off (IVY_ADMIN_TOKEN unset)"},
+})
+FLAG_NAMES = ("IVY_MODAL_HEURISTICS", "IVY_ORGANIC_ENABLED", "ACTIVE_MODEL")
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """An omitted flag is left alone; an explicit null is refused (422), so the schema shows no null."""
+    variants = [v for v in schema.pop("anyOf", []) if v.get("type") != "null"]
+    schema.update(variants[0] if len(variants) == 1 else {"anyOf": variants})
+    schema.pop("default", None)
 
 
 async def require_admin(state: IvyState, authorization: Annotated[str | None, Header(max_length=512)] = None) -> str:
@@ -30,12 +43,21 @@ Admin = Annotated[str, Depends(require_admin)]
 
 
 class FlagsUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """At least one flag, and who sets it."""
 
-    IVY_MODAL_HEURISTICS: StrictBool | None = None
-    IVY_ORGANIC_ENABLED: StrictBool | None = None
-    ACTIVE_MODEL: Literal["gemini", "openai"] | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": [n]} for n in FLAG_NAMES]})
+
+    IVY_MODAL_HEURISTICS: StrictBool | None = Field(default=None, json_schema_extra=_not_null)
+    IVY_ORGANIC_ENABLED: StrictBool | None = Field(default=None, json_schema_extra=_not_null)
+    ACTIVE_MODEL: Literal["gemini", "openai"] | None = Field(default=None, json_schema_extra=_not_null)
     set_by: str = Field(min_length=1, max_length=100, description="Who is changing the flags (shown in health).")
+
+    @field_validator(*FLAG_NAMES, mode="before")
+    @classmethod
+    def _no_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave a flag out rather than null")
+        return value
 
 
 @router.get("/flags", summary="The effective flags and who overrode them")
@@ -43,7 +65,8 @@ async def get_flags(state: IvyState, _: Admin) -> FastJSONResponse:
     return FastJSONResponse(state.flags.describe())
 
 
-@router.put("/flags", summary="Override flags for every worker and host (within seconds, no restart)")
+@router.put("/flags", summary="Override flags for every worker and host (within seconds, no restart)",
+            responses={400: {**_ERROR, "description": "No flag named: only set_by"}})
 async def put_flags(body: FlagsUpdate, state: IvyState, _: Admin) -> FastJSONResponse:
     values = {
         name: (str(value).lower() if isinstance(value, bool) else value)

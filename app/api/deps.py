@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.types import Scope
 
+from app.api.auth import Identity, check_headers_agree
 from app.api.errors import ValidationFailed
 from app.observability.logging import get_logger
+from app.observability.redaction import printable
 from app.pipeline import Caller
 from app.resilience.ratelimit import normalise_id
 from app.state import State
@@ -50,15 +52,20 @@ def _identity_headers(scope: Scope) -> tuple[str | None, str | None]:
     return found[0], found[1]
 
 
-def caller_from(scope: Scope, state: State) -> Caller:
-    """Who is asking: the rate-limit keys from X-User-ID / X-Org-ID (or the client address).
+def caller_from(scope: Scope, state: State, identity: Identity | None = None) -> Caller:
+    """Who is asking: the verified identity when there is one (X-User-ID / X-Org-ID must then agree
+    with it, or 403), else the rate-limit keys from X-User-ID / X-Org-ID (or the client address).
 
-    Records user_id and org_id in the scope's state for the request's log line."""
+    Records user_id and org_id (non-printable characters escaped) in the scope's state for the
+    request's log line."""
     x_user_id, x_org_id = _identity_headers(scope)
+    if identity is not None:
+        check_headers_agree(identity, x_user_id, x_org_id)
+        x_user_id, x_org_id = identity.user_id, identity.org_id
     user_key = normalise_id(x_user_id, kind="u")
     org_key = normalise_id(x_org_id, kind="o")
-    user_id = x_user_id.strip()[:128] if x_user_id and user_key else None
-    org_id = x_org_id.strip()[:128] if x_org_id and org_key else None
+    user_id = printable(x_user_id.strip()[:128]) if x_user_id and user_key else None
+    org_id = printable(x_org_id.strip()[:128]) if x_org_id and org_key else None
     if user_key is None:
         client = scope["client"][0] if scope.get("client") else "unknown"
         user_key = normalise_id(client, kind="ip") or "ip:unknown"

@@ -48,6 +48,16 @@ class PayloadTooLarge(IvyError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(IvyError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ShuttingDown(IvyError):
+    status_code = 503
+    code = "shutting_down"
+
+
 class RateLimited(IvyError):
     status_code = 429
     code = "rate_limited"
@@ -105,6 +115,12 @@ def from_http_exception(exc: StarletteHTTPException) -> IvyError:
     return err
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method the OpenAPI document gives this request's path, or None for a path it does not list."""
+    operations = request.app.openapi().get("paths", {}).get(request.url.path)
+    return ", ".join(sorted(m.upper() for m in operations)) if operations else None
+
+
 INTERNAL_ERROR_MESSAGE = "internal error; quote the request_id when reporting"
 
 
@@ -121,7 +137,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> FastJSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(request, from_http_exception(exc))
+        error = from_http_exception(exc)
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            error.headers["Allow"] = allowed  # the router names one route's methods; RFC 9110 wants them all
+        return error_response(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> FastJSONResponse:
         log.error("unhandled_exception", request_id=_request_id(request), path=request.url.path,

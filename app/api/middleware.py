@@ -111,13 +111,16 @@ class RequestContextMiddleware:
             "intent": intent, "model_provider": provider,
         }
         for key in ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage",
-                    "bucket", "error_code", "retry_after"):
+                    "bucket", "error_code", "retry_after", "outcome"):
             if st.get(key) is not None:
                 fields[key] = st[key]
+        outcome = st.get("outcome")  # a stream that began as a 200 and ended with `event: error`
         if status == 429:
             log.warning("rate_limited", **fields)
         elif status >= 500:
             log.error("request", **fields)
+        elif outcome is not None:
+            log.warning("request", **fields)
         else:
             log.info("request", **fields)
         if ivy is None or not is_router:
@@ -127,5 +130,5 @@ class RequestContextMiddleware:
         if status == 429:
             return
         ivy.metrics.request_latency.labels(endpoint, intent, provider).observe(latency_ms / 1000)
-        if status >= 400:
-            ivy.metrics.errors.labels(str(st.get("error_code") or status)).inc()
+        if status >= 400 or outcome is not None:
+            ivy.metrics.errors.labels(str(outcome or st.get("error_code") or status)).inc()

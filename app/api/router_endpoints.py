@@ -16,6 +16,7 @@ error in the one error shape (`errors.error_payload`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -33,6 +34,8 @@ from app.api.errors import (
     INTERNAL_ERROR_MESSAGE,
     IvyError,
     MethodNotAllowed,
+    ShuttingDown,
+    UnsupportedMediaType,
     error_payload,
     from_http_exception,
     from_validation_errors,
@@ -63,6 +66,19 @@ async def read_body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def require_json(scope: Scope) -> None:
+    """415 unless the body is declared JSON (application/json or application/*+json): a cross-site
+    form or a text/plain fetch is never served."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            media = value.partition(b";")[0].strip().lower()
+            if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+                return
+            break
+    raise UnsupportedMediaType("the body must be JSON: send 'Content-Type: application/json'",
+                               headers={"Accept-Post": "application/json"})
 
 
 def parse(body: bytes) -> RouterRequest:
@@ -123,6 +139,17 @@ class RouterEndpoints:
             await self._error(send, request_state, exc)
         except HTTPException as exc:  # the body limit, raised while reading
             await self._error(send, request_state, from_http_exception(exc))
+        except asyncio.CancelledError:
+            drain = getattr(request_state.get("ivy"), "drain", None)
+            if drain is None or not drain.cutting:
+                raise
+            # Still running at the shutdown bound: said as such (a 503 line), not as an unhandled exception.
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()
+            request_state["outcome"] = "shutting_down"
+            if not started:
+                await self._error(send, request_state, ShuttingDown("the server is restarting; ask again",
+                                                                    headers={"Retry-After": "5"}))
         except Exception as exc:
             log.error("unhandled_exception", request_id=request_state.get("request_id"), path=scope["path"],
                       error=type(exc).__name__, exc_info=exc)
@@ -133,8 +160,10 @@ class RouterEndpoints:
     async def _answer(self, scope: Scope, receive: Receive, send: Send, version: str,
                       request_state: dict[str, Any]) -> None:
         state: State = request_state["ivy"]
+        identity = await state.auth.identify(scope) if state.auth is not None else None
+        require_json(scope)
         body = parse(await read_body(receive))
-        caller = caller_from(scope, state)
+        caller = caller_from(scope, state, identity)
         flags = state.flags.current
         if version == "v1":
             flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
@@ -143,7 +172,7 @@ class RouterEndpoints:
                 state, caller, body.query, body.context, flags,
                 on_trace=lambda trace: _remember_trace(request_state, trace))
             request_state["intent"] = c.intent
-            response = StreamingResponse(events, media_type="text/event-stream",
+            response = StreamingResponse(state.drain.guard(events, request_state), media_type="text/event-stream",
                                          headers={**headers, "Cache-Control": "no-cache"})
             await response(scope, receive, send)
             return
@@ -187,6 +216,7 @@ class IvyAPI(FastAPI):
             spec = get_openapi(title=self.title, version=self.version, description=self.description,
                                routes=self.routes)
             add_router_endpoints(spec)
+            document_errors_truthfully(spec)
             self.openapi_schema = spec
         return self.openapi_schema
 
@@ -196,13 +226,56 @@ ROUTER_HEADERS = [
      "description": "The rep's user id: the rate-limit key (the client address when missing)."},
     {"name": "X-Org-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1024},
      "description": "The rep's org: the org-level rate limit."},
-    {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 128},
-     "description": "Correlation id; generated when missing, echoed back as a header."},
+    {"name": "X-Request-ID", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "Correlation id, echoed back as a header. Any value is accepted: one that is not 1-128 "
+                    "characters of `A-Z a-z 0-9 . _ : -` is replaced by a generated id (never refused)."},
 ]
 
-_ERROR_STATUSES = {"400": "Malformed JSON", "405": "Not a POST", "413": "Body over IVY_MAX_BODY_BYTES",
-                   "422": "A field is missing or invalid (the message names it)",
-                   "429": "Rate limited (Retry-After says when to come back)", "500": "Internal error"}
+_ERROR_STATUSES = {
+    "400": "Malformed JSON",
+    "401": "IVY_AUTH_MODE=jwt: no valid Bearer token (`error.code`: missing_token, invalid_token, expired_token, "
+           "token_not_yet_valid, invalid_issuer, invalid_audience, missing_claim); `WWW-Authenticate: Bearer`",
+    "403": "IVY_AUTH_MODE=jwt: X-User-ID or X-Org-ID names someone other than the token (identity_mismatch)",
+    "405": "Not a POST", "413": "Body over IVY_MAX_BODY_BYTES",
+    "415": "The body is not declared JSON (Content-Type application/json or application/*+json)",
+    "422": "A field is missing or invalid (the message names it)",
+    "429": "Rate limited (Retry-After says when to come back)", "500": "Internal error",
+    "503": "IVY_AUTH_MODE=jwt: the token's signing key could not be fetched (auth_unavailable); or the server "
+           "was restarting and the request was cut at its shutdown bound (shutting_down)",
+}
+
+SSE_DESCRIPTION = (
+    "Server-sent events (`text/event-stream`), each `event: <name>` then `data: <JSON>`: `meta` "
+    "({request_id, intent, modal_type}) first, `delta` ({text}) for each piece of the answer, then exactly one of "
+    "`done` (the whole answer: request_id, intent, provider, answer, citations, fallback, suggestions, latency_ms) "
+    "or `error` ({code, request_id, ...}: `provider_stream_interrupted` when the provider broke off after the "
+    "first piece, `shutting_down` when the server restarted mid-answer)."
+)
+def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"properties": {"event": {"const": name}, "data": {"contentMediaType": "application/json",
+                                                               "contentSchema": data}}}
+
+
+# Before OpenAPI 3.2's itemSchema, a text/event-stream `schema` describes each event (as parsed:
+# its `event` and `data` fields, `data` a JSON document).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "description": SSE_DESCRIPTION, "required": ["event", "data"],
+    "properties": {"event": {"type": "string", "enum": ["meta", "delta", "done", "error"]},
+                   "data": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}},
+    "oneOf": [
+        _event("meta", {"type": "object", "required": ["request_id", "intent"]}),
+        _event("delta", {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}),
+        _event("done", {"type": "object", "required": ["request_id", "intent", "provider", "answer"]}),
+        _event("error", {"type": "object", "required": ["code", "request_id"], "properties": {"code": {
+            "type": "string", "enum": ["provider_stream_interrupted", "shutting_down"]}}}),
+    ],
+}
+SSE_EXAMPLE = (
+    'event: meta\ndata: {"request_id":"5f0c...","intent":"conversational","modal_type":null}\n\n'
+    'event: delta\ndata: {"text":"Hello"}\n\n'
+    'event: done\ndata: {"request_id":"5f0c...","intent":"conversational","provider":"gemini","answer":"Hello",'
+    '"citations":[],"fallback":{"used":false,"reason":null,"failures":[]},"suggestions":[],"latency_ms":{}}\n\n'
+)
 
 
 def add_router_endpoints(spec: dict[str, Any]) -> None:
@@ -220,7 +293,7 @@ def add_router_endpoints(spec: dict[str, Any]) -> None:
     def operation(summary: str, answer: str, answer_description: str, streams: bool) -> dict[str, Any]:
         content: dict[str, Any] = {"application/json": ref(answer)}
         if streams:
-            content["text/event-stream"] = {"schema": {"type": "string"}}
+            content["text/event-stream"] = {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}
         responses: dict[str, Any] = {"200": {"description": answer_description, "content": content}}
         responses.update({code: {"description": text, "content": {"application/json": ref("ErrorResponse")}}
                           for code, text in _ERROR_STATUSES.items()})
@@ -236,3 +309,16 @@ def add_router_endpoints(spec: dict[str, Any]) -> None:
             "v1 contract (rollback target): never opens a modal, ignores v2 flags", "V1Response",
             "The answer in the v1 shape", False),
     })
+
+
+def document_errors_truthfully(spec: dict[str, Any]) -> None:
+    """Every 4xx/5xx FastAPI documents with its own HTTPValidationError shape is, in fact, the one
+    error shape (`ErrorResponse`, see errors.py)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[0] in "45":
+                    response["content"] = error
+    for unused in ("HTTPValidationError", "ValidationError"):
+        spec.get("components", {}).get("schemas", {}).pop(unused, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import __version__
@@ -73,6 +73,8 @@ async def router_health(state: IvyState) -> FastJSONResponse:
     })
 
 
-@router.get("/metrics", summary="Prometheus exposition")
+@router.get("/metrics", summary="Prometheus exposition", response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(state: IvyState) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

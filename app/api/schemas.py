@@ -7,23 +7,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 MAX_QUERY_CHARS = 8000
+# Blank means ASCII whitespace only, so that the code and the documented pattern (which every JSON
+# Schema regex engine reads alike) agree on every string.
+_BLANK = " \t\n\r\f\v"
+NOT_BLANK_PATTERN = r"[^ \t\n\r\f\v]"
 
 
 class RouterRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    query: str = Field(description="What the rep typed; 1..8000 characters after trimming.")
+    query: str = Field(
+        description=f"What the rep typed: 1..{MAX_QUERY_CHARS} characters, not blank (at least one character "
+                    "other than space, tab, CR, LF, FF, VT); surrounding whitespace is trimmed.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": NOT_BLANK_PATTERN},
+    )
     context: dict[str, Any] = Field(default_factory=dict, description="CRM context: lead, activities, emails.")
     stream: StrictBool = Field(default=False, description="Answer as server-sent events.")
 
     @field_validator("query", mode="after")
     @classmethod
     def _trim(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("query must not be empty")
         if len(value) > MAX_QUERY_CHARS:
             raise ValueError(f"query must be at most {MAX_QUERY_CHARS} characters")
+        value = value.strip(_BLANK)
+        if not value:
+            raise ValueError("query must not be empty or blank")
         return value
 
 

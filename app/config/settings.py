@@ -6,8 +6,11 @@ silently falls back to a default is worse than a service that says which variabl
 
 from __future__ import annotations
 
+import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +104,51 @@ class Settings(BaseSettings):
     # HTTP
     ivy_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    # --- Caller identity, slow clients and shutdown (README "Identity and shutdown") -----------
+    ivy_auth_mode: Literal["off", "jwt"] = "off"
+    ivy_jwt_secret: SecretStr | None = Field(default=None, min_length=32)  # HS256: RFC 7518 wants 256 bits
+    ivy_jwt_jwks_url: AnyHttpUrl | None = None  # RS256 / ES256 keys
+    ivy_jwt_issuer: str | None = None
+    ivy_jwt_audience: str | None = None
+    ivy_jwt_org_claim: str = Field(default="org_id", min_length=1, max_length=100)
+    ivy_jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # Who may still say who they are with X-User-ID in jwt mode; "none" (or empty in the environment): no one.
+    ivy_auth_trusted_cidrs: str = "127.0.0.0/8,::1"
+    ivy_shutdown_timeout_seconds: float = Field(default=3.0, ge=1, le=60)
+    ivy_header_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
+    ivy_body_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
+
+    @field_validator("ivy_jwt_secret", "ivy_jwt_jwks_url", "ivy_jwt_issuer", "ivy_jwt_audience", mode="before")
+    @classmethod
+    def _auth_empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("ivy_auth_trusted_cidrs", mode="after")
+    @classmethod
+    def _check_cidrs(cls, value: str) -> str:
+        trusted_networks(value)  # raises ValueError naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if os.environ.get("IVY_AUTH_TRUSTED_CIDRS", "unset").strip() == "":
+            self.ivy_auth_trusted_cidrs = "none"  # the one variable whose empty value is not "default"
+        if self.ivy_auth_mode == "jwt" and self.ivy_jwt_secret is None and self.ivy_jwt_jwks_url is None:
+            raise ValueError("IVY_AUTH_MODE=jwt needs IVY_JWT_SECRET (HS256) or IVY_JWT_JWKS_URL (RS256/ES256)")
+        return self
+
+    @property
+    def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return trusted_networks(self.ivy_auth_trusted_cidrs)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for redaction: provider keys, admin token, JWT secret, Redis password."""
+        values = [s.get_secret_value() for s in (self.gemini_api_key, self.openai_api_key, self.ivy_admin_token,
+                                                 self.ivy_jwt_secret) if s is not None]
+        if self.redis_url and (password := urlsplit(self.redis_url).password):
+            values.append(password)
+        return values
+
     @field_validator("ivy_log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -152,6 +200,21 @@ def _describe(error: dict[str, object]) -> str:
     hint = _ALLOWED.get(str(error.get("type")))
     shown = "" if isinstance(value, dict) else f"={value!r}"
     return f"{name}{shown}: {msg}" + (f" ({hint})" if hint else "")
+
+
+def trusted_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``"127.0.0.0/8,::1"`` -> networks; ``"none"`` or blank -> none. ValueError names a bad entry."""
+    if spec.strip().lower() in ("", "none"):
+        return ()
+    networks = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        try:
+            networks.append(ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not an IP address or network (e.g. 10.0.0.0/8, ::1)") from None
+    return tuple(networks)
 
 
 def load_settings() -> Settings:

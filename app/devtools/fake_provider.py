@@ -746,7 +746,9 @@ class FakeProviderServer:
                 401, message=f"Incorrect API key provided: {key}. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.",
             )
-        return self._gemini_error(400, message="API key not valid. Please pass a valid API key.", details=[
+        # Gemini does not echo the key; a gateway in front of it may, so this fake does (the worst case).
+        key = request.headers.get("x-goog-api-key", "")
+        return self._gemini_error(400, message=f"API key not valid: {key}. Please pass a valid API key.", details=[
             {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
              "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
         ])

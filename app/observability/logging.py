@@ -26,11 +26,13 @@ import orjson
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments
+
 LOGGER_NAME = "ivy"
 
 # Whatever a caller passes, these never reach a log line.
 _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|x-goog-api-key)", re.I)
-_SECRET_VALUES = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
+_SHAPE_MARKERS = ("sk-", "AIza", "Bearer")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,26 +41,54 @@ def _is_secret_key(key: str) -> bool:
     return _SECRET_KEYS.search(key) is not None
 
 
-def _redact_value(value: Any) -> Any:
+def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
     # Per request line this runs a dozen times on the event loop: the common cases (numbers,
-    # None, short strings without a key's prefix) return before any regex or recursion.
+    # None, short strings) return before any regex or recursion. No secret is under 8 characters.
     if isinstance(value, str):
-        if "sk-" in value or "AIza" in value or "Bearer" in value:
-            return _SECRET_VALUES.sub("[REDACTED]", value)
-        return value
+        if len(value) < FRAGMENT or (not has_secrets() and not any(m in value for m in _SHAPE_MARKERS)):
+            return value
+        return scrub(value)
     if value is None or isinstance(value, int | float):
         return value
     if isinstance(value, Mapping):
-        return {k: "[REDACTED]" if _is_secret_key(str(k)) else _redact_value(v) for k, v in value.items()}
+        return {k: "[REDACTED]" if _is_secret_key(str(k)) else _redact_value(v, scrub) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact_value(v) for v in value]
+        return [_redact_value(v, scrub) for v in value]
     return value
 
 
-def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_secrets(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Every configured secret out of every value; on WARNING and ERROR lines (error texts, tracebacks)
+    also any 8+ character run of one, in case something upstream cut or masked it."""
+    scrub = redact_fragments if _LEVELS.get(method, 20) >= 30 else redact
     for key, value in event_dict.items():  # values replaced in place: no key is added or removed
-        event_dict[key] = "[REDACTED]" if _is_secret_key(key) else _redact_value(value)
+        event_dict[key] = "[REDACTED]" if _is_secret_key(key) else _redact_value(value, scrub)
     return event_dict
+
+
+class _RedactingFilter(logging.Filter):
+    """For the stdlib loggers we do not format (uvicorn's, asyncio's): the rendered message and
+    traceback, with every secret removed, replace the record's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = redact_fragments(message), ()
+        return True
+
+
+_REDACTING_FILTER = _RedactingFilter()
+
+
+def _filter_stdlib_handlers() -> None:
+    handlers = [logging.lastResort] if logging.lastResort is not None else []
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access", "asyncio"):
+        handlers.extend(logging.getLogger(name).handlers)
+    for handler in handlers:
+        if _REDACTING_FILTER not in handler.filters:
+            handler.addFilter(_REDACTING_FILTER)
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -199,6 +229,7 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
     _sink.queue, _sink.writer, _sink.level = lines, writer, logging.getLevelName(level)
     # Our JSON `request` line carries everything uvicorn's access line does, and more.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    _filter_stdlib_handlers()
 
     structlog.configure(
         processors=[

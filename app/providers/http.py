@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from app.observability.redaction import REDACTED, redact_fragments
 from app.providers.base import (
     ProviderAuthError,
     ProviderBadRequest,
@@ -30,15 +30,18 @@ from app.providers.base import (
 STREAM_IDLE_SECONDS = 10.0
 STREAM_MAX_SECONDS = 120.0
 
-_KEY_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]+)")
 MAX_MESSAGE = 300
+# How much of an error body is read for its message: redaction runs on this whole text, before
+# the message is cut to MAX_MESSAGE (a key cut first no longer matches itself).
+MAX_ERROR_TEXT = 4096
 
 
 def scrub(text: str, secret: str) -> str:
-    """Remove the API key (and anything shaped like a key) from text bound for an exception."""
+    """Remove the API key, every configured secret (whole or any 8+ character run of it) and
+    anything shaped like a key from text bound for an exception. Call it before any truncation."""
     if secret:
-        text = text.replace(secret, "[REDACTED]")
-    return _KEY_PATTERNS.sub("[REDACTED]", text)
+        text = text.replace(secret, REDACTED)
+    return redact_fragments(text)
 
 
 def parse_retry_after(headers: Mapping[str, str], error: Any = None) -> float | None:
@@ -95,8 +98,8 @@ def error_for_status(
         if isinstance(tag, str) and tag:
             detail = f"{tag}: {detail}"
     else:
-        detail = raw[:MAX_MESSAGE].decode("utf-8", errors="replace").strip() or "(empty body)"
-    message = scrub(f"HTTP {status}: {detail[:MAX_MESSAGE]}", secret)
+        detail = raw[:MAX_ERROR_TEXT].decode("utf-8", errors="replace").strip() or "(empty body)"
+    message = scrub(f"HTTP {status}: {detail[:MAX_ERROR_TEXT]}", secret)[:MAX_MESSAGE]
 
     if status == 429:
         return ProviderRateLimited(provider, message, parse_retry_after(headers, error))
@@ -127,7 +130,7 @@ def error_in_stream(provider: str, payload: dict[str, Any], secret: str) -> Prov
 def transport_error(provider: str, exc: BaseException, seconds: float, secret: str) -> ProviderError:
     """Map an aiohttp / asyncio failure. Timeouts first: aiohttp's timeouts are also ClientErrors."""
     if isinstance(exc, TimeoutError):
-        return ProviderTimeout(provider, f"no complete answer within {seconds:g}s")
+        return ProviderTimeout(provider, f"no complete answer within {seconds:.2f}s")
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", secret)[:MAX_MESSAGE])
 
 
@@ -179,6 +182,7 @@ async def stream_sse(
     stream ended properly is the caller's business (it knows the sentinel, if any).
     """
     limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS, sock_read=idle_seconds)
+    started, flowing = time.monotonic(), False
     try:
         async with asyncio.timeout(seconds) as first_bytes, session.post(
             url, data=orjson.dumps(body), headers=dict(headers), timeout=limits
@@ -192,6 +196,7 @@ async def stream_sse(
             data: list[str] = []
             async for piece in resp.content.iter_any():
                 first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
+                flowing = True
                 buffer += piece
                 while (newline := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:newline]).rstrip(b"\r")
@@ -210,6 +215,12 @@ async def stream_sse(
     except ProviderError:
         raise
     except (TimeoutError, aiohttp.ClientError) as exc:
+        if flowing and isinstance(exc, TimeoutError):  # the answer had started: a stall
+            elapsed = time.monotonic() - started
+            limit = f"no data for {idle_seconds:g}s"
+            if elapsed >= STREAM_MAX_SECONDS:
+                limit = f"{STREAM_MAX_SECONDS:g}s in all"
+            raise ProviderTimeout(provider, f"stream stalled mid-answer: {limit} (cut after {elapsed:.1f}s)") from exc
         raise transport_error(provider, exc, seconds, secret) from exc
 
 

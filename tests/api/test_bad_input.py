@@ -50,8 +50,14 @@ def test_a_json_array_body_is_a_422(client: TestClient) -> None:
     assert_error(client.post(V2, json=["query"], headers=H), 422, "validation_error")
 
 
-def test_query_is_trimmed_and_8000_chars_is_accepted(client: TestClient) -> None:
-    assert client.post(V2, json={"query": "  " + "a" * 8000 + "  "}, headers=H).status_code == 200
+def test_query_of_8000_chars_is_accepted_and_trimmed_and_the_documented_limits_hold(client: TestClient) -> None:
+    assert client.post(V2, json={"query": "  " + "a" * 7996 + "  "}, headers=H).status_code == 200
+    assert client.post(V2, json={"query": "  " + "a" * 7997 + "  "}, headers=H).status_code == 422  # 8001 as sent
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RouterRequest"]["properties"]["query"]
+    assert (schema["minLength"], schema["maxLength"]) == (1, 8000)
+    import re
+    assert re.search(schema["pattern"], " \t\n ") is None and re.search(schema["pattern"], "\u00a0")
+    assert client.post(V2, json={"query": "\u00a0"}, headers=H).status_code == 200  # not blank by the pattern
 
 
 def test_body_over_the_size_limit_is_a_413(client: TestClient) -> None:
@@ -141,7 +147,8 @@ def test_a_client_gone_before_its_body_arrives_gets_no_answer_and_is_logged_as_4
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": V2, "raw_path": V2.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"x-request-id", b"req-gone"), (b"x-user-id", b"rep-gone")],
+             "headers": [(b"x-request-id", b"req-gone"), (b"x-user-id", b"rep-gone"),
+                         (b"content-type", b"application/json")],
              "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "state": dict(client.app_state)}
     assert client.portal is not None
     client.portal.call(client.app, scope, receive, send)
@@ -151,9 +158,20 @@ def test_a_client_gone_before_its_body_arrives_gets_no_answer_and_is_logged_as_4
     assert line["status"] == 499 and line["level"] == "INFO"
 
 
-def test_a_json_body_without_a_content_type_is_still_read_as_json(client: TestClient) -> None:
-    # curl -d sends application/x-www-form-urlencoded unless told otherwise; the body is still JSON.
-    r = client.post(V2, content=b'{"query": "hello"}', headers={"X-User-ID": "rep-curl",
-                                                                 "Content-Type": "application/x-www-form-urlencoded"})
+@pytest.mark.parametrize("content_type", [
+    "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml", None])
+@pytest.mark.parametrize("path", [V2, "/ai/router/"])
+def test_a_body_not_declared_json_is_a_415_in_the_one_error_shape(
+        client: TestClient, path: str, content_type: str | None) -> None:
+    # A cross-site form (or a text/plain fetch) can post without a preflight: it is never served.
+    headers = {"X-User-ID": "rep-form"} | ({"Content-Type": content_type} if content_type else {})
+    r = client.post(path, content=b'{"query": "hello"}', headers=headers)
+    err = assert_error(r, 415, "unsupported_media_type")
+    assert "application/json" in err["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "APPLICATION/JSON",
+                                          "application/vnd.ivy.router+json"])
+def test_json_and_plus_json_media_types_are_served(client: TestClient, content_type: str) -> None:
+    r = client.post(V2, content=b'{"query": "hello"}', headers={"X-User-ID": "rep-json", "Content-Type": content_type})
     assert r.status_code == 200, r.text
-    assert r.json()["intent"] == "conversational"

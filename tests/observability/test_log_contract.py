@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import LEAD, read_log
@@ -138,3 +139,17 @@ def test_redaction_reaches_nested_keys_and_key_shaped_values_and_leaves_the_rest
     assert {k: out[k] for k in ("status", "latency_ms", "org_id", "used", "user_id")} == {
         "status": 200, "latency_ms": 1.5, "org_id": None, "used": True, "user_id": "rep-sk"}
     assert key not in repr(out)
+
+
+@pytest.mark.parametrize("raw", [b"rep\x85x", "rep\u2028x".encode(), b"rep\x1bx", b"rep\x7fx"])
+def test_identity_values_reach_the_log_line_printable_with_line_breaks_and_controls_escaped(
+        client: TestClient, log_file: Path, raw: bytes) -> None:
+    r = client.post("/ai/router/v2", json={"query": "hi"}, headers=[
+        (b"x-user-id", raw), (b"x-org-id", raw), (b"x-request-id", b"req-printable")])
+    assert r.status_code == 200
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-printable" for x in ls))
+    line = next(x for x in lines if x.get("request_id") == "req-printable")
+    assert line["user_id"].isprintable() and line["org_id"].isprintable()
+    assert line["user_id"].startswith("rep") and "\\x" in line["user_id"] and line["user_id"].endswith("x")
+    text = log_file.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == len(text.split("\n")) - 1  # no Unicode line break inside a line

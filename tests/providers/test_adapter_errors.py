@@ -232,3 +232,25 @@ def test_retry_after_is_read_from_headers_or_google_retry_info(
 def test_retry_after_http_date_becomes_seconds_from_now() -> None:
     seconds = parse_retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)})
     assert seconds is not None and 28 <= seconds <= 30
+
+
+async def test_a_stream_stalled_mid_answer_says_so_with_the_idle_timeout_and_the_time_it_really_took(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    fake.set_fault("stream_stall", after=2)
+    started = time.monotonic()
+    pieces, exc = await collect(provider, make_request("one two three four five"), SHORT)
+    took = time.monotonic() - started
+    assert pieces == ["Fake ", "answer "] and type(exc) is ProviderTimeout
+    assert exc is not None and "no complete answer within" not in exc.message
+    assert "stream stalled mid-answer: no data for 0.5s" in exc.message
+    reported = float(exc.message.rsplit("cut after ", 1)[1].removesuffix("s)"))
+    assert abs(reported - took) < 0.2 and reported > SHORT  # the real time, not the first-bytes deadline
+
+
+async def test_a_first_bytes_timeout_names_the_deadline_rounded(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    fake.set_fault("latency", ms=1500)
+    _, exc = await collect(provider, make_request("a b c"), 0.4 - 1e-6)
+    assert exc is not None and exc.message == "no complete answer within 0.40s"

@@ -225,3 +225,18 @@ def test_stream_cut_mid_way_ends_with_an_error_event(app_with_providers, fake_pr
     assert events[-1][0] == "error"
     assert events[-1][1]["code"] == "provider_stream_interrupted" and events[-1][1]["provider"] == "gemini"
     assert "done" not in [name for name, _ in events]
+
+
+def test_a_stream_cut_mid_answer_is_logged_as_its_own_outcome_not_a_plain_200(
+        app_with_providers, fake_provider: FakeProviderThread, log_file) -> None:
+    fake_provider.set_fault("stream_cut", provider="gemini", after=2)
+    client = app_with_providers()
+    r = client.post(V2, json={"query": "hello there", "stream": True},
+                    headers={"X-User-ID": "r", "X-Request-ID": "req-cut"})
+    assert _events(r.text)[-1][0] == "error"
+    lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-cut" for x in ls))
+    line = next(x for x in lines if x.get("event") == "request" and x.get("request_id") == "req-cut")
+    assert line["outcome"] == "stream_interrupted" and line["level"] == "WARNING"
+    interrupted = next(x for x in lines if x.get("event") == "stream_interrupted")
+    assert interrupted["error"]  # the provider's own account of the failure
+    assert 'ivy_request_errors_total{code="stream_interrupted"} 1.0' in client.get("/metrics").text

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import jwt
 
 from tests.support import uvicorn_server
 
@@ -52,3 +53,31 @@ def test_two_workers_share_the_bucket(redis_url: str, tmp_path: Path) -> None:
         codes, _ = asyncio.run(_fire([base], 80))
     assert "rate_limiter_unavailable" not in log.read_text(), log.read_text()
     assert codes.count(200) == CAPACITY
+
+
+def test_with_jwt_two_workers_hold_the_verified_users_limit_and_answer_no_one_without_a_valid_token(
+        redis_url: str, tmp_path: Path) -> None:
+    secret = "fleet-secret-of-at-least-32-characters-long"
+    valid = jwt.encode({"sub": "fleet-rep", "org_id": "fleet-org", "exp": int(time.time()) + 600}, secret,
+                       algorithm="HS256")
+    forged = jwt.encode({"sub": "fleet-rep", "exp": int(time.time()) + 600}, "x" * 40, algorithm="HS256")
+    env = {**_env(redis_url, tmp_path / "fleet.log"), "IVY_AUTH_MODE": "jwt", "IVY_JWT_SECRET": secret,
+           "IVY_AUTH_TRUSTED_CIDRS": "none"}  # the test client is on loopback: trust it no more than anyone
+
+    async def fire(base: str, headers: list[dict[str, str]]) -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            async def one(h: dict[str, str]) -> int:
+                async with session.post(base + "/ai/router/v2", json={"query": "hi"}, headers=h) as r:
+                    await r.read()
+                    return r.status
+            return list(await asyncio.gather(*(one(h) for h in headers)))
+
+    with uvicorn_server(env, workers=2) as base:
+        anonymous = asyncio.run(fire(base, [{"X-User-ID": f"u-{i}", "X-Org-ID": f"o-{i}"} for i in range(20)]
+                                     + [{"Authorization": f"Bearer {forged}"}] * 10))
+        rotating = asyncio.run(fire(base, [{"Authorization": f"Bearer {valid}", "X-User-ID": f"u-{i}"}
+                                           for i in range(20)]))
+        verified = asyncio.run(fire(base, [{"Authorization": f"Bearer {valid}"}] * 60))
+    assert anonymous == [401] * 30
+    assert rotating == [403] * 20
+    assert verified.count(200) == CAPACITY and verified.count(429) == 60 - CAPACITY
