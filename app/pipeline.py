@@ -12,9 +12,8 @@ from typing import Any
 
 import orjson
 
-from app.api.errors import RateLimited
-from app.api.schemas import Citation, Fallback, IntentInfo, Modal, RouterResponse
 from app.config.runtime_flags import Flags
+from app.domain import Caller, Citation, Fallback, IntentInfo, Modal, Outcome, RateLimitExceeded, RouterResponse
 from app.intent.classifier import Classification, classify, lead_has_insights
 from app.observability.logging import get_logger
 from app.providers import prompts
@@ -23,27 +22,9 @@ from app.providers.chain import ChainResult, LinkFailure, Trace
 from app.resilience.ratelimit import Decision, retry_after_header
 from app.retrieval.retriever import retrieve
 from app.state import State
-from app.tools.email import _make_email_json_fallback, parse_email
+from app.tools.email import make_email_json_fallback, parse_email
 
 log = get_logger()
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    request_id: str
-    user_key: str  # normalised rate-limit key (user id, or the client address if X-User-ID is missing)
-    org_key: str | None
-    user_id: str | None  # as sent, for logs
-    org_id: str | None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the route needs to render, log and measure one answered request."""
-
-    response: RouterResponse
-    rate_headers: dict[str, str]
-    trace: Trace
 
 
 @dataclass(slots=True)
@@ -75,7 +56,7 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
 
 
 async def admit(state: State, caller: Caller) -> dict[str, str]:
-    """Take a token for this caller or raise RateLimited; returns the rate-limit headers."""
+    """Take a token for this caller or raise RateLimitExceeded; returns the rate-limit headers."""
     started = time.perf_counter()
     backend = state.limiter.backend
     try:
@@ -94,11 +75,8 @@ async def admit(state: State, caller: Caller) -> dict[str, str]:
         return headers
     retry = retry_after_header(decision.retry_after)
     state.metrics.rate_limited.labels(decision.bucket or "user").inc()
-    raise RateLimited(
-        f"rate limit exceeded for {decision.bucket}; retry in {retry}s",
-        headers={**headers, "Retry-After": retry},
-        bucket=decision.bucket, retry_after=int(retry),
-    )
+    raise RateLimitExceeded(f"rate limit exceeded for {decision.bucket}; retry in {retry}s",
+                            bucket=decision.bucket, retry_after=int(retry), fields=headers)
 
 
 def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
@@ -115,8 +93,8 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
                     error=health.last_error, failures_so_far=health.failures)
     if fail_open:
         return {}
-    raise RateLimited("rate limiter unavailable; failing closed", headers={"Retry-After": "1"},
-                      bucket="unavailable", retry_after=1)
+    raise RateLimitExceeded("rate limiter unavailable; failing closed", bucket="unavailable", retry_after=1,
+                            fields={})
 
 
 # --- stages 2-5 ----------------------------------------------------------------------------------
@@ -225,11 +203,11 @@ def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
 def _email_payload(result: ChainResult, request: GenerationRequest) -> tuple[dict[str, Any], str | None]:
     """Validate the model's JSON, repair it, or fall back to the deterministic draft."""
     if result.generation.provider == "local":
-        return _make_email_json_fallback(request.lead, request.query), "provider_unavailable"
+        return make_email_json_fallback(request.lead, request.query), "provider_unavailable"
     draft, outcome = parse_email(result.generation.text)
     if draft is None:
         log.warning("email_json_fallback", reason=outcome, model_provider=result.generation.provider)
-        return _make_email_json_fallback(request.lead, request.query), outcome
+        return make_email_json_fallback(request.lead, request.query), outcome
     payload = draft.model_dump()
     if not payload["to"]:
         payload["to"] = str(request.lead.get("email") or "")

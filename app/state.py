@@ -1,23 +1,33 @@
-"""The app's typed State: every client and shared object, created in the lifespan and closed there."""
+"""The core's typed State: every client and shared object a request needs, opened once at start
+(`running_state`, from the builders next to what they build) and closed at stop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 
-from app.api.auth import Authenticator
-from app.api.serving import Drain
+from app import __version__
 from app.config import Settings
 from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
-from app.observability.metrics import Metrics
+from app.observability.logging import get_logger
+from app.observability.metrics import Metrics, clean_dead_process_files, multiproc_dir
+from app.observability.slo import latency_summaries
 from app.providers.chain import ProviderChain
+from app.providers.wiring import build_chain
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.ratelimit import RateLimiter
+from app.resilience.wiring import build_limiter, build_redis, warm_limiter
 from app.retrieval.retriever import KnowledgeBase
+
+log = get_logger()
 
 
 @dataclass(slots=True)
@@ -70,5 +80,47 @@ class State:
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))
-    auth: Authenticator | None = None  # None: IVY_AUTH_MODE=off (nothing to do per request)
-    drain: Drain = field(default_factory=Drain)
+
+
+@contextlib.asynccontextmanager
+async def running_state(settings: Settings) -> AsyncIterator[State]:
+    """Open every client into a State, run its background loops, and close it all on exit."""
+    if (folder := multiproc_dir()) is not None:
+        clean_dead_process_files(folder)
+    metrics = Metrics(eval_reports_dir=settings.ivy_eval_reports_dir)
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300, enable_cleanup_closed=True),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+    )
+    redis = build_redis(settings)
+    chain, breakers = build_chain(settings, http, metrics, redis)
+    state = State(
+        settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
+        limiter=build_limiter(settings, redis), chain=chain, breakers=breakers,
+        kb=KnowledgeBase.from_folder(settings.ivy_knowledge_dir), http=http, flags=RuntimeFlags(settings, redis),
+    )
+    log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
+             model_provider=chain.names[0], limiter_backend=state.limiter.backend,
+             modal_heuristics=settings.ivy_modal_heuristics, organic=settings.ivy_organic_enabled,
+             rate_limit_per_min=settings.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections),
+             gc_gen0_threshold=settings.ivy_gc_gen0_threshold, auth_mode=settings.ivy_auth_mode)
+    await warm_limiter(state.limiter, metrics, fail_open=settings.ai_rate_limit_fail_open)
+    tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds))]
+    if redis is not None:
+        with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
+            await state.flags.refresh()
+        tasks.append(asyncio.create_task(state.flags.poll()))
+    try:
+        yield state
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await chain.aclose()
+        await http.close()
+        await state.limiter.aclose()
+        if redis is not None:
+            await redis.aclose()
+        metrics.close()
+        log.info("router_stopped", uptime_seconds=round(time.time() - state.started_at, 1))

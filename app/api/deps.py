@@ -10,10 +10,11 @@ from fastapi import Depends, Request
 from starlette.types import Scope
 
 from app.api.auth import Identity, check_headers_agree
+from app.api.context import context_of
 from app.api.errors import ValidationFailed
+from app.domain import Caller
 from app.observability.logging import get_logger
 from app.observability.redaction import printable
-from app.pipeline import Caller
 from app.resilience.ratelimit import normalise_id
 from app.state import State
 
@@ -56,8 +57,8 @@ def caller_from(scope: Scope, state: State, identity: Identity | None = None) ->
     """Who is asking: the verified identity when there is one (X-User-ID / X-Org-ID must then agree
     with it, or 403), else the rate-limit keys from X-User-ID / X-Org-ID (or the client address).
 
-    Records user_id and org_id (non-printable characters escaped) in the scope's state for the
-    request's log line."""
+    Records user_id and org_id (non-printable characters escaped) on the request's context for its
+    log line."""
     x_user_id, x_org_id = _identity_headers(scope)
     if identity is not None:
         check_headers_agree(identity, x_user_id, x_org_id)
@@ -72,7 +73,6 @@ def caller_from(scope: Scope, state: State, identity: Identity | None = None) ->
         if state.missing_user_warned.should_warn(user_key, time.monotonic()):
             log.warning("missing_user_id", client=client, path=scope["path"],
                         message="X-User-ID not set: rate limiting by client address")
-    request_state = scope["state"]
-    request_state["user_id"] = user_id
-    request_state["org_id"] = org_id
-    return Caller(request_state["request_id"], user_key, org_key, user_id, org_id)
+    ctx = context_of(scope)
+    ctx.user_id, ctx.org_id = user_id, org_id
+    return Caller(ctx.request_id, user_key, org_key, user_id, org_id)

@@ -1,6 +1,16 @@
-"""One error base class that carries its HTTP status; one handler renders every error the same way.
+"""HTTP errors: one base class that carries its status; one function renders every error.
 
-Every error response is ``{"error": {"code", "message", "request_id", ...}}``.
+Every error response is ``{"error": {"code", "message", "request_id", ...}}``, made by `render`,
+whether it comes from the router endpoints (plain ASGI), the middleware (413) or a FastAPI
+route (the handlers below). The core raises `app.domain.DomainError`s, which know no status
+code; `as_ivy_error` maps them (and anything else) to this tree::
+
+    IvyError (500 internal_error)
+    ├── BadRequest (400) ── InvalidJSON
+    ├── Unauthorized (401), NotFound (404), MethodNotAllowed (405), PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415), ValidationFailed (422), RateLimited (429) <- RateLimitExceeded
+    ├── ShuttingDown (503)
+    └── auth errors (app/api/auth.py: 401 / 403 / 503)
 """
 
 from __future__ import annotations
@@ -8,11 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
-from app.api.responses import FastJSONResponse
+from app.api.context import CTX, RequestContext
+from app.domain import DomainError, RateLimitExceeded
 from app.observability.logging import get_logger
 
 log = get_logger()
@@ -78,8 +91,25 @@ class MethodNotAllowed(IvyError):
     code = "method_not_allowed"
 
 
-def _request_id(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request_id when reporting"
+
+
+def as_ivy_error(exc: BaseException) -> IvyError:
+    """Any exception as a member of the HTTP tree (a domain error gets its status here)."""
+    if isinstance(exc, IvyError):
+        return exc
+    if isinstance(exc, RateLimitExceeded):
+        return RateLimited(exc.message, headers={**exc.fields, "Retry-After": str(exc.retry_after)},
+                           **exc.details)
+    if isinstance(exc, DomainError):
+        error = BadRequest(exc.message, **exc.details)
+        error.code = exc.code
+        return error
+    if isinstance(exc, RequestValidationError):
+        return from_validation_errors(exc.errors())
+    if isinstance(exc, StarletteHTTPException):
+        return from_http_exception(exc)
+    return IvyError(INTERNAL_ERROR_MESSAGE)
 
 
 def error_payload(exc: IvyError, request_id: str | None) -> dict[str, Any]:
@@ -89,10 +119,23 @@ def error_payload(exc: IvyError, request_id: str | None) -> dict[str, Any]:
     return {"error": body}
 
 
-def error_response(request: Request, exc: IvyError) -> FastJSONResponse:
-    request.state.error_code = exc.code
-    return FastJSONResponse(error_payload(exc, _request_id(request)), status_code=exc.status_code,
-                            headers=exc.headers)
+def render(exc: BaseException, ctx: RequestContext | None) -> tuple[IvyError, bytes]:
+    """The one place an error becomes a response body; records it on the request's context."""
+    error = as_ivy_error(exc)
+    if ctx is not None:
+        ctx.error_code = error.code
+        bucket, retry = error.details.get("bucket"), error.details.get("retry_after")
+        ctx.bucket = bucket if isinstance(bucket, str) else ctx.bucket
+        ctx.retry_after = retry if isinstance(retry, int) else ctx.retry_after
+    if error.status_code >= 500 and error.message != INTERNAL_ERROR_MESSAGE:
+        log.error("request_failed", code=error.code, message=error.message,
+                  request_id=ctx.request_id if ctx else None)
+    return error, orjson.dumps(error_payload(error, ctx.request_id if ctx else None))
+
+
+def error_response(request: Request, exc: BaseException) -> Response:
+    error, body = render(exc, getattr(request.state, CTX, None))
+    return Response(body, status_code=error.status_code, headers=error.headers, media_type="application/json")
 
 
 def from_validation_errors(errors: Sequence[Any]) -> IvyError:
@@ -121,33 +164,18 @@ def allowed_methods(request: Request) -> str | None:
     return ", ".join(sorted(m.upper() for m in operations)) if operations else None
 
 
-INTERNAL_ERROR_MESSAGE = "internal error; quote the request_id when reporting"
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_ivy_error(request: Request, exc: Exception) -> FastJSONResponse:
-        assert isinstance(exc, IvyError)
-        if exc.status_code >= 500:
-            log.error("request_failed", code=exc.code, message=exc.message, request_id=_request_id(request))
-        return error_response(request, exc)
+    """FastAPI's routes raise; this one handler renders (the router endpoints call `render` directly)."""
 
-    async def on_validation(request: Request, exc: Exception) -> FastJSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(request, from_validation_errors(exc.errors()))
-
-    async def on_http(request: Request, exc: Exception) -> FastJSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        error = from_http_exception(exc)
-        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, IvyError | DomainError | RequestValidationError | StarletteHTTPException):
+            ctx = getattr(request.state, CTX, None)
+            log.error("unhandled_exception", request_id=ctx.request_id if ctx else None, path=request.url.path,
+                      error=type(exc).__name__, exc_info=exc)
+        error = as_ivy_error(exc)
+        if error.status_code == 405 and (allowed := allowed_methods(request)):
             error.headers["Allow"] = allowed  # the router names one route's methods; RFC 9110 wants them all
         return error_response(request, error)
 
-    async def on_unexpected(request: Request, exc: Exception) -> FastJSONResponse:
-        log.error("unhandled_exception", request_id=_request_id(request), path=request.url.path,
-                  error=type(exc).__name__, exc_info=exc)
-        return error_response(request, IvyError(INTERNAL_ERROR_MESSAGE))
-
-    app.add_exception_handler(IvyError, on_ivy_error)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+    for kind in (IvyError, DomainError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, on_error)

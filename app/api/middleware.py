@@ -11,12 +11,13 @@ import re
 import time
 from typing import Any
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import PayloadTooLarge, error_payload
-from app.api.router_endpoints import ENDPOINTS, send_json
+from app.api.context import CTX, RequestContext
+from app.api.errors import PayloadTooLarge, render
+from app.api.responses import send_json
+from app.api.router_endpoints import ENDPOINTS
 from app.observability.logging import get_logger
 from app.state import State
 
@@ -47,7 +48,7 @@ class RequestContextMiddleware:
         supplied = _header(scope, b"x-request-id")
         # 128 random bits as hex, like uuid4().hex without building a UUID object (measurably cheaper).
         request_id = supplied if supplied and _REQUEST_ID.match(supplied) else os.urandom(16).hex()
-        state_dict["request_id"] = request_id
+        ctx = state_dict[CTX] = RequestContext(request_id)
         ivy: State | None = state_dict.get("ivy")
         path = scope["path"]
         is_router = path in ROUTER_PATHS
@@ -59,7 +60,7 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 if is_router:
-                    overhead = state_dict.get("overhead_ms")
+                    overhead = ctx.overhead_ms
                     if overhead is not None:
                         headers.append((b"x-ivy-overhead-ms", f"{overhead:.3f}".encode()))
                 message["headers"] = headers
@@ -67,8 +68,8 @@ class RequestContextMiddleware:
 
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await self._reject_too_large(scope, send_with_id, request_id)
-            self._finish(ivy, scope, state_dict, status_holder[0], started, is_router)
+            await self._reject_too_large(send_with_id, ctx)
+            self._finish(ivy, scope, ctx, status_holder[0], started, is_router)
             return
 
         received = 0
@@ -91,30 +92,22 @@ class RequestContextMiddleware:
             if ivy is not None and is_router:
                 ivy.metrics.in_flight.dec()
             # 499 (nginx's "client closed request"): not our error, so not a 5xx for the alerts.
-            status = 499 if state_dict.get("client_gone") else status_holder[0]
-            self._finish(ivy, scope, state_dict, status, started, is_router)
+            status = 499 if ctx.client_gone else status_holder[0]
+            self._finish(ivy, scope, ctx, status, started, is_router)
 
-    async def _reject_too_large(self, scope: Scope, send: Send, request_id: str) -> None:
-        exc = PayloadTooLarge(f"request body over {self.max_body} bytes")
-        await send_json(send, exc.status_code, orjson.dumps(error_payload(exc, request_id)), exc.headers)
+    async def _reject_too_large(self, send: Send, ctx: RequestContext) -> None:
+        error, body = render(PayloadTooLarge(f"request body over {self.max_body} bytes"), ctx)
+        await send_json(send, error.status_code, body, error.headers)
 
-    def _finish(self, ivy: State | None, scope: Scope, st: dict[str, Any], status: int, started: float,
+    def _finish(self, ivy: State | None, scope: Scope, ctx: RequestContext, status: int, started: float,
                 is_router: bool) -> None:
         if scope["path"] == "/metrics":
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        intent = st.get("intent") or "none"
-        provider = st.get("provider") or "none"
-        fields: dict[str, Any] = {
-            "request_id": st["request_id"], "method": scope["method"], "path": scope["path"], "status": status,
-            "latency_ms": round(latency_ms, 2), "user_id": st.get("user_id"), "org_id": st.get("org_id"),
-            "intent": intent, "model_provider": provider,
-        }
-        for key in ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage",
-                    "bucket", "error_code", "retry_after", "outcome"):
-            if st.get(key) is not None:
-                fields[key] = st[key]
-        outcome = st.get("outcome")  # a stream that began as a 200 and ended with `event: error`
+        fields: dict[str, Any] = {"request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
+                                  "status": status, "latency_ms": round(latency_ms, 2), **ctx.log_fields()}
+        intent, provider = fields["intent"], fields["model_provider"]
+        outcome = ctx.outcome  # a stream that began as a 200 and ended with `event: error`
         if status == 429:
             log.warning("rate_limited", **fields)
         elif status >= 500:
@@ -131,4 +124,4 @@ class RequestContextMiddleware:
             return
         ivy.metrics.request_latency.labels(endpoint, intent, provider).observe(latency_ms / 1000)
         if status >= 400 or outcome is not None:
-            ivy.metrics.errors.labels(str(outcome or st.get("error_code") or status)).inc()
+            ivy.metrics.errors.labels(str(outcome or ctx.error_code or status)).inc()

@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+# The answer's models are the core's (the pipeline builds them); the API documents and sends them.
+from app.domain import Citation, Fallback, IntentInfo, Modal, RouterResponse
+
+__all__ = ["Citation", "ErrorResponse", "Fallback", "IntentInfo", "Modal", "RouterRequest", "RouterResponse",
+           "V1Response"]
+
 MAX_QUERY_CHARS = 8000
 # Blank means ASCII whitespace only, so that the code and the documented pattern (which every JSON
 # Schema regex engine reads alike) agree on every string.
@@ -34,40 +40,6 @@ class RouterRequest(BaseModel):
             raise ValueError("query must not be empty or blank")
         return value
 
-
-class Modal(BaseModel):
-    type: Literal["email_composer", "lead_insights"]
-    payload: dict[str, Any]
-
-
-class Citation(BaseModel):
-    source: str = Field(description="A lead field (lead.budget), a context item (emails[0]) or a doc section.")
-    snippet: str
-
-
-class Fallback(BaseModel):
-    used: bool
-    reason: str | None = None
-    failures: list[str] = Field(default_factory=list, description="provider:reason for each link that failed.")
-
-
-class IntentInfo(BaseModel):
-    confidence: float
-    reasons: list[str]
-
-
-class RouterResponse(BaseModel):
-    request_id: str
-    intent: Literal["conversational", "rag", "modal"]
-    provider: Literal["gemini", "openai", "local"]
-    model: str
-    answer: str
-    modal: Modal | None = None
-    citations: list[Citation] = Field(default_factory=list)
-    fallback: Fallback
-    intent_detail: IntentInfo
-    suggestions: list[str] = Field(default_factory=list, description="Organic follow-ups (IVY_ORGANIC_ENABLED).")
-    latency_ms: dict[str, float] = Field(description="total and per stage")
 
 
 class V1Response(BaseModel):

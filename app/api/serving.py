@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 
+from app.api.context import RequestContext
+from app.config import Settings
 from app.observability.logging import get_logger
 
 log = get_logger()
@@ -86,7 +88,7 @@ class Drain:
             with contextlib.suppress(RuntimeError):  # already expired or exited
                 wait.reschedule(now)
 
-    async def guard(self, events: AsyncIterator[bytes], request_state: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def guard(self, events: AsyncIterator[bytes], ctx: RequestContext) -> AsyncIterator[bytes]:
         """``events`` as they come, ended with ``event: error`` (``shutting_down``) when the drain cuts.
 
         Records the stream's outcome for the request's log line: ``stream_interrupted`` when the
@@ -105,17 +107,17 @@ class Drain:
             except TimeoutError:
                 if not self.cutting:
                     raise
-                request_state["outcome"] = "shutting_down"
+                ctx.outcome = "shutting_down"
                 with contextlib.suppress(Exception):
                     await iterator.aclose()  # type: ignore[attr-defined]
                 yield b"event: error\ndata: " + orjson.dumps({
                     "code": "shutting_down", "message": "the server is restarting; ask again",
-                    "request_id": request_state.get("request_id")}) + b"\n\n"
+                    "request_id": ctx.request_id}) + b"\n\n"
                 return
             finally:
                 self._waits.discard(wait)
             if chunk.startswith(b"event: error"):
-                request_state["outcome"] = "stream_interrupted"
+                ctx.outcome = "stream_interrupted"
             yield chunk
 
 
@@ -205,3 +207,21 @@ class ServerWatch:
         if dropped["headers"] or dropped["body"]:
             log.warning(event, sending_headers=dropped["headers"], sending_body=dropped["body"],
                         shutting_down=shutting_down)
+
+
+def watch_server(s: Settings, drain: Drain) -> ServerWatch | None:
+    """The slow-client and shutdown watchdog over uvicorn's connections, and the start-up warning
+    when anyone who reaches the port may name themselves (IVY_AUTH_MODE=off on a public address)."""
+    server = find_server()
+    if server is None:
+        log.info("server_watch_unavailable", auth_mode=s.ivy_auth_mode,
+                 message="not under uvicorn's own Server: read timeouts, the bounded shutdown and the "
+                         "bind-address check are left to the server")
+        return None
+    loopback = bind_is_loopback(server)
+    if s.ivy_auth_mode == "off" and loopback is not True:
+        log.warning("auth_off_on_public_address", host=str(server.config.host), auth_mode="off",
+                    message="IVY_AUTH_MODE=off and listening beyond loopback: any client can name any "
+                            "user with X-User-ID; set IVY_AUTH_MODE=jwt (README: Identity)")
+    return ServerWatch(server, drain, header_timeout=s.ivy_header_timeout_seconds,
+                       body_timeout=s.ivy_body_timeout_seconds, shutdown_timeout=s.ivy_shutdown_timeout_seconds)

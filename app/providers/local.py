@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import orjson
 
 from app.providers.base import Generation, GenerationRequest, ProviderName, Usage
-from app.tools.email import _make_email_json_fallback
+from app.tools.email import make_email_json_fallback
 
 _GREETINGS = ("hi", "hello", "hey", "good morning", "good afternoon", "yo", "hiya")
 _THANKS = ("thanks", "thank you", "thx", "ty", "cheers", "appreciate")
@@ -31,7 +31,7 @@ class LocalProvider:
         return Generation(self.answer(request), self.name, self.model)
 
     async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        draft = _make_email_json_fallback(request.lead, request.query)
+        draft = make_email_json_fallback(request.lead, request.query)
         return Generation(orjson.dumps(draft).decode(), self.name, self.model)
 
     async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,

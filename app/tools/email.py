@@ -52,6 +52,10 @@ def _make_email_json_fallback(lead: dict[str, Any], query: str) -> dict[str, str
     return {"to": str(lead.get("email") or ""), "subject": subject, "body": body}
 
 
+
+# The public name the pipeline and the offline provider use; the runbook names the one above.
+make_email_json_fallback = _make_email_json_fallback
+
 def parse_email(raw: str) -> tuple[EmailDraft | None, Outcome]:
     """Validate the model's text as an EmailDraft: as is, else after repairing near-JSON."""
     repaired = False

@@ -1,0 +1,24 @@
+"""What only the HTTP layer needs, created in the lifespan next to the core's `State`: the token
+checker and the shutdown drain. The router endpoints find it in the lifespan state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.types import Scope
+
+from app.api.auth import Authenticator
+from app.api.serving import Drain
+
+SERVICES = "ivy_api"
+
+
+@dataclass(slots=True)
+class ApiServices:
+    auth: Authenticator | None = None  # None: IVY_AUTH_MODE=off (nothing to do per request)
+    drain: Drain = field(default_factory=Drain)
+
+
+def services_of(scope: Scope) -> ApiServices:
+    services: ApiServices = scope["state"][SERVICES]
+    return services
