@@ -42,25 +42,19 @@ from app.providers.base import (
     Provider,
     ProviderAuthError,
     ProviderError,
-    ProviderMalformedOutput,
     ProviderName,
     ProviderRateLimited,
     ProviderTimeout,
-    ProviderUnavailable,
-    Usage,
 )
 from app.providers.hedging import HedgeBudget, HedgeConfig, LatencyNorm
 from app.providers.local import LocalProvider
 from app.providers.prompts import PROMPT_VERSION
+from app.providers.race import LOCAL_RESERVE_SECONDS, Attempt, Race
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.breaker_store import SharedBreakerStore
 
 log = get_logger()
 
-# The offline provider answers in microseconds; this much of the deadline is kept for it.
-LOCAL_RESERVE_SECONDS = 0.05
-# At most this many calls of one request in flight at once (the first, a hedge, a failover).
-MAX_IN_FLIGHT = 3
 # Share of a provider's calls in flight past their hedge delay that makes it stalling right now.
 STALLING_SHARE = 0.75
 
@@ -110,28 +104,6 @@ class ChainResult:
 NO_PROVIDER = LinkFailure("none", "no_provider_configured")
 
 
-@dataclass(slots=True, eq=False)
-class _Attempt:
-    link: Link
-    role: str  # first | hedge | failover
-    started: float
-    delay: float  # the provider's hedge delay when this call started
-    usage: Usage
-    stream: AsyncIterator[str]
-    task: asyncio.Task[str]
-
-    @property
-    def name(self) -> str:
-        return self.link.provider.name
-
-
-async def _first_chunk(stream: AsyncIterator[str]) -> str:
-    try:
-        return await anext(stream)
-    except StopAsyncIteration:
-        raise ProviderMalformedOutput("stream", "stream ended without a chunk") from None
-
-
 class ProviderChain:
     def __init__(self, links: list[Link], metrics: Metrics, *, shared: SharedBreakerStore | None = None,
                  local: LocalProvider | None = None, deadline: float = 8.0,
@@ -144,7 +116,7 @@ class ProviderChain:
         self.hedge = hedge or HedgeConfig()
         self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
         self.budget = HedgeBudget(self.hedge)
-        self._waiting: dict[str, set[_Attempt]] = {name: set() for name in self.norms}  # no first chunk yet
+        self._waiting: dict[str, set[Attempt]] = {name: set() for name in self.norms}  # no first chunk yet
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -215,9 +187,9 @@ class ProviderChain:
     # --- the race ------------------------------------------------------------------------------
 
     async def _race(self, request: GenerationRequest, json_mode: bool, pending: list[Link], deadline: float,
-                    trace: Trace, *, streamed: bool) -> tuple[_Attempt, str] | None:
+                    trace: Trace, *, streamed: bool) -> tuple[Attempt, str] | None:
         """Start links from ``pending`` (consumed) until one yields a first chunk, or none can."""
-        race = _Race(self, request, json_mode, pending, deadline, trace, streamed)
+        race = Race(self, request, json_mode, pending, deadline, trace, streamed)
         return await race.run()
 
     def _hedge_target(self, slow: Link, pending: list[Link], streamed: bool) -> Link | None:
@@ -242,7 +214,7 @@ class ProviderChain:
         overdue = sum(1 for a in waiting if now - a.started > a.delay)
         return overdue >= 2 and overdue >= STALLING_SHARE * len(waiting)
 
-    async def _won(self, winner: _Attempt, running: dict[asyncio.Task[str], _Attempt], trace: Trace) -> None:
+    async def _won(self, winner: Attempt, running: dict[asyncio.Task[str], Attempt], trace: Trace) -> None:
         now = time.monotonic()
         first_token = now - winner.started
         # A call that answered is a success however long it took: slowness is what hedges are
@@ -267,7 +239,7 @@ class ProviderChain:
             await self._share(loser.link, was)
         running.clear()
 
-    def _cancel(self, attempt: _Attempt) -> None:
+    def _cancel(self, attempt: Attempt) -> None:
         """Stop a call: a pending first chunk is cancelled (the stream closes its connection);
         a stream that already yielded is closed in the background."""
         task = attempt.task
@@ -307,7 +279,7 @@ class ProviderChain:
         trace.failures.append(LinkFailure(link.provider.name, "circuit_open"))
         return False
 
-    def _deadline_error(self, attempt: _Attempt) -> ProviderTimeout:
+    def _deadline_error(self, attempt: Attempt) -> ProviderTimeout:
         return ProviderTimeout(attempt.name, f"no answer within the {self.deadline:g}s request deadline "
                                              f"(call ran {time.monotonic() - attempt.started:.2f}s)")
 
@@ -319,7 +291,7 @@ class ProviderChain:
             log.warning("provider_chain_exhausted", model_provider=self.local.name,
                         failures=[f"{f.provider}:{f.reason}" for f in trace.failures])
 
-    async def _answered(self, attempt: _Attempt, request: GenerationRequest, trace: Trace) -> None:
+    async def _answered(self, attempt: Attempt, request: GenerationRequest, trace: Trace) -> None:
         # The successful call is logged on the request's own line (model_provider, provider_ms):
         # a second INFO line per request cost more than the rest of the logging.
         seconds = time.monotonic() - attempt.started
@@ -335,7 +307,7 @@ class ProviderChain:
         breaker.record_success()
         await self._share(attempt.link, was)
 
-    async def _failed(self, attempt: _Attempt, exc: ProviderError, trace: Trace) -> None:
+    async def _failed(self, attempt: Attempt, exc: ProviderError, trace: Trace) -> None:
         name, breaker, was = attempt.name, attempt.link.breaker, attempt.link.breaker.state
         seconds = time.monotonic() - attempt.started
         trace.failures.append(LinkFailure(name, exc.reason))
@@ -379,99 +351,3 @@ class ProviderChain:
             "providers": {name: norm.snapshot() for name, norm in self.norms.items()},
             "budget": self.budget.snapshot(),
         }
-
-
-class _Race:
-    """One request's race for a first chunk (see the module docstring for the timeline)."""
-
-    def __init__(self, chain: ProviderChain, request: GenerationRequest, json_mode: bool, pending: list[Link],
-                 deadline: float, trace: Trace, streamed: bool) -> None:
-        self.chain, self.request, self.json_mode, self.pending = chain, request, json_mode, pending
-        self.calls_end = deadline - LOCAL_RESERVE_SECONDS
-        self.trace, self.streamed = trace, streamed
-        self.running: dict[asyncio.Task[str], _Attempt] = {}
-        self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
-        self.hedge_for: _Attempt | None = None
-        self.failover_at: float | None = None  # when to presume the calls in flight hung
-
-    async def start(self, role: str, link: Link | None = None) -> _Attempt | None:
-        chain = self.chain
-        link = link or await chain._next_admitted(self.pending, self.trace)
-        if link is None:
-            return None
-        now = time.monotonic()
-        usage = Usage()
-        stream = link.provider.stream(self.request, timeout=max(0.01, self.calls_end - now),
-                                      json_mode=self.json_mode, usage=usage)
-        attempt = _Attempt(link, role, now, chain.norms[link.provider.name].hedge_delay(), usage, stream,
-                           asyncio.ensure_future(_first_chunk(stream)))
-        self.running[attempt.task] = attempt
-        waiting = chain._waiting.setdefault(attempt.name, set())
-        waiting.add(attempt)
-        attempt.task.add_done_callback(lambda _: waiting.discard(attempt))
-        self.trace.calls += 1
-        if chain.hedge.enabled:
-            if role != "hedge" and not self.trace.hedged:
-                self.hedge_at, self.hedge_for = now + attempt.delay, attempt
-            self.failover_at = now + chain.hedge.max_delay
-        return attempt
-
-    async def run(self) -> tuple[_Attempt, str] | None:
-        chain, running = self.chain, self.running
-        if await self.start("first") is None:
-            return None
-        while running:
-            now = time.monotonic()
-            if now >= self.calls_end:
-                for attempt in list(running.values()):
-                    chain._cancel(attempt)
-                    await chain._failed(attempt, chain._deadline_error(attempt), self.trace)
-                running.clear()
-                return None
-            wake = min(t for t in (self.calls_end, self.hedge_at, self.failover_at) if t is not None)
-            done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                attempt = running.pop(task)
-                exc = task.exception()
-                if exc is None:
-                    await chain._won(attempt, running, self.trace)
-                    return attempt, task.result()
-                await chain._failed(attempt, _as_provider_error(attempt.name, exc), self.trace)
-            if not running:
-                await self.start("failover")  # an error fails over at once, budget or not
-                continue
-            now = time.monotonic()
-            if self.hedge_at is not None and now >= self.hedge_at:
-                self.hedge_at = None
-                if self.hedge_for is not None and self.hedge_for in running.values():
-                    await self.hedge(self.hedge_for)
-            elif self.failover_at is not None and now >= self.failover_at:
-                self.failover_at = None
-                if len(running) < MAX_IN_FLIGHT:
-                    await self.start("failover")
-        return None
-
-    async def hedge(self, slow: _Attempt) -> bool:
-        """Hedge ``slow``: one more call, onto its provider or the next link, within the budget."""
-        chain = self.chain
-        target = chain._hedge_target(slow.link, self.pending, self.streamed)
-        if target is None or not chain.budget.try_spend():
-            return False
-        if target is not slow.link:
-            self.pending.remove(target)
-            if not await chain._admit(target, self.trace):
-                return False
-        attempt = await self.start("hedge", target)
-        if attempt is None:
-            return False
-        self.trace.hedged = True
-        chain.metrics.hedges.labels(attempt.name, "fired").inc()
-        return True
-
-
-def _as_provider_error(name: str, exc: BaseException) -> ProviderError:
-    if isinstance(exc, ProviderMalformedOutput) and exc.provider == "stream":
-        return ProviderMalformedOutput(name, exc.message)
-    if isinstance(exc, ProviderError):
-        return exc
-    return ProviderUnavailable(name, f"{type(exc).__name__}: {exc}")

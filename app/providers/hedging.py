@@ -49,11 +49,17 @@ class LatencyNorm:
         self._total: deque[float] = deque(maxlen=config.window)
         self._recent: deque[bool] = deque(maxlen=config.recent)  # True: the call was outrun or failed
         self._sorted_first: list[float] | None = None
+        self._delay: float | None = None  # cached; recomputed every REFRESH samples (a sort per request cost)
+        self._since = 0
+
+    REFRESH = 16
 
     def first_token(self, seconds: float) -> None:
         self._first.append(seconds)
-        self._sorted_first = None
         self._recent.append(False)
+        self._since += 1
+        if self._since >= self.REFRESH or not self.known:
+            self._sorted_first, self._delay, self._since = None, None, 0
 
     def answered(self, seconds: float) -> None:
         self._total.append(seconds)
@@ -81,7 +87,9 @@ class LatencyNorm:
         c = self.config
         if not self.known:
             return c.initial_delay
-        return min(c.max_delay, max(c.min_delay, percentile(self._first_sorted(), c.percentile)))
+        if self._delay is None:
+            self._delay = min(c.max_delay, max(c.min_delay, percentile(self._first_sorted(), c.percentile)))
+        return self._delay
 
     def expected(self, streamed: bool) -> float | None:
         """Median time to what the client waits for (the first chunk when streamed, else the
@@ -92,7 +100,7 @@ class LatencyNorm:
         return percentile(sorted(values), 50)
 
     def snapshot(self) -> dict[str, object]:
-        first = self._first_sorted()
+        first = sorted(self._first)
         total = sorted(self._total)
 
         def ms(values: list[float], q: float) -> float | None:
