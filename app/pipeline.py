@@ -19,7 +19,7 @@ from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
 from app.providers.chain import ChainResult, LinkFailure, Trace
-from app.resilience.ratelimit import Decision, retry_after_header
+from app.resilience.ratelimit import rate_limit_headers, retry_after_header
 from app.retrieval.retriever import retrieve
 from app.state import State
 from app.tools.email import make_email_json_fallback, parse_email
@@ -43,17 +43,6 @@ class Timer:
 
 
 # --- stage 1: rate limit -------------------------------------------------------------------------
-
-def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    """IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers, structured form) plus X-RateLimit-*."""
-    reset = max(0, int(decision.reset_after + 0.999))
-    return {
-        "RateLimit-Policy": f'"user";q={decision.limit};w=60',
-        "RateLimit": f'"user";r={decision.remaining};t={reset}',
-        "X-RateLimit-Limit": str(decision.limit),
-        "X-RateLimit-Remaining": str(decision.remaining),
-    }
-
 
 async def admit(state: State, caller: Caller) -> dict[str, str]:
     """Take a token for this caller or raise RateLimitExceeded; returns the rate-limit headers."""

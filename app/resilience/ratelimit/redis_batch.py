@@ -1,10 +1,7 @@
-"""Token-bucket rate limiting per user and per org, in Redis (fleet-wide) or in-process.
+"""The Redis limiter: fleet-wide buckets, checked in batches by one Lua script (bucket.lua).
 
-Both backends implement the same bucket arithmetic: a bucket holds up to ``capacity``
-tokens and refills continuously at ``rate`` tokens per second; a request needs one token
-from the user bucket and one from the org bucket, and a refused request takes none.
-The Redis backend runs it as one Lua script per *batch* of requests (atomic, clock from the
-Redis server so app hosts' clocks do not matter).
+The script runs the rules of bucket.py atomically, with the clock of the Redis server (so app hosts'
+clocks do not matter); the token counts it returns become a Decision through ``bucket.decision``.
 
 Why batches: one EVALSHA per request cost too much at load. A profile at 1,700 req/s put
 redis-py's per-call path (pool checkout under its asyncio.Condition, pack_command, encode,
@@ -34,233 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import math
 import time
-import unicodedata
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-Bucket = Literal["user", "org", "burst"]
-BackendName = Literal["redis", "memory"]
+from app.resilience.ratelimit.backend import BackendName
+from app.resilience.ratelimit.bucket import Bucket, Decision, Limits, decision
 
-MAX_ID_LENGTH = 64
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-+")
-
-
-def normalise_id(raw: str | None, *, kind: str) -> str | None:
-    """Turn a header value into a bounded, collision-free key part.
-
-    Plain ids (short, safe characters) stay readable as ``u:<id>``; anything else — long,
-    exotic characters, braces that would hijack a Redis Cluster hash tag — becomes
-    ``h:<sha256 prefix>``. The prefixes keep the two spaces apart, so no raw id can
-    impersonate a hashed one.
-    """
-    if raw is None:
-        return None
-    value = unicodedata.normalize("NFKC", raw).strip()
-    if not value:
-        return None
-    if len(value) <= MAX_ID_LENGTH and all(c in _SAFE for c in value):
-        return f"{kind}:{value}"
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{kind}h:{digest}"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    user_per_min: int
-    user_capacity: int
-    org_per_min: int
-    org_capacity: int
-    # A user bucket emptied within this long of being full is a burst (a script, a retry loop, a
-    # frontend bug) rather than sustained use over the per-minute rate: on-call treats them differently.
-    burst_window: float = 10.0
-
-    @property
-    def user_rate(self) -> float:
-        return self.user_per_min / 60.0
-
-    @property
-    def org_rate(self) -> float:
-        return self.org_per_min / 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    limit: int  # the user bucket's capacity
-    remaining: int  # whole tokens left in the user bucket after this request
-    reset_after: float  # seconds until the user bucket is full again
-    retry_after: float = 0.0  # seconds until the refusing bucket holds a token
-    bucket: Bucket | None = None  # which bucket refused
-
-
-class RateLimiter(Protocol):
-    backend: BackendName
-
-    async def check(self, user_key: str, org_key: str | None) -> Decision: ...
-
-    async def ping(self) -> float:
-        """Round-trip time to the backend in ms; raises if it is unreachable."""
-        ...
-
-    async def warm(self) -> None:
-        """Prepare for traffic (connect, load scripts); raises if the backend is unreachable."""
-        ...
-
-    async def aclose(self) -> None:
-        """Close what the limiter opened itself (not the client it was given)."""
-        ...
-
-
-def _refill(tokens: float, elapsed: float, rate: float, capacity: float) -> float:
-    return min(capacity, tokens + max(0.0, elapsed) * rate)
-
-
-def decide(
-    user: float, user_full_at: float, org: float | None, now: float, limits: Limits
-) -> tuple[Decision, float, float | None]:
-    """Shared arithmetic: given refilled token counts, return the decision and the new counts."""
-    refused: list[tuple[Bucket, float]] = []
-    if user < 1:
-        label: Bucket = "burst" if now - user_full_at < limits.burst_window else "user"
-        refused.append((label, (1 - user) / limits.user_rate))
-    if org is not None and org < 1:
-        refused.append(("org", (1 - org) / limits.org_rate))
-    if refused:
-        bucket, wait = max(refused, key=lambda r: r[1])
-        decision = Decision(
-            allowed=False, limit=limits.user_capacity, remaining=int(user),
-            reset_after=(limits.user_capacity - user) / limits.user_rate, retry_after=wait, bucket=bucket,
-        )
-        return decision, user, org
-    user -= 1
-    org = None if org is None else org - 1
-    decision = Decision(
-        allowed=True, limit=limits.user_capacity, remaining=int(user),
-        reset_after=(limits.user_capacity - user) / limits.user_rate,
-    )
-    return decision, user, org
-
-
-class MemoryRateLimiter:
-    """In-process buckets: the embedded default when REDIS_URL is unset (one process only)."""
-
-    backend: BackendName = "memory"
-    MAX_KEYS = 100_000
-
-    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limits = limits
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated at, last full at
-
-    def _load(self, key: str, now: float, rate: float, capacity: float) -> tuple[float, float]:
-        tokens, at, full_at = self._buckets.get(key, (capacity, now, now))
-        tokens = _refill(tokens, now - at, rate, capacity)
-        return tokens, now if tokens >= capacity else full_at
-
-    async def check(self, user_key: str, org_key: str | None) -> Decision:
-        now = self.clock()
-        lim = self.limits
-        user, user_full_at = self._load(user_key, now, lim.user_rate, lim.user_capacity)
-        org, org_full_at = (None, now) if org_key is None else self._load(org_key, now, lim.org_rate, lim.org_capacity)
-        decision, user, org = decide(user, user_full_at, org, now, lim)
-        if decision.allowed:
-            if len(self._buckets) >= self.MAX_KEYS:
-                self._evict_full(now)
-            self._buckets[user_key] = (user, now, user_full_at)
-            if org_key is not None and org is not None:
-                self._buckets[org_key] = (org, now, org_full_at)
-        return decision
-
-    def _evict_full(self, now: float) -> None:
-        # A bucket that has refilled completely carries no information: drop it (as Redis TTLs do).
-        horizon = max(self.limits.user_capacity / self.limits.user_rate,
-                      self.limits.org_capacity / self.limits.org_rate)
-        stale = [k for k, (_, at, _) in self._buckets.items() if now - at >= horizon]
-        for key in stale:
-            del self._buckets[key]
-        if len(self._buckets) >= self.MAX_KEYS:  # all hot: forget the oldest rather than grow
-            oldest = sorted(self._buckets, key=lambda k: self._buckets[k][1])[: self.MAX_KEYS // 10]
-            for key in oldest:
-                del self._buckets[key]
-
-    async def ping(self) -> float:
-        return 0.0
-
-    async def warm(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-# One call decides a batch of checks, in order, atomically.
-# KEYS: for each check, its user bucket then (optionally) its org bucket, flattened.
-# ARGV[1..5]: user_rate, user_capacity, org_rate, org_capacity (tokens per second / tokens), burst window (s);
-# ARGV[6..]: one entry per check, how many KEYS it owns (1: user only, 2: user and org).
-# Each bucket is a hash: tk tokens, ts last update, fa last time it was full (server clock).
-# Returns 4 integers per check, flattened: allowed, refusing bucket (0 none, 1 user, 2 org, 3 burst),
-# user tokens*1000, org tokens*1000 (-1000 without an org).
-# One TIME per batch; each check re-reads its buckets (HMGET) after the previous check's HSET, so a
-# bucket that appears twice in a batch is decremented exactly as by two calls at the same instant.
-TOKEN_BUCKET_BATCH_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local function load(key, rate, cap)
-  local v = redis.call('HMGET', key, 'tk', 'ts', 'fa')
-  local tokens, ts, fa = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
-  if tokens == nil or ts == nil then return cap, now end
-  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-  if tokens >= cap or fa == nil then fa = now end
-  return tokens, fa
-end
-local function store(key, tokens, fa, rate, cap)
-  redis.call('HSET', key, 'tk', tostring(tokens), 'ts', tostring(now), 'fa', tostring(fa))
-  redis.call('PEXPIRE', key, math.ceil((cap - tokens) / rate * 1000) + 1000)
-end
-local ur, uc = tonumber(ARGV[1]), tonumber(ARGV[2])
-local orr, oc = tonumber(ARGV[3]), tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local out = {}
-local k = 1
-for i = 6, #ARGV do
-  local ukey = KEYS[k]
-  local okey = nil
-  if tonumber(ARGV[i]) > 1 then okey = KEYS[k + 1] end
-  k = k + tonumber(ARGV[i])
-  local user, ufa = load(ukey, ur, uc)
-  local org, ofa = -1, now
-  if okey then org, ofa = load(okey, orr, oc) end
-  local refused = 0
-  if user < 1 then
-    if now - ufa < window then refused = 3 else refused = 1 end
-  end
-  if okey and org < 1 then
-    if refused == 0 or (1 - org) / orr > (1 - user) / ur then refused = 2 end
-  end
-  if refused == 0 then
-    user = user - 1
-    store(ukey, user, ufa, ur, uc)
-    if okey then
-      org = org - 1
-      store(okey, org, ofa, orr, oc)
-    end
-  end
-  out[#out + 1] = refused == 0 and 1 or 0
-  out[#out + 1] = refused
-  out[#out + 1] = math.floor(user * 1000)
-  out[#out + 1] = math.floor(org * 1000)
-end
-return out
-"""
+# The token-bucket script (its calling convention is at its top), read once at import.
+BUCKET_LUA = resources.files(__package__).joinpath("bucket.lua").read_text(encoding="utf-8")
+# The script's refusing-bucket codes, in order.
+_REFUSED_BY: tuple[Bucket | None, ...] = (None, "user", "org", "burst")
 
 # Batches in flight at once. One would leave the wire idle while a reply is parsed and its waiters
 # are woken (every request arriving then waits a whole extra round trip); two keep one batch on the
@@ -330,7 +116,7 @@ class RedisRateLimiter:
                 await conn.disconnect()
 
     async def _load(self, conn: aioredis.Connection) -> str:
-        sha = await self._call(conn, "SCRIPT", "LOAD", TOKEN_BUCKET_BATCH_LUA)
+        sha = await self._call(conn, "SCRIPT", "LOAD", BUCKET_LUA)
         self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
         return self._sha
 
@@ -391,31 +177,19 @@ class RedisRateLimiter:
             # this caller cancels only its own batch, as before batching.
             self._in_flight += 1
             try:
-                return self._decision(*await self._send([keys]))
+                _, refused, user_milli, org_milli = await self._send([keys])
+                return decision(user_milli / 1000, org_milli / 1000, _REFUSED_BY[refused], self.limits)
             finally:
                 self._release(loop)
         future: asyncio.Future[list[int]] = loop.create_future()
         self._pending.append((keys, future))
         try:
-            allowed, refused, user_milli, org_milli = await future
+            _, refused, user_milli, org_milli = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 future.exception()  # answered as we were cancelled: mark it seen, no "never retrieved" log
             raise
-        return self._decision(allowed, refused, user_milli, org_milli)
-
-    def _decision(self, allowed: int, refused: int, user_milli: int, org_milli: int) -> Decision:
-        lim = self.limits
-        user = user_milli / 1000
-        reset_after = (lim.user_capacity - user) / lim.user_rate
-        if allowed:
-            return Decision(True, lim.user_capacity, int(user), reset_after)
-        if refused == 2:
-            bucket: Bucket = "org"
-            wait = (1 - org_milli / 1000) / lim.org_rate
-        else:
-            bucket, wait = ("burst" if refused == 3 else "user"), (1 - user) / lim.user_rate
-        return Decision(False, lim.user_capacity, int(user), reset_after, wait, bucket)
+        return decision(user_milli / 1000, org_milli / 1000, _REFUSED_BY[refused], self.limits)
 
     def _loop_state(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -494,7 +268,3 @@ class RedisRateLimiter:
         await self.client.ping()
         return (time.perf_counter() - started) * 1000
 
-
-def retry_after_header(seconds: float) -> str:
-    """Whole seconds, rounded up, never 0 (a client told 0 would hammer us)."""
-    return str(max(1, math.ceil(seconds - 1e-9)))
