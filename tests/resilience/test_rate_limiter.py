@@ -172,3 +172,37 @@ def test_hostile_ids_are_hashed_bounded_and_cannot_collide_with_plain_ones() -> 
     assert normalise_id(long, kind="u") != long
 
 
+
+
+async def test_memory_and_redis_backends_decide_one_sequence_alike(redis_url: str) -> None:
+    """The Python arithmetic (memory backend) and bucket.lua (Redis backend) agree, check for check.
+
+    The Redis script reads the server's clock, so the in-process clock is set to it before each
+    check: both backends see the same elapsed time and any difference is in the arithmetic.
+    """
+    lim = Limits(user_per_min=60, user_capacity=3, org_per_min=30, org_capacity=5, burst_window=0.3)
+    a, b, c, d = ("u:a", "o:x"), ("u:b", "o:x"), ("u:c", "o:y"), ("u:d", None)  # a and b share org x
+    # Bursts at once; then refills (s) that leave fractions just above a whole token, robust to lag.
+    steps = [a, a, a, a, b, b, b, c, d, d, d, d, 0.5, a, d, c, 0.6, a, d, d, c, c, c]
+    clock = FakeClock()
+    memory = MemoryRateLimiter(lim, clock=clock)
+    refused: list[str | None] = []
+    async with aioredis.Redis.from_url(redis_url) as client:
+        redis = RedisRateLimiter(client, lim)
+        for step in steps:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            seconds, micros = await client.time()
+            clock.now = seconds + micros / 1e6
+            want, got = await memory.check(*step), await redis.check(*step)
+            assert (got.allowed, got.bucket, got.limit, got.remaining) == (
+                want.allowed, want.bucket, want.limit, want.remaining), step
+            assert got.retry_after == pytest.approx(want.retry_after, abs=0.1), step
+            assert got.reset_after == pytest.approx(want.reset_after, abs=0.1), step
+            if not want.allowed:
+                refused.append(want.bucket)
+        await redis.aclose()
+    # What the sequence covers: bursts, the org refusing a user with tokens (b, later a) and a user
+    # without (a after 0.5 s: the org's wait is the longer), sustained use past the burst window.
+    assert refused == ["burst", "org", "burst", "org", "user", "org", "user", "user"]
