@@ -27,6 +27,7 @@ from starlette.responses import Response
 from app.api.context import CTX, RequestContext
 from app.domain import DomainError, RateLimitExceeded
 from app.observability.logging import get_logger
+from app.resilience.ratelimit import retry_after_header
 
 log = get_logger()
 
@@ -99,7 +100,7 @@ def as_ivy_error(exc: BaseException) -> IvyError:
     if isinstance(exc, IvyError):
         return exc
     if isinstance(exc, RateLimitExceeded):
-        return RateLimited(exc.message, headers={**exc.fields, "Retry-After": str(exc.retry_after)},
+        return RateLimited(exc.message, headers={**exc.fields, "Retry-After": retry_after_header(exc.retry_after)},
                            **exc.details)
     if isinstance(exc, DomainError):
         error = BadRequest(exc.message, **exc.details)
