@@ -703,7 +703,7 @@ class Bench:
     def start_upstream(self, kind: str, latency_ms: int) -> Server:
         port = free_port()
         if kind == "fake":
-            cmd = [sys.executable, "-m", "app.devtools.fake_provider", "--port", str(port),
+            cmd = [sys.executable, "-m", "tools.fake_provider", "--port", str(port),
                    "--latency-ms", str(latency_ms)]
         else:
             cmd = [sys.executable, str(SCRIPTS / "bench_upstream.py"), "--port", str(port),
@@ -1443,7 +1443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default="a,b,c,d", help="subset of a,b,c,d (a is always measured)")
     p.add_argument("--upstream", choices=("fast", "fake"), default="fast",
                    help="fast: scripts/bench_upstream.py (default; the fake provider is the bottleneck); "
-                   "fake: app/devtools/fake_provider.py. Both are measured at c=50 either way")
+                   "fake: tools/fake_provider/. Both are measured at c=50 either way")
     p.add_argument("--moderate-rps", type=int, default=200, help="the fixed moderate load, requests/s")
     p.add_argument("--moderate-connections", type=int, default=40,
                    help="connections carrying the moderate load (each paced by exponential think times)")

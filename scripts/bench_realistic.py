@@ -276,7 +276,7 @@ def render(rows: list[tuple[str, dict[str, Any]]], checks: dict[str, list[tuple[
 async def main_async(args: argparse.Namespace) -> int:
     fake_port = free_port()
     fake_base = f"http://127.0.0.1:{fake_port}"
-    fake = subprocess.Popen([sys.executable, "-m", "app.devtools.fake_provider", "--port", str(fake_port),
+    fake = subprocess.Popen([sys.executable, "-m", "tools.fake_provider", "--port", str(fake_port),
                              "--realistic", "--seed", str(args.seed), "--time-scale", str(args.time_scale)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows: list[tuple[str, dict[str, Any]]] = []

@@ -10,7 +10,6 @@ from email.utils import formatdate
 import aiohttp
 import pytest
 
-from app.devtools.fake_provider import FakeProviderServer
 from app.providers.base import (
     GenerationRequest,
     ProviderAuthError,
@@ -24,6 +23,7 @@ from app.providers.base import (
 from app.providers.gemini import GeminiProvider
 from app.providers.http import parse_retry_after
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import FakeProviderServer
 
 MakeRequest = Callable[..., GenerationRequest]
 Adapter = OpenAIProvider | GeminiProvider
