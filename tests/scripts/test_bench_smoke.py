@@ -5,15 +5,14 @@ No server is started and nothing is timed here; the bench itself is run by hand 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.support import load_script
 from tools.bench.record import default_json_path, write_json
 from tools.bench.sampler import slope_per_minute, summarise_series
 from tools.bench.wrk import parse_wrk_output, wrk_script
@@ -22,16 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench.py"
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_upstream = _load("bench_upstream", ROOT / "scripts" / "bench_upstream.py")
+bench_upstream = load_script("bench_upstream")
 
 WRK_TEXT = """Running 2s test @ http://127.0.0.1:8000/ai/router/v2
   1 threads and 50 connections

@@ -1,14 +1,10 @@
 """The fake provider's aiohttp server: both wire formats on one port, faults applied, answers paced.
 
-    async with FakeProviderServer(port=0) as fake:
-        fake.base_url            # http://127.0.0.1:<port>  (Gemini base URL)
-        fake.openai_base_url     # http://127.0.0.1:<port>/v1
-        fake.set_fault("429", retry_after=2, times=1, provider="gemini")
-        fake.requests            # [CapturedRequest(path, headers, json), ...]
-
-A request's fault comes from its ``X-Fake-Fault`` header or from the standing faults
-(``faults.py``); its answer from ``answers.py``, framed by ``openai.py`` or ``gemini.py``, timed
-by ``realism.py`` in realistic mode. The admin endpoints are in ``admin.py``.
+Use it as an async context manager (``async with FakeProviderServer(port=0) as fake``; the
+package's docstring shows more). A request's fault comes from its ``X-Fake-Fault`` header or
+from the standing faults (``faults.py``); its answer from ``answers.py``, framed by ``openai.py``
+or ``gemini.py``, timed by ``realism.py`` in realistic mode. The admin endpoints are in
+``admin.py``.
 """
 
 from __future__ import annotations
