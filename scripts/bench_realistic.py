@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _repo_root  # noqa: F401  (puts the repository's root on sys.path, for tools.*)
 import aiohttp
 import orjson
 
-# The router and the simulator are child processes for the length of the run; starting them from
-# the event loop with Popen is deliberate (a few ms, once per scenario).
-# ruff: noqa: ASYNC220
+from tools.bench.servers import Server, wait_ready
+from tools.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+# The router and the simulator are child processes for the length of the run (tools/bench/servers.py,
+# cwd the repository's root); starting and stopping them from the event loop is deliberate (a few
+# ms, once per scenario).
 LEAD = {"id": "L-1042", "name": "Dana Whitfield", "email": "dana@northwind.io", "company": "Northwind Logistics",
         "title": "VP Operations", "stage": "proposal", "budget": "$40k", "leadScore": 82,
         "aiInsights": ["Opened pricing email 3 times", "Champion identified"],
@@ -78,12 +78,6 @@ class Sample:
     status: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -91,19 +85,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-async def wait_up(session: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            async with session.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+async def wait_up(server: Server, path: str) -> None:
+    """Until the server answers 200 at ``path`` (30 s at most); polled in a thread, off the event loop."""
+    await asyncio.to_thread(wait_ready, server, "GET", path, timeout=30)
 
 
 async def ask(session: aiohttp.ClientSession, base: str, query: str, context: dict[str, Any], stream: bool,
@@ -165,11 +149,11 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, s
     env.pop("REDIS_URL", None)
     for name, value in args.router_env:
         env[name] = value
-    router = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    router = Server(f"router-{sc.name}", [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                                          "--log-level", "warning"], env=env, port=port,
+                    log=logdir / "uvicorn.log").start()
     try:
-        await wait_up(session, f"{base}/health", router)
+        await wait_up(router, "/health")
         async with session.delete(f"{fake_base}/_fake/fault"):
             pass
         await fire(session, base, 30, args.concurrency, False, seed=1)  # warm: the router learns its providers
@@ -187,8 +171,7 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, s
         async with session.get(f"{base}/ai/router/health") as r:
             health = await r.json()
     finally:
-        router.terminate()
-        router.wait(10)
+        router.stop()
         async with session.delete(f"{fake_base}/_fake/fault"):
             pass
     calls = sum(int(s["calls"]) for s in stats.values())
@@ -276,16 +259,17 @@ def render(rows: list[tuple[str, dict[str, Any]]], checks: dict[str, list[tuple[
 async def main_async(args: argparse.Namespace) -> int:
     fake_port = free_port()
     fake_base = f"http://127.0.0.1:{fake_port}"
-    fake = subprocess.Popen([sys.executable, "-m", "app.devtools.fake_provider", "--port", str(fake_port),
-                             "--realistic", "--seed", str(args.seed), "--time-scale", str(args.time_scale)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake = Server("fake-provider", [sys.executable, "-m", "tools.fake_provider", "--port", str(fake_port),
+                                    "--realistic", "--seed", str(args.seed), "--time-scale", str(args.time_scale)],
+                  env=dict(os.environ), port=fake_port,
+                  log=Path(tempfile.mkdtemp(prefix="ivy-realistic-fake-")) / "fake.log").start()
     rows: list[tuple[str, dict[str, Any]]] = []
     checks: dict[str, list[tuple[str, bool]]] = {}
     deadline = float(dict(args.router_env).get("IVY_REQUEST_DEADLINE_SECONDS", 8.0))
     try:
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=100)) as session:
-            await wait_up(session, f"{fake_base}/_fake/health", fake)
+            await wait_up(fake, "/_fake/health")
             healthy: dict[str, Any] | None = None
             for sc in SCENARIOS:
                 if args.only and sc.name not in args.only:
@@ -297,8 +281,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"{sc.name}: real {summary['real_share']:.1%}, p95 {summary['p95'] * 1000:.0f} ms, "
                       f"extra {summary['extra']:.2f}, {summary['wall']:.0f} s", file=sys.stderr, flush=True)
     finally:
-        fake.terminate()
-        fake.wait(10)
+        fake.stop()
     print(render(rows, checks))
     return 0 if all(ok for c in checks.values() for _, ok in c) else 1
 

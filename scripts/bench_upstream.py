@@ -8,7 +8,7 @@ pipelining) to answer every ``POST .../chat/completions`` with one fixed ChatCom
 ``"stream": true`` body, the same answer as server-sent chunks ending ``[DONE]``, as the router
 asks), optionally after a fixed delay. ``GET /health`` answers ``{"ok": true}``; anything else is 404.
 It runs on uvloop when installed. It exists because the benchmark's upstream must never be the
-bottleneck: the aiohttp fake provider (``app/devtools/fake_provider.py``) parses, captures and
+bottleneck: the aiohttp fake provider (``tools/fake_provider/``) parses, captures and
 synthesises every answer, which costs more per request than a minimal proxy in front of it.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need (.venv with the dev extras, a redis-server binary) and run
-# ruff, mypy on app/, then pytest. Works on a fresh Debian machine with Python 3.11.
+# ruff, mypy on app/ and tools/, then pytest. Works on a fresh Debian machine with Python 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="[dev]" source scripts/bootstrap.sh
@@ -9,6 +9,6 @@ EXTRAS="[dev]" source scripts/bootstrap.sh
 command -v redis-server >/dev/null || apt_install redis-server
 command -v promtool >/dev/null || { apt_install --no-install-recommends prometheus; [ ! -d /run/systemd/system ] || $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; }  # tests/deploy need promtool, not a server on :9090
 
-echo "== ruff";   .venv/bin/ruff check app tests scripts
-echo "== mypy";   .venv/bin/mypy app
+echo "== ruff";   .venv/bin/ruff check app tests scripts tools
+echo "== mypy";   .venv/bin/mypy app tools
 echo "== pytest"; .venv/bin/python -m pytest "$@"

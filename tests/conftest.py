@@ -104,7 +104,7 @@ class FakeProviderThread:
         import asyncio
         import threading
 
-        from app.devtools.fake_provider import FakeProviderServer
+        from tools.fake_provider import FakeProviderServer
 
         self.loop = asyncio.new_event_loop()
         self.server = FakeProviderServer(port=0, **kwargs)

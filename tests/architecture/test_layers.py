@@ -22,7 +22,6 @@ RANK = {
     "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.tools": 2,
     "app.gc_tuning": 2,
     "app.config": 1, "app.observability": 1,
-    "app.devtools": 0,
 }
 HTTP_PACKAGES = ("fastapi", "starlette", "uvicorn")
 

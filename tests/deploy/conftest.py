@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import LEAD_NO_SCORE, FakeProviderThread
 from tests.deploy.promql import Exported
-from tests.support import free_port
+from tools.ports import free_port
 
 V2, V1 = "/ai/router/v2", "/ai/router/"
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import LEAD, read_log
+from tools.ports import free_port
 
 V2 = "/ai/router/v2"
 
@@ -75,16 +75,10 @@ def test_latency_summary_carries_p95_and_p99_and_warns_on_an_slo_breach(make_cli
     assert 2500.0 < breach["p95_ms"] <= 3000.0  # interpolated in the 2.5-3 s bucket, as PromQL would
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_api_keys_and_authorization_never_reach_logs_or_responses(make_client, log_file: Path) -> None:
     openai_key = "sk-test-KNOWNSECRET-0123456789abcdef"
     gemini_key = "AIzaKNOWNSECRETgeminikey0123456789"
-    port = _closed_port()
+    port = free_port()  # a port nobody listens on
     client = make_client(
         active_model="openai", openai_api_key=openai_key, gemini_api_key=gemini_key,
         openai_base_url=f"http://127.0.0.1:{port}/v1", gemini_base_url=f"http://127.0.0.1:{port}",

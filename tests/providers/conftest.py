@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from app.devtools.fake_provider import FakeProviderServer
 from app.providers import prompts
 from app.providers.base import GenerationRequest
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import FakeProviderServer
 
 # Deliberately not shaped like real keys, so only exact-value scrubbing can hide them.
 OPENAI_KEY = "ivy-openai-test-key-7f3a9c21"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -10,7 +9,6 @@ from email.utils import formatdate
 import aiohttp
 import pytest
 
-from app.devtools.fake_provider import FakeProviderServer
 from app.providers.base import (
     GenerationRequest,
     ProviderAuthError,
@@ -24,6 +22,8 @@ from app.providers.base import (
 from app.providers.gemini import GeminiProvider
 from app.providers.http import parse_retry_after
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import FakeProviderServer
+from tools.ports import free_port
 
 MakeRequest = Callable[..., GenerationRequest]
 Adapter = OpenAIProvider | GeminiProvider
@@ -85,9 +85,7 @@ async def test_bad_request_does_not_count_against_the_provider(
 
 
 async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession, make_request: MakeRequest) -> None:
-    with socket.socket() as sock:  # a port nobody listens on once closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     base = f"http://127.0.0.1:{port}"
     for provider in (
         OpenAIProvider(session, api_key="k", base_url=base + "/v1", model="m"),

@@ -8,10 +8,10 @@ from typing import Any, cast
 
 import aiohttp
 
-from app.devtools.fake_provider import FakeProviderServer
 from app.providers.base import GenerationRequest, Provider
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import FakeProviderServer
 
 MakeRequest = Callable[..., GenerationRequest]
 

@@ -16,10 +16,10 @@ import pytest
 from google import genai
 from google.genai import types
 
-from app.devtools.fake_provider import CapturedRequest, FakeProviderServer
 from app.providers.base import GenerationRequest
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import CapturedRequest, FakeProviderServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from app.devtools.fake_provider import FakeProviderServer
-from app.devtools.realism import Realism
 from app.providers.base import GenerationRequest, Usage
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
+from tools.fake_provider import FakeProviderServer, Realism
 
 
 def test_plans_follow_the_published_shapes_and_repeat_with_the_seed() -> None:

@@ -13,7 +13,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from app.devtools.fake_provider import FakeProviderServer, build_json_answer, parse_fault_header
+from tools.fake_provider import FakeProviderServer, build_json_answer, parse_fault_header
 
 # google-genai subclasses aiohttp.ClientSession, which aiohttp deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")

@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from app.devtools.fake_provider import FakeProviderServer
-from app.devtools.realism import Realism
 from app.observability.metrics import Metrics
 from app.providers.base import GenerationRequest
 from app.providers.chain import ChainResult, Link, ProviderChain, Trace
@@ -20,6 +18,7 @@ from app.providers.gemini import GeminiProvider
 from app.providers.hedging import HedgeConfig
 from app.providers.openai import OpenAIProvider
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
+from tools.fake_provider import FakeProviderServer, Realism
 
 SCALE = 0.1
 FAST = HedgeConfig(min_delay=0.005, max_delay=1.0, initial_delay=0.1, min_samples=10, budget_floor=3)

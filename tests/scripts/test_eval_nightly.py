@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -20,6 +17,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import read_log
+from tests.support import load_script
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "eval_nightly.py"
@@ -28,16 +27,7 @@ ALL_CASES = {c["id"]: c for c in map(json.loads, (ROOT / "scripts/eval_data/case
 SAMPLE_IDS = ["c001", "c061", "c135", "c211", "c250", "c161"]
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("eval_nightly", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_nightly = _load_script()
+eval_nightly = load_script("eval_nightly")
 
 
 def write_cases(path: Path, cases: list[dict[str, Any]]) -> Path:
@@ -176,15 +166,8 @@ def test_against_a_server_cases_needing_other_flags_are_skipped(make_client: Cal
     assert (summary["total"], summary["skipped"], summary["passed"]) == (1, len(SAMPLE_IDS) - 1, 1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_an_unreachable_server_fails_every_case(run: Any, sample: Path) -> None:
-    code, report = run(sample, "--base-url", f"http://127.0.0.1:{_free_port()}", "--timeout", "2")
+    code, report = run(sample, "--base-url", f"http://127.0.0.1:{free_port()}", "--timeout", "2")
     assert code == 1
     assert report["summary"]["mode"] == "remote" and report["summary"]["passed"] == 0
     assert all(c["failures"][0].startswith("error: ") for c in report["cases"])
@@ -220,7 +203,7 @@ def test_reports_go_next_to_the_script_whatever_the_working_directory() -> None:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """A real uvicorn serving the app with IVY_MODAL_HEURISTICS=false (the runbook's rollback state)."""
-    port = _free_port()
+    port = free_port()
     env = {**_clean_env(tmp_path / "server.log"), "IVY_MODAL_HEURISTICS": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
