@@ -10,7 +10,8 @@ one request with one hard deadline::
                           the same provider when it is the faster and not suspect, else the next
                           link (the delay is that provider's own first-token percentile)
     + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
-                          link whatever the budget (the budget caps hedges, never a failover)
+                          link whatever the budget (the budget caps hedges, never a failover);
+                          sooner when the hedge went to the same provider and is overdue too
     a first chunk         that call wins; the others are cancelled and their connections closed
     deadline              the calls still running are cancelled (a failure for their breakers)
                           and the offline provider answers

@@ -75,7 +75,8 @@ class Race:
         if chain.hedge.enabled:
             if role != "hedge" and not self.trace.hedged:
                 self.hedge_at, self.hedge_for = now + attempt.delay, attempt
-            self.failover_at = now + chain.hedge.max_delay
+            if role != "hedge":
+                self.failover_at = now + chain.hedge.max_delay
         return attempt
 
     async def run(self) -> tuple[Attempt, str] | None:
@@ -128,6 +129,10 @@ class Race:
             return False
         self.trace.hedged = True
         chain.metrics.hedges.labels(attempt.name, "fired").inc()
+        if target is slow.link and self.failover_at is not None:
+            # Two calls to one provider, both past its norm (a hang starting, or a double stall):
+            # fail over as soon as the hedge is overdue too, not at the max hedge delay.
+            self.failover_at = min(self.failover_at, attempt.started + attempt.delay)
         return True
 
 

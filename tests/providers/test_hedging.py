@@ -149,6 +149,9 @@ async def test_a_hanging_primary_ends_up_skipped_not_raced_on_every_request(
     before = len(fake.requests_for("gemini"))
     results = await ask_many(chain, request, 30, concurrency=2)
     assert {r.generation.provider for r, _ in results} == {"openai"}
+    # Even before the breaker opens, no request waits for the max hedge delay (1 s here): once the
+    # hedge to gemini is overdue too, openai is called.
+    assert max(t for _, t in results) < 0.9
     assert breaker(chain, "gemini")["state"] == "open"
     assert len(fake.requests_for("gemini")) - before <= 12  # the breaker stops the calls, not the budget
     assert any(f.reason == "circuit_open" for r, _ in results[-5:] for f in r.failures)
