@@ -11,7 +11,7 @@ one request with one hard deadline::
                           link (the delay is that provider's own first-token percentile)
     + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
                           link whatever the budget (the budget caps hedges, never a failover);
-                          sooner when the hedge went to the same provider and is overdue too
+                          sooner (twice the hedge's delay) when the hedge went to the same provider
     a first chunk         that call wins; the others are cancelled and their connections closed
     deadline              the calls still running are cancelled (a failure for their breakers)
                           and the offline provider answers

@@ -130,9 +130,10 @@ class Race:
         self.trace.hedged = True
         chain.metrics.hedges.labels(attempt.name, "fired").inc()
         if target is slow.link and self.failover_at is not None:
-            # Two calls to one provider, both past its norm (a hang starting, or a double stall):
-            # fail over as soon as the hedge is overdue too, not at the max hedge delay.
-            self.failover_at = min(self.failover_at, attempt.started + attempt.delay)
+            # Two calls to one provider with no token (a hang starting, or a double stall): fail over
+            # once the hedge has waited twice its delay (about p99.99 of a healthy first token, so
+            # only stalled hedges trigger it), not at the max hedge delay.
+            self.failover_at = min(self.failover_at, attempt.started + 2 * attempt.delay)
         return True
 
 
