@@ -56,8 +56,6 @@ from app.resilience.breaker_store import SharedBreakerStore
 
 log = get_logger()
 
-# Share of a provider's calls in flight past their hedge delay that makes it stalling right now.
-STALLING_SHARE = 0.75
 
 
 @dataclass(slots=True)
@@ -117,7 +115,6 @@ class ProviderChain:
         self.hedge = hedge or HedgeConfig()
         self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
         self.budget = HedgeBudget(self.hedge)
-        self._waiting: dict[str, set[Attempt]] = {name: set() for name in self.norms}  # no first chunk yet
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -198,22 +195,13 @@ class ProviderChain:
         else the next link."""
         norm = self.norms[slow.provider.name]
         other = next((link for link in pending if link.breaker.current_state() != "open"), None)
-        same_ok = (norm.known and not norm.suspect and slow.breaker.current_state() == "closed"
-                   and not self._stalling(slow.provider.name))
+        same_ok = norm.known and not norm.suspect and slow.breaker.current_state() == "closed"
         if not same_ok:
             return other
         if other is None:
             return slow
         mine, theirs = norm.expected(streamed), self.norms[other.provider.name].expected(streamed)
         return other if theirs is not None and mine is not None and theirs < mine else slow
-
-    def _stalling(self, name: str) -> bool:
-        """Most of the provider's calls in flight, across requests, are past their hedge delay with
-        no first chunk: it is stalling now (a hang starting), before any of them has ended."""
-        waiting = self._waiting.get(name, set())
-        now = time.monotonic()
-        overdue = sum(1 for a in waiting if now - a.started > a.delay)
-        return overdue >= 2 and overdue >= STALLING_SHARE * len(waiting)
 
     async def _won(self, winner: Attempt, running: dict[asyncio.Task[str], Attempt], trace: Trace) -> None:
         now = time.monotonic()

@@ -30,7 +30,9 @@ class HedgeConfig:
     budget_ratio: float = 0.3
     budget_floor: int = 5
     budget_window_seconds: float = 60.0
-    suspect_share: float = 0.5  # share of recent calls outrun or failed that makes a provider suspect
+    # Share of recent calls outrun or failed that makes a provider suspect (not hedged onto). A fifth of
+    # calls stalling (a brownout) reaches 7 in 10 about once in a thousand windows; a hang at once.
+    suspect_share: float = 0.7
     recent: int = 10  # how many recent outcomes that share is taken over
 
 

@@ -68,9 +68,6 @@ class Race:
         attempt = Attempt(link, role, now, chain.norms[link.provider.name].hedge_delay(), usage, stream,
                            asyncio.ensure_future(first_chunk(stream)))
         self.running[attempt.task] = attempt
-        waiting = chain._waiting.setdefault(attempt.name, set())
-        waiting.add(attempt)
-        attempt.task.add_done_callback(lambda _: waiting.discard(attempt))
         self.trace.calls += 1
         if chain.hedge.enabled:
             if role != "hedge" and not self.trace.hedged:
