@@ -82,6 +82,9 @@ class RouterResponse(BaseModel):
     intent_detail: IntentInfo
     suggestions: list[str] = Field(default_factory=list, description="Organic follow-ups (IVY_ORGANIC_ENABLED).")
     latency_ms: dict[str, float] = Field(description="total and per stage")
+    cache: Literal["hit", "miss", "bypass"] = Field(
+        default="miss", description="hit: served from the answer cache; miss: generated (and stored if "
+        "cacheable); bypass: the cache was not used (Cache-Control: no-cache, an email draft, cache off or down).")
 
 
 

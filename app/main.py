@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app import pipeline
 from app.api.asgi import IvyAPI, assemble
 from app.api.auth import Authenticator
 from app.api.services import SERVICES, ApiServices
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
                 services = ApiServices(auth=auth)
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
+                await stack.enter_async_context(_background(pipeline.warm_cache(state)))
                 stack.callback(tune_gc(resolved.ivy_gc_gen0_threshold))
                 yield {"ivy": state, SERVICES: services}
         finally:

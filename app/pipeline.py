@@ -1,4 +1,5 @@
-"""One request, top to bottom: rate limit -> classify -> retrieve -> generate -> JSON tool -> respond.
+"""One request, top to bottom: rate limit -> classify -> retrieve -> cache lookup -> generate -> JSON tool
+-> cache store -> respond.
 
 Each stage is a plain function over plain data; the routes only parse HTTP and call `answer`.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from app.cache import CachedAnswer, CacheKey, CacheOutcome, Recipe, answer_key
 from app.config.runtime_flags import Flags
 from app.domain import Caller, Citation, Fallback, IntentInfo, Modal, Outcome, RateLimitExceeded, RouterResponse
 from app.intent.classifier import Classification, classify, lead_has_insights
@@ -140,18 +142,94 @@ def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer:
                                                  state.settings.max_output_tokens(c.intent))
 
 
-async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags
-                 ) -> Outcome:
+async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
+                 *, use_cache: bool = True) -> Outcome:
     timer = Timer()
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
     c, passages, request = plan(state, query, context, flags, timer)
-    response, trace = await respond(state, caller, c, passages, request, flags, timer)
+    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
+                                           use_cache=use_cache)
+    timer.lap("cache")
+    if hit is not None:
+        return Outcome(_response(caller, c, passages, request, flags, timer, hit), rate_headers, _hit_trace(hit))
+    response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
+    await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
     return Outcome(response, rate_headers, trace)
 
 
+# --- the answer cache (app/cache/): lookup before generating, store after --------------------------
+
+def cache_key(state: State, caller: Caller, request: GenerationRequest, flags: Flags) -> CacheKey | None:
+    """None when this request is never cached: cache off, only the offline provider, or an email draft."""
+    if not state.cache.enabled or not state.chain.links or request.modal_type == "email_composer":
+        return None
+    s = state.settings
+    return answer_key(org=caller.org_key, request=request, kb_version=state.kb.version,
+                      provider=flags.active_model,
+                      model=s.gemini_model if flags.active_model == "gemini" else s.openai_model,
+                      modal_heuristics=flags.modal_heuristics)
+
+
+async def cache_lookup(state: State, caller: Caller, request: GenerationRequest, flags: Flags, recipe: Recipe,
+                       *, use_cache: bool) -> tuple[CacheKey | None, CacheOutcome, CachedAnswer | None]:
+    """The key (None: do not store), what the cache said, and the entry on a hit."""
+    key = cache_key(state, caller, request, flags)
+    if key is None:
+        state.cache.count("bypass")
+        return None, "bypass", None
+    state.warmer.asked(key, recipe)
+    if not use_cache:  # Cache-Control: no-cache: answer afresh, and refresh the entry
+        state.cache.count("bypass")
+        return key, "bypass", None
+    outcome, hit = await state.cache.lookup(key)
+    state.cache.count(outcome, hit)
+    return (None if outcome == "bypass" else key), outcome, hit
+
+
+async def cache_store(state: State, key: CacheKey | None, trace: Trace, text: str, *, degraded: bool) -> bool:
+    """Store a real model's answer: never the offline provider's, a degraded one or a draft (key None)."""
+    if key is None or degraded or trace.provider == "local" or trace.degraded_reason is not None:
+        return False
+    s = state.settings
+    return await state.cache.store(key, CachedAnswer(
+        provider=trace.provider, model=s.gemini_model if trace.provider == "gemini" else s.openai_model,
+        answer=text, input_tokens=trace.input_tokens or 0, output_tokens=trace.output_tokens or 0,
+        stored_at=time.time()))
+
+
+def _recipe(caller: Caller, query: str, context: dict[str, Any], flags: Flags) -> Recipe:
+    """What the warm-up needs to ask this question again."""
+    return {"org": caller.org_key, "query": query, "context": context,
+            "flags": [flags.modal_heuristics, flags.organic, flags.active_model]}
+
+
+def _hit_trace(hit: CachedAnswer) -> Trace:
+    return Trace(provider=hit.provider)
+
+
+async def warm_cache(state: State) -> None:
+    """The warm-up's background task: re-answer the most asked questions (app/cache/warmup.py)."""
+    async def refresh(recipe: Recipe) -> bool:
+        modal_heuristics, organic, active_model = recipe["flags"]
+        flags = Flags(modal_heuristics=modal_heuristics, organic=organic, active_model=active_model)
+        caller = Caller("cache-warmup", "ivy:cache-warmup", recipe["org"], None, recipe["org"])
+        timer = Timer()
+        c, passages, request = plan(state, recipe["query"], recipe["context"], flags, timer)
+        key = cache_key(state, caller, request, flags)
+        if key is None:
+            return False
+        response, trace = await respond(state, caller, c, passages, request, flags, timer, cache="bypass")
+        return await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
+
+    await state.warmer.run(refresh)
+
+
+# --- generate --------------------------------------------------------------------------------------
+
 async def respond(state: State, caller: Caller, c: Classification, passages: list[Passage],
-                  request: GenerationRequest, flags: Flags, timer: Timer) -> tuple[RouterResponse, Trace]:
+                  request: GenerationRequest, flags: Flags, timer: Timer, *, cache: CacheOutcome = "bypass",
+                  ) -> tuple[RouterResponse, Trace]:
     modal: Modal | None = None
     if c.modal_type == "email_composer":
         result = await state.chain.generate(request, json_mode=True, first=flags.active_model)
@@ -182,7 +260,21 @@ async def respond(state: State, caller: Caller, c: Classification, passages: lis
         intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
         suggestions=_suggestions(c, request.lead) if flags.organic else [],
         latency_ms=timer.total(),
+        cache=cache,
     ), result.trace
+
+
+def _response(caller: Caller, c: Classification, passages: list[Passage], request: GenerationRequest,
+              flags: Flags, timer: Timer, hit: CachedAnswer) -> RouterResponse:
+    """A cache hit, answered as the model answered it (never a draft: those are not cached)."""
+    modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, hit.answer)) \
+        if c.modal_type == "lead_insights" else None
+    return RouterResponse(
+        request_id=caller.request_id, intent=c.intent, provider=hit.provider,
+        model=hit.model, answer=hit.answer, modal=modal, citations=_citations(passages),
+        fallback=Fallback(used=False), intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
+        suggestions=_suggestions(c, request.lead) if flags.organic else [], latency_ms=timer.total(), cache="hit",
+    )
 
 
 def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
@@ -221,9 +313,10 @@ def _sse(event: str, data: Any) -> bytes:
 
 async def answer_stream(
     state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
-    on_trace: Callable[[Trace], None],
-) -> tuple[AsyncIterator[bytes], dict[str, str], Classification]:
-    """Admit and plan now (so a 429 is a real 429), then stream: meta, delta..., done | error.
+    on_trace: Callable[[Trace], None], *, use_cache: bool = True,
+) -> tuple[AsyncIterator[bytes], dict[str, str], Classification, CacheOutcome]:
+    """Admit, plan and look up the cache now (so a 429 is a real 429), then stream: meta, delta...,
+    done | error. A cache hit is streamed too: meta, one delta, done.
 
     ``on_trace`` learns what the chain did (who answered, hedges, tokens) once the stream ends,
     for the request's log line."""
@@ -231,14 +324,21 @@ async def answer_stream(
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
     c, passages, request = plan(state, query, context, flags, timer)
+    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
+                                           use_cache=use_cache)
+    timer.lap("cache")
 
     async def events() -> AsyncIterator[bytes]:
         yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
-        if c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
-            response, trace = await respond(state, caller, c, passages, request, flags, timer)
+        if hit is not None or c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
+            if hit is not None:
+                response, trace = _response(caller, c, passages, request, flags, timer, hit), _hit_trace(hit)
+            else:
+                response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
+                await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
             on_trace(trace)
             yield _sse("delta", {"text": response.answer})
-            yield _sse("done", response.model_dump(mode="json"))
+            yield _sse("done", response.model_dump(mode="json") if c.intent == "modal" else _done(response))
             return
         trace = Trace()
         provider, parts = "local", []
@@ -260,12 +360,20 @@ async def answer_stream(
         if reason:
             state.metrics.fallbacks.labels(reason).inc()
         on_trace(trace)
+        text = "".join(parts)
+        await cache_store(state, key, trace, text, degraded=reason is not None or provider == "local")
         yield _sse("done", {
             "request_id": caller.request_id, "intent": c.intent, "provider": provider,
-            "answer": "".join(parts), "citations": [x.model_dump() for x in _citations(passages)],
+            "answer": text, "citations": [x.model_dump() for x in _citations(passages)],
             "fallback": _fallback(reason, failures).model_dump(),
             "suggestions": _suggestions(c, request.lead) if flags.organic else [],
-            "latency_ms": timer.total(),
+            "latency_ms": timer.total(), "cache": outcome,
         })
 
-    return events(), rate_headers, c
+    return events(), rate_headers, c, outcome
+
+
+def _done(r: RouterResponse) -> dict[str, Any]:
+    """The stream's done event, from a whole answer (a cache hit)."""
+    return r.model_dump(mode="json", include={"request_id", "intent", "provider", "answer", "citations", "fallback",
+                                              "suggestions", "latency_ms", "cache"})

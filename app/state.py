@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from app import __version__
+from app.cache import AnswerCache, Warmer, build_cache
 from app.config import Settings
 from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
@@ -77,6 +78,8 @@ class State:
     kb: KnowledgeBase
     http: aiohttp.ClientSession
     flags: RuntimeFlags
+    cache: AnswerCache
+    warmer: Warmer
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))
@@ -94,16 +97,19 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
     )
     redis = build_redis(settings)
     chain, breakers = build_chain(settings, http, metrics, redis)
+    cache, warmer = build_cache(settings, redis, metrics)
     state = State(
         settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
         limiter=build_limiter(settings, redis), chain=chain, breakers=breakers,
         kb=KnowledgeBase.from_folder(settings.ivy_knowledge_dir), http=http, flags=RuntimeFlags(settings, redis),
+        cache=cache, warmer=warmer,
     )
     log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
              model_provider=chain.names[0], limiter_backend=state.limiter.backend,
              modal_heuristics=settings.ivy_modal_heuristics, organic=settings.ivy_organic_enabled,
              rate_limit_per_min=settings.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections),
-             gc_gen0_threshold=settings.ivy_gc_gen0_threshold, auth_mode=settings.ivy_auth_mode)
+             gc_gen0_threshold=settings.ivy_gc_gen0_threshold, auth_mode=settings.ivy_auth_mode,
+             answer_cache=cache.backend.name if cache.enabled else "off")
     await warm_limiter(state.limiter, metrics, fail_open=settings.ai_rate_limit_fail_open)
     tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds))]
     if redis is not None:

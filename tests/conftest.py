@@ -41,7 +41,9 @@ def log_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_settings(log_file: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"ivy_log_file": log_file}
+        # The answer cache is off unless a test turns it on: most tests ask one question several times
+        # and count the provider calls (breakers, hedges, failover); tests/cache turns it on.
+        values: dict[str, Any] = {"ivy_log_file": log_file, "ivy_cache_enabled": False}
         values.update(overrides)
         return Settings(_env_file=None, **values)
 

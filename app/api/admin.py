@@ -1,4 +1,5 @@
-"""Operator endpoints: runtime flags for the whole fleet, behind IVY_ADMIN_TOKEN (off when unset)."""
+"""Operator endpoints: runtime flags for the whole fleet and answer-cache purges, behind IVY_ADMIN_TOKEN
+(off when unset)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from app.api.deps import IvyState
 from app.api.errors import BadRequest, NotFound, Unauthorized
 from app.api.responses import FastJSONResponse
 from app.api.schemas import ErrorResponse
+from app.observability.logging import get_logger
+from app.resilience.ratelimit import normalise_id
 
 _ERROR = {"model": ErrorResponse}
 router = APIRouter(prefix="/admin", tags=["admin"], responses={
     401: {**_ERROR, "description": "Missing or wrong 'Authorization: Bearer <IVY_ADMIN_TOKEN>'"},
     404: {**_ERROR, "description": "Admin endpoints are off (IVY_ADMIN_TOKEN unset)"},
 })
+log = get_logger()
 FLAG_NAMES = ("IVY_MODAL_HEURISTICS", "IVY_ORGANIC_ENABLED", "ACTIVE_MODEL")
 
 
@@ -82,3 +86,38 @@ async def put_flags(body: FlagsUpdate, state: IvyState, _: Admin) -> FastJSONRes
 async def reset_flags(state: IvyState, _: Admin, set_by: str = "unknown") -> FastJSONResponse:
     await state.flags.reset(set_by[:100])
     return FastJSONResponse(state.flags.describe())
+
+
+class CachePurge(BaseModel):
+    """Purge one org's answers (org_id, as sent in X-Org-ID or the token's org claim), or all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    org_id: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="The org whose answers go; omitted: every org's.")
+    set_by: str = Field(min_length=1, max_length=100, description="Who purges (logged).")
+
+
+async def _purge(state: IvyState, org_id: str | None, set_by: str) -> FastJSONResponse:
+    org_key = normalise_id(org_id, kind="o") if org_id is not None else None
+    if org_id is not None and org_key is None:
+        raise BadRequest("org_id is blank")
+    purged = await state.cache.purge(org_key)
+    log.info("answer_cache_purge", org_id=org_id or "*", set_by=set_by[:100], entries=purged)
+    return FastJSONResponse({"purged": purged, "org_id": org_id, "cache": await state.cache.snapshot()})
+
+
+@router.get("/cache", summary="The answer cache: backend, entries, hit ratio, warm-up")
+async def get_cache(state: IvyState, _: Admin) -> FastJSONResponse:
+    return FastJSONResponse({**await state.cache.snapshot(), "warmup": state.warmer.snapshot()})
+
+
+@router.put("/cache", summary="Purge the answer cache: one org's answers (org_id) or all (every worker and host)")
+async def put_cache(body: CachePurge, state: IvyState, _: Admin) -> FastJSONResponse:
+    return await _purge(state, body.org_id, body.set_by)
+
+
+@router.delete("/cache", summary="Purge the answer cache: ?org_id= for one org, else all")
+async def delete_cache(state: IvyState, _: Admin, org_id: str | None = None, set_by: str = "unknown"
+                       ) -> FastJSONResponse:
+    return await _purge(state, org_id, set_by)

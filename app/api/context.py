@@ -20,7 +20,7 @@ CTX = "ctx"
 
 # Fields that go on the request's log line when set (after the ones every line has).
 _OPTIONAL = ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage", "bucket", "error_code",
-             "retry_after", "outcome")
+             "retry_after", "outcome", "cache")
 
 
 @dataclass(slots=True)
@@ -40,6 +40,7 @@ class RequestContext:
     bucket: str | None = None
     error_code: str | None = None
     retry_after: int | None = None
+    cache: str | None = None  # hit | miss | bypass (the answer cache)
     outcome: str | None = None  # a stream that began as a 200 and ended otherwise
     client_gone: bool = False  # logged as 499
 
@@ -57,6 +58,7 @@ class RequestContext:
         self.provider = response.provider
         self.fallback = response.fallback.reason
         self.model = response.model
+        self.cache = response.cache
         generate = response.latency_ms.get("generate")
         self.provider_ms = generate
         self.overhead_ms = response.latency_ms["total"] - (generate or 0.0)

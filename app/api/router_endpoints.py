@@ -70,6 +70,16 @@ def require_json(scope: Scope) -> None:
                                headers={"Accept-Post": "application/json"})
 
 
+def wants_fresh(scope: Scope) -> bool:
+    """`Cache-Control: no-cache` (or no-store) on the request: answer afresh, not from the answer cache."""
+    for key, value in scope["headers"]:
+        if key == b"cache-control":
+            directives = {d.strip().partition(b"=")[0] for d in value.lower().split(b",")}
+            if b"no-cache" in directives or b"no-store" in directives:
+                return True
+    return False
+
+
 def parse(body: bytes) -> RouterRequest:
     try:
         return RouterRequest.model_validate_json(body)
@@ -124,15 +134,16 @@ class RouterEndpoints:
         flags = state.flags.current
         if version == "v1":
             flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
+        use_cache = not wants_fresh(scope)
         if version == "v2" and body.stream:
-            events, headers, c = await pipeline.answer_stream(state, caller, body.query, body.context, flags,
-                                                              on_trace=ctx.chain_did)
+            events, headers, c, ctx.cache = await pipeline.answer_stream(
+                state, caller, body.query, body.context, flags, on_trace=ctx.chain_did, use_cache=use_cache)
             ctx.intent = c.intent
             response = StreamingResponse(services.drain.guard(events, ctx), media_type="text/event-stream",
                                          headers={**headers, "Cache-Control": "no-cache"})
             await response(scope, receive, send)
             return
-        outcome = await pipeline.answer(state, caller, body.query, body.context, flags)
+        outcome = await pipeline.answer(state, caller, body.query, body.context, flags, use_cache=use_cache)
         r = outcome.response
         ctx.answered(r, outcome.trace)
         if version == "v1":

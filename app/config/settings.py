@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     ivy_breaker_open_seconds: float = Field(default=30.0, gt=0, le=3600)
     ivy_breaker_half_open_calls: int = Field(default=2, ge=1, le=100)
 
+    # Answer cache (app/cache/): exact answers keyed by everything they depend on; Redis with REDIS_URL.
+    ivy_cache_enabled: bool = True
+    ivy_cache_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86_400)
+    ivy_cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)  # in-process backend's LRU bound
+    # Provider calls per minute (per worker) spent re-answering the most asked questions; 0: no warm-up.
+    ivy_cache_warmup_per_min: int = Field(default=6, ge=0, le=600)
+
     # Retrieval
     ivy_knowledge_dir: Path = PACKAGE_DIR / "knowledge"
 

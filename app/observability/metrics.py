@@ -148,6 +148,30 @@ class Metrics:
         self.errors = Counter(
             "ivy_request_errors", "Requests that ended in an error response, by code.", ["code"], registry=r,
         )
+        self.cache_requests = Counter(
+            "ivy_cache_requests", "Answer cache outcomes per request: hit, miss or bypass (no-cache, an email "
+            "draft, or the backend failing open).", ["outcome"], registry=r,
+        )
+        self.cache_evictions = Counter(
+            "ivy_cache_evictions", "Answers the in-process cache dropped to stay within IVY_CACHE_MAX_ENTRIES.",
+            ["backend"], registry=r,
+        )
+        self.cache_tokens_saved = Counter(
+            "ivy_cache_tokens_saved", "Provider tokens a cache hit did not spend (the entry's own usage).",
+            ["direction"], registry=r,
+        )
+        self.cache_errors = Counter(
+            "ivy_cache_backend_errors", "Answer cache backend failures (the request went on without the cache).",
+            ["backend", "op"], registry=r,
+        )
+        self.cache_warmup = Counter(
+            "ivy_cache_warmup_answers", "Warm-up provider calls: refreshed (stored) or not_cached (degraded).",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("hit", "miss", "bypass"):  # every series exists from the start (dashboards, alerts)
+            self.cache_requests.labels(outcome)
+        for direction in ("input", "output"):
+            self.cache_tokens_saved.labels(direction)
         self._eval = EvalReportCollector(eval_reports_dir) if eval_reports_dir is not None else None
         if self._eval is not None and self.multiproc_dir is None:
             r.register(self._eval)

@@ -14,6 +14,7 @@ BANT section.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,11 @@ class KnowledgeBase:
         self._bm25 = BM25Okapi([_section_terms(s) for s in sections]) if sections else None
         idf = self._bm25.idf.values() if self._bm25 is not None else ()
         self._rare_idf = max(idf, default=0.0)
+        # The content's version: part of every answer-cache key, so an edited doc is a miss.
+        digest = hashlib.sha256()
+        for section in sections:
+            digest.update(f"{section.source}\0{section.title}\0{section.text}\0".encode())
+        self.version = digest.hexdigest()[:16]
 
     @classmethod
     def from_folder(cls, folder: Path) -> KnowledgeBase:

@@ -19,7 +19,7 @@ RANK = {
     "app.main": 5,
     "app.api": 4,
     "app.pipeline": 3, "app.state": 3, "app.domain": 3,
-    "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.tools": 2,
+    "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.tools": 2, "app.cache": 2,
     "app.gc_tuning": 2,
     "app.config": 1, "app.observability": 1,
 }
