@@ -6,6 +6,7 @@ Each stage is a plain function over plain data; the routes only parse HTTP and c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -208,21 +209,23 @@ def _hit_trace(hit: CachedAnswer) -> Trace:
     return Trace(provider=hit.provider)
 
 
-async def warm_cache(state: State) -> None:
-    """The warm-up's background task: re-answer the most asked questions (app/cache/warmup.py)."""
-    async def refresh(recipe: Recipe) -> bool:
-        modal_heuristics, organic, active_model = recipe["flags"]
-        flags = Flags(modal_heuristics=modal_heuristics, organic=organic, active_model=active_model)
-        caller = Caller("cache-warmup", "ivy:cache-warmup", recipe["org"], None, recipe["org"])
-        timer = Timer()
-        c, passages, request = plan(state, recipe["query"], recipe["context"], flags, timer)
-        key = cache_key(state, caller, request, flags)
-        if key is None:
-            return False
-        response, trace = await respond(state, caller, c, passages, request, flags, timer, cache="bypass")
-        return await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
+async def refresh_cached(state: State, recipe: Recipe) -> bool:
+    """Answer a recorded question again and store it (the warm-up; off the request path)."""
+    modal_heuristics, organic, active_model = recipe["flags"]
+    flags = Flags(modal_heuristics=modal_heuristics, organic=organic, active_model=active_model)
+    caller = Caller("cache-warmup", "ivy:cache-warmup", recipe["org"], None, recipe["org"])
+    timer = Timer()
+    c, passages, request = plan(state, recipe["query"], recipe["context"], flags, timer)
+    key = cache_key(state, caller, request, flags)
+    if key is None:
+        return False
+    response, trace = await respond(state, caller, c, passages, request, flags, timer)
+    return await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
 
-    await state.warmer.run(refresh)
+
+async def warm_cache(state: State) -> None:
+    """The warm-up's background task (app/cache/warmup.py), from start."""
+    await state.warmer.run(functools.partial(refresh_cached, state))
 
 
 # --- generate --------------------------------------------------------------------------------------

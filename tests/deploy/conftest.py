@@ -65,8 +65,20 @@ def exported(make_client: Callable[..., TestClient], fake_provider: FakeProvider
     assert breakers["gemini"]["state"] == "open", breakers
     scrapes.add_scrape(providers.get("/metrics").text)
 
-    # A gemini call with no first token after the hedge delay: a hedge to openai answers first.
     fake_provider.clear_faults()
+    # The answer cache: a miss, a hit (tokens saved) and a bypass (Cache-Control: no-cache).
+    cached = make_client(**provider_settings, ivy_cache_enabled=True, ivy_cache_max_entries=1)
+    outcomes = [cached.post(V2, json={"query": q}, headers={"X-User-ID": "rep-5", **h}).json()["cache"]
+                for q, h in (("hello cache", {}), ("hello cache", {}), ("hello cache", {"Cache-Control": "no-cache"}),
+                             ("another question", {}))]
+    assert outcomes == ["miss", "hit", "bypass", "miss"], outcomes
+    scrapes.add_scrape(cached.get("/metrics").text)
+    cache_down = make_client(**provider_settings, ivy_cache_enabled=True,  # Redis unreachable: no cache
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert cache_down.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-6"}).json()["cache"] == "bypass"
+    scrapes.add_scrape(cache_down.get("/metrics").text)
+
+    # A gemini call with no first token after the hedge delay: a hedge to openai answers first.
     hedging = make_client(**provider_settings, ivy_hedge_initial_delay_ms=200)
     fake_provider.set_fault("brownout", provider="gemini", share=1.0, seconds=1.0, times=1)
     hedged = hedging.post(V2, json={"query": "hello once more"}, headers={"X-User-ID": "rep-4"}).json()
