@@ -3,6 +3,12 @@
 
     python scripts/bench_realistic.py [--requests 200] [--concurrency 8] [--time-scale 1.0] [--only healthy,...]
 
+The answer cache is off in the provider scenarios (they measure the chain); `repeated` and
+`repeated_nocache` send the same Zipf mix over 100 distinct questions (20 product questions, 16
+questions about each of 5 leads) from 5 orgs, with the cache on and off: provider calls, hit ratio,
+p50, and hits that served another org's or another lead's answer (must be 0: a hit must return
+an answer that a miss of the same org and question produced).
+
 Per scenario it starts a fresh router (uvicorn, no Redis), warms it with 30 healthy requests (a
 router that has run a while knows its providers), switches the fault on, and sends a realistic
 mix (greetings, lead questions, knowledge-base questions, email drafts, insights). It prints the
@@ -48,6 +54,33 @@ MIX = [  # (weight, query, context)
     (15, "draft a follow-up email to dana about the proposal", {"lead": LEAD}),
     (10, "show me this lead's score and insights", {"lead": LEAD}),
 ]
+PRODUCT_QUESTIONS = [
+    "do we support SSO with Okta?", "what's in the starter plan?", "how much is the pro plan per seat?",
+    "what is our refund policy?", "do we integrate with Salesforce?", "how long does onboarding take?",
+    "do we support SAML?", "is there an annual discount?", "can customers export their data?",
+    "do we have a HubSpot integration?", "what does the enterprise plan include?",
+    "how do I handle a pricing objection?",
+    "do we offer a free trial?", "is SCIM provisioning supported?", "how are invoices sent?",
+    "what is the cancellation policy?", "do we support two-factor authentication?", "what's our uptime SLA?",
+    "how do we qualify a lead with BANT?", "can we connect to Slack?",
+]
+LEAD_QUESTIONS = [
+    "what's their budget?", "when did we last talk to them?", "what stage is this deal in?", "who is the contact?",
+    "what did they ask about?", "what's their title?", "which company are they with?", "what are the next steps?",
+    "summarise this lead", "what's their email?", "any notes on this lead?", "what do we know about their needs?",
+    "is this lead qualified?", "what should I say on the next call?", "how engaged is this lead?",
+    "what objections did they raise?",
+]
+LEADS = [{**LEAD, "id": f"L-{2000 + i}", "name": name, "email": f"{name.split()[0].lower()}@example.com",
+          "budget": f"${20 + 15 * i}k", "notes": [f"Call {i + 1}: asked about {topic}"]}
+         for i, (name, topic) in enumerate([("Ana Ruiz", "SSO"), ("Ben Okafor", "pricing"), ("Chen Wei", "onboarding"),
+                                           ("Dara Nolan", "refunds"), ("Eli Moss", "integrations")])]
+for _lead in LEADS:
+    _lead.pop("leadScore", None)
+    _lead.pop("aiInsights", None)
+REPEATED = [(q, {}) for q in PRODUCT_QUESTIONS] + [(q, {"lead": lead}) for lead in LEADS for q in LEAD_QUESTIONS]
+ORGS = [f"org-{n}" for n in range(5)]
+ZIPF_S = 1.1
 
 
 @dataclass
@@ -56,6 +89,8 @@ class Scenario:
     active: str = "gemini"
     faults: list[dict[str, Any]] = field(default_factory=list)
     stream: bool = False
+    cache: bool = False  # the answer cache (IVY_CACHE_ENABLED)
+    repeated: bool = False  # the repeated-questions mix instead of MIX
 
 
 SCENARIOS = [
@@ -66,6 +101,8 @@ SCENARIOS = [
     Scenario("primary_hangs", faults=[{"kind": "hang", "provider": "gemini", "seconds": 120}]),
     Scenario("both_down", faults=[{"kind": "503"}]),
     Scenario("streamed", stream=True),
+    Scenario("repeated", cache=True, repeated=True),
+    Scenario("repeated_nocache", repeated=True),
 ]
 
 
@@ -76,6 +113,9 @@ class Sample:
     reason: str | None
     seconds: float  # whole answer, or first delta for streams
     status: int
+    cache: str = "-"
+    answer: str = ""
+    origin: tuple[str, int] = ("", -1)  # (org, question index) in the repeated mix
 
 
 def pct(values: list[float], q: float) -> float:
@@ -91,17 +131,18 @@ async def wait_up(server: Server, path: str) -> None:
 
 
 async def ask(session: aiohttp.ClientSession, base: str, query: str, context: dict[str, Any], stream: bool,
-              user: str) -> Sample:
+              user: str, org: str | None = None) -> Sample:
     started = time.perf_counter()
     body = orjson.dumps({"query": query, "context": context, "stream": stream})
-    headers = {"Content-Type": "application/json", "X-User-ID": user}
+    headers = {"Content-Type": "application/json", "X-User-ID": user, **({"X-Org-ID": org} if org else {})}
     async with session.post(f"{base}/ai/router/v2", data=body, headers=headers) as r:
         if not stream:
             payload = orjson.loads(await r.read())
             elapsed = time.perf_counter() - started
             if r.status != 200:
                 return Sample("error", "none", f"http_{r.status}", elapsed, r.status)
-            return Sample(payload["intent"], payload["provider"], payload["fallback"]["reason"], elapsed, r.status)
+            return Sample(payload["intent"], payload["provider"], payload["fallback"]["reason"], elapsed, r.status,
+                          payload.get("cache", "-"), payload["answer"])
         first: float | None = None
         intent, provider, reason, event = "none", "none", None, ""
         async for line in r.content:
@@ -137,6 +178,34 @@ async def fire(session: aiohttp.ClientSession, base: str, n: int, concurrency: i
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def fire_repeated(session: aiohttp.ClientSession, base: str, n: int, concurrency: int, seed: int
+                        ) -> list[Sample]:
+    """A Zipf mix over REPEATED, each request from one of ORGS (uniformly)."""
+    rng = random.Random(seed)
+    weights = [1 / (rank ** ZIPF_S) for rank in range(1, len(REPEATED) + 1)]
+    picks = [(rng.choices(range(len(REPEATED)), weights=weights)[0], rng.choice(ORGS)) for _ in range(n)]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> Sample:
+        q, org = picks[i]
+        query, context = REPEATED[q]
+        async with gate:
+            sample = await ask(session, base, query, context, False, f"rep-{i % 40}", org)
+        sample.origin = (org, q)
+        return sample
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def cross_hits(samples: list[Sample]) -> int:
+    """Hits whose answer no miss of the same org and question produced: another org's or lead's entry."""
+    own: dict[tuple[str, int], set[str]] = {}
+    for s in samples:
+        if s.cache != "hit":
+            own.setdefault(s.origin, set()).add(s.answer)
+    return sum(1 for s in samples if s.cache == "hit" and s.answer not in own.get(s.origin, set()))
+
+
 async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, session: aiohttp.ClientSession
                        ) -> dict[str, Any]:
     port = free_port()
@@ -145,7 +214,8 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, s
     env = {**os.environ, "ACTIVE_MODEL": sc.active, "GEMINI_API_KEY": "bench-gemini-key-000000",
            "OPENAI_API_KEY": "bench-openai-key-000000", "GEMINI_BASE_URL": fake_base,
            "OPENAI_BASE_URL": f"{fake_base}/v1", "AI_RATE_LIMIT_PER_MIN": "1000000",
-           "AI_ORG_RATE_LIMIT_PER_MIN": "1000000", "IVY_LOG_FILE": str(logdir / "ai_router.log")}
+           "AI_ORG_RATE_LIMIT_PER_MIN": "1000000", "IVY_LOG_FILE": str(logdir / "ai_router.log"),
+           "IVY_CACHE_ENABLED": "true" if sc.cache else "false", "IVY_CACHE_WARMUP_PER_MIN": "0"}
     env.pop("REDIS_URL", None)
     for name, value in args.router_env:
         env[name] = value
@@ -164,7 +234,9 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, s
             async with session.post(f"{fake_base}/_fake/fault", json=fault) as r:
                 assert r.status == 200, await r.text()
         started = time.monotonic()
-        samples = await fire(session, base, args.requests, args.concurrency, sc.stream, seed=args.seed)
+        samples = (await fire_repeated(session, base, max(600, 3 * args.requests), args.concurrency, args.seed)
+                   if sc.repeated else
+                   await fire(session, base, args.requests, args.concurrency, sc.stream, seed=args.seed))
         wall = time.monotonic() - started
         async with session.get(f"{fake_base}/_fake/stats") as r:
             stats = await r.json()
@@ -204,6 +276,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "breakers": {k: v["state"] for k, v in result["health"]["providers"]["circuit_breakers"].items()},
         "hedge_delay_ms": {k: v["hedge_delay_ms"]
                            for k, v in result["health"]["providers"]["hedging"]["providers"].items()},
+        "requests": len(samples), "calls": sum(int(v["calls"]) for v in result["stats"].values()),
+        "p50": pct([s.seconds for s in samples], 50),
+        "hit_ratio": sum(s.cache == "hit" for s in samples) / len(samples),
+        "cross_hits": cross_hits(samples),
     }
 
 
@@ -233,6 +309,11 @@ def check(name: str, s: dict[str, Any], healthy: dict[str, Any] | None, deadline
     if name == "both_down":
         return [("100% HTTP 200 from local", s["ok_share"] == 1 and s["local_share"] == 1),
                 ("within the deadline", s["max"] <= deadline)]
+    if name == "repeated":
+        return [("real >= 99.5%", s["real_share"] >= 0.995), ("0 cross-org / cross-lead hits", s["cross_hits"] == 0),
+                ("provider calls <= misses + 5%", s["calls"] <= (1 - s["hit_ratio"]) * s["requests"] * 1.05 + 1)]
+    if name == "repeated_nocache":
+        return [("real >= 99.5%", s["real_share"] >= 0.995), ("no hits", s["hit_ratio"] == 0)]
     if name == "streamed":
         # A modal's payload is one JSON document, sent whole: only chat answers stream token by token.
         return [("real >= 99.5%", s["real_share"] >= 0.995),
@@ -254,6 +335,28 @@ def render(rows: list[tuple[str, dict[str, Any]]], checks: dict[str, list[tuple[
                    f"{prim.get('service_p50_ms', '-')} / {prim.get('service_p95_ms', '-')} | "
                    f"{prim.get('ttft_p95_ms', '-')} | {verdict} |")
     return "\n".join(out)
+
+
+def render_repeated(rows: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[tuple[str, bool]]]:
+    """The repeated-questions table, cache on against cache off, and the issue's targets on the pair."""
+    got = dict(rows)
+    out = ["| repeated questions | requests | provider calls | calls/request | hit ratio | p50 (ms) | p95 (ms) "
+           "| cross-org/lead hits |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("repeated", "repeated_nocache"):
+        if (s := got.get(name)) is not None:
+            out.append(f"| {'cache on' if name == 'repeated' else 'cache off'} | {s['requests']} | {s['calls']} | "
+                       f"{s['calls'] / s['requests']:.2f} | {s['hit_ratio']:.1%} | {s['p50'] * 1000:.1f} | "
+                       f"{s['p95'] * 1000:.0f} | {s['cross_hits']} |")
+    checks: list[tuple[str, bool]] = []
+    if "repeated" in got and "repeated_nocache" in got:
+        on, off = got["repeated"], got["repeated_nocache"]
+        ratio = off["p50"] / max(on["p50"], 1e-9)
+        fall = 1 - (on["calls"] / on["requests"]) / max(off["calls"] / off["requests"], 1e-9)
+        checks = [(f"p50 falls >= 5x (x{ratio:.0f})", ratio >= 5),
+                  (f"provider calls fall by the hit ratio ({fall:.1%} vs {on['hit_ratio']:.1%})",
+                   fall >= on["hit_ratio"] - 0.05)]
+        out.append("\n" + "; ".join(f"{'PASS' if ok else 'MISS'} {label}" for label, ok in checks))
+    return "\n".join(out), checks
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -283,6 +386,9 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         fake.stop()
     print(render(rows, checks))
+    if any(name.startswith("repeated") for name, _ in rows):
+        table, checks["repeated_pair"] = render_repeated(rows)
+        print("\n" + table)
     return 0 if all(ok for c in checks.values() for _, ok in c) else 1
 
 

@@ -1,4 +1,4 @@
-"""The answer cache: exact, tenant-scoped, never a degraded answer (docs/CACHE.md).
+"""The answer cache: exact, tenant-scoped, never a degraded answer (README "Answer cache").
 
 keys.py (the hash of everything an answer depends on), backends.py (in-process LRU, Redis),
 answers.py (lookup / store, failing open), warmup.py (the most asked questions answered again).
