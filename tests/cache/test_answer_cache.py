@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.cache import keys as cache_keys
 from tests.conftest import LEAD, LEAD_NO_SCORE, FakeProviderThread, read_log
-from tests.support import free_port
+from tools.ports import free_port
 
 V2 = "/ai/router/v2"
 ADMIN = "admin-token-0123456789"
