@@ -112,12 +112,17 @@ async def get_cache(state: IvyState, _: Admin) -> FastJSONResponse:
     return FastJSONResponse({**await state.cache.snapshot(), "warmup": state.warmer.snapshot()})
 
 
-@router.put("/cache", summary="Purge the answer cache: one org's answers (org_id) or all (every worker and host)")
+_BAD_PURGE: dict[int | str, dict[str, Any]] = {
+    400: {**_ERROR, "description": "The body is not JSON, or org_id is blank"}}
+
+
+@router.put("/cache", summary="Purge the answer cache: one org's answers (org_id) or all (every worker and host)",
+            responses=_BAD_PURGE)
 async def put_cache(body: CachePurge, state: IvyState, _: Admin) -> FastJSONResponse:
     return await _purge(state, body.org_id, body.set_by)
 
 
-@router.delete("/cache", summary="Purge the answer cache: ?org_id= for one org, else all")
+@router.delete("/cache", summary="Purge the answer cache: ?org_id= for one org, else all", responses=_BAD_PURGE)
 async def delete_cache(state: IvyState, _: Admin, org_id: str | None = None, set_by: str = "unknown"
                        ) -> FastJSONResponse:
     return await _purge(state, org_id, set_by)

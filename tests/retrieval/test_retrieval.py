@@ -120,7 +120,8 @@ def test_knowledge_dir_is_indexed_at_start_and_answers_rag_with_citations(
         "## Setup\nPair a reader with the mobile app over Bluetooth in under a minute.\n")
     client = make_client(ivy_knowledge_dir=tmp_path)
     health = client.get("/ai/router/health").json()
-    assert health["knowledge_base"] == {"warm": True, "sections": 3}
+    assert health["knowledge_base"] == {"warm": True, "sections": 3, "version": client.app_state["ivy"].kb.version}
+    assert len(health["knowledge_base"]["version"]) == 16  # the content hash in every answer-cache key
     body = client.post("/ai/router/v2", json={"query": "what's the warranty policy on badge readers?", "context": {}},
                        headers={"X-User-ID": "rep-1"}).json()
     assert body["intent"] == "rag"
@@ -131,7 +132,8 @@ def test_knowledge_dir_is_indexed_at_start_and_answers_rag_with_citations(
 def test_an_empty_knowledge_dir_shows_as_cold_in_health(make_client: Callable[..., TestClient],
                                                          tmp_path: Path) -> None:
     client = make_client(ivy_knowledge_dir=tmp_path)
-    assert client.get("/ai/router/health").json()["knowledge_base"] == {"warm": False, "sections": 0}
+    kb = client.get("/ai/router/health").json()["knowledge_base"]
+    assert (kb["warm"], kb["sections"]) == (False, 0)
 
 
 def test_rag_response_cites_every_passage_it_used(client: TestClient) -> None:
