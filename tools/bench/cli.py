@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--litellm-install-timeout", type=float, default=300.0)
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a server may take to answer")
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    p.add_argument("--router-env", type=lambda v: tuple(v.split("=", 1)), action="append", default=[],
+                   help="NAME=VALUE for the router (c), e.g. IVY_CACHE_ENABLED=false (repeatable)")
     p.add_argument("--markdown-from", type=Path, default=None, metavar="JSON",
                    help="print docs/PERFORMANCE.md's tables for a saved run and exit (measures nothing)")
     return p

@@ -107,6 +107,7 @@ class Bench:
             OPENAI_BASE_URL=f"http://127.0.0.1:{upstream.port}/v1", REDIS_URL=self.args.redis_url,
             IVY_LOG_FILE=str(self.work / f"{name}-ai_router.log"), IVY_LOG_LEVEL="INFO",
             AI_RATE_LIMIT_PER_MIN=HUGE_LIMIT, AI_RATE_LIMIT_BURST=HUGE_LIMIT, AI_ORG_RATE_LIMIT_PER_MIN=HUGE_LIMIT,
+            **dict(getattr(self.args, "router_env", [])),
         )
         return Server(name, self.uvicorn_cmd("app.main:app", port), env=env, port=port,
                       log=self.work / f"{name}.stderr.log").start()
