@@ -36,6 +36,7 @@ import _repo_root  # noqa: F401  (puts the repository's root on sys.path, for to
 import aiohttp
 import orjson
 
+from app.providers.hedging import percentile
 from tools.bench.servers import Server, wait_ready
 from tools.ports import free_port
 
@@ -119,10 +120,7 @@ class Sample:
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return percentile(sorted(values), q) if values else float("nan")
 
 
 async def wait_up(server: Server, path: str) -> None:

@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from app.api.auth import JWKSCache
 from app.config import ConfigError, load_settings
-from app.main import create_app
 from tests.conftest import read_log
 from tests.support import spawn_uvicorn, stop_process
 
@@ -37,20 +36,11 @@ def bearer(value: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def jwt_client(make_settings: Callable[..., Any]) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
+def jwt_client(make_client: Callable[..., TestClient]) -> Callable[..., TestClient]:
     def make(address: str = "203.0.113.9", **overrides: Any) -> TestClient:
-        values = {"ivy_auth_mode": "jwt", "ivy_jwt_secret": SECRET, **overrides}
-        client = TestClient(create_app(make_settings(**values)), raise_server_exceptions=False,
-                            client=(address, 50000))
-        client.__enter__()
-        clients.append(client)
-        return client
+        return make_client(address=address, **{"ivy_auth_mode": "jwt", "ivy_jwt_secret": SECRET, **overrides})
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 def assert_401(r: Any, code: str) -> None:

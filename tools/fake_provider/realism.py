@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from app.providers.hedging import percentile
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -114,8 +116,7 @@ class Realism:
 
 
 def _ms(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
-    return round(sorted_values[index] * 1000, 1)
+    return round(percentile(sorted_values, q) * 1000, 1)
 
 
 FILLER = ("pipeline", "renewal", "pricing", "security", "onboarding", "timeline", "budget", "champion",
