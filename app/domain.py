@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.safety.flags import Flag, SafetyReport
+
 if TYPE_CHECKING:
     from app.providers.chain import Trace
 
@@ -70,6 +72,13 @@ class IntentInfo(BaseModel):
     reasons: list[str]
 
 
+class Safety(BaseModel):
+    flags: list[Flag] = Field(
+        default_factory=list, description="What the output checks did (README 'Safety'): recipient_replaced, "
+        "link_removed, markup_removed, prompt_leak (the answer was replaced by a refusal), untrusted_instructions "
+        "(outside text tried to instruct the model; never cached), secret_masked.")
+
+
 class RouterResponse(BaseModel):
     request_id: str
     intent: Literal["conversational", "rag", "modal"]
@@ -85,6 +94,7 @@ class RouterResponse(BaseModel):
     cache: Literal["hit", "miss", "bypass"] = Field(
         default="miss", description="hit: served from the answer cache; miss: generated (and stored if "
         "cacheable); bypass: the cache was not used (Cache-Control: no-cache, an email draft, cache off or down).")
+    safety: Safety = Field(default_factory=Safety)
 
 
 
@@ -95,3 +105,4 @@ class Outcome:
     response: RouterResponse
     rate_headers: dict[str, str]
     trace: Trace
+    safety: SafetyReport

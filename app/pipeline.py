@@ -1,5 +1,5 @@
-"""One request, top to bottom: rate limit -> classify -> retrieve -> cache lookup -> generate -> JSON tool
--> cache store -> respond.
+"""One request, top to bottom: rate limit -> read the CRM context -> classify -> retrieve -> cache lookup
+-> generate -> JSON tool -> output checks -> cache store -> respond.
 
 Each stage is a plain function over plain data; the routes only parse HTTP and call `answer`.
 """
@@ -16,7 +16,18 @@ import orjson
 
 from app.cache import CachedAnswer, CacheKey, CacheOutcome, Recipe, answer_key
 from app.config.runtime_flags import Flags
-from app.domain import Caller, Citation, Fallback, IntentInfo, Modal, Outcome, RateLimitExceeded, RouterResponse
+from app.crm import CrmRecord
+from app.domain import (
+    Caller,
+    Citation,
+    Fallback,
+    IntentInfo,
+    Modal,
+    Outcome,
+    RateLimitExceeded,
+    RouterResponse,
+    Safety,
+)
 from app.intent.classifier import Classification, classify, lead_has_insights
 from app.observability.logging import get_logger
 from app.providers import prompts
@@ -24,6 +35,7 @@ from app.providers.base import GenerationRequest, Passage, ProviderError
 from app.providers.chain import ChainResult, LinkFailure, Trace
 from app.resilience.ratelimit import rate_limit_headers, retry_after_header
 from app.retrieval.retriever import retrieve
+from app.safety import REFUSAL, AnswerGuard, SafetyReport, injected
 from app.state import State
 from app.tools.email import make_email_json_fallback, parse_email
 
@@ -91,8 +103,9 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
 
 # --- stages 2-5 ----------------------------------------------------------------------------------
 
-def _citations(passages: list[Passage]) -> list[Citation]:
-    return [Citation(source=p.source, snippet=p.text[:300]) for p in passages]
+def _citations(p: Plan) -> list[Citation]:
+    """Each passage's source and a snippet, links held to the same rule as the answer's."""
+    return [Citation(source=x.source, snippet=p.guard.snippet(x.text[:300])) for x in p.passages]
 
 
 def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
@@ -110,37 +123,63 @@ def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
     return follow_ups
 
 
-def build_generation_request(query: str, context: dict[str, Any], c: Classification,
+def build_generation_request(canary: str, query: str, lead: dict[str, Any], c: Classification,
                              passages: list[Passage], max_output_tokens: int = 512) -> GenerationRequest:
-    lead = context.get("lead") if isinstance(context.get("lead"), dict) else {}
-    assert isinstance(lead, dict)
     notes: tuple[str, ...] = ()
     if "lead:no_score_or_insights" in c.reasons:
         notes = ("This lead has no lead score or AI insights yet.",)
+    kind: prompts.PromptKind
+    schema = None
     if c.modal_type == "email_composer":
-        system, schema = prompts.SYSTEM_EMAIL, prompts.EMAIL_SCHEMA
+        kind, schema = "email", prompts.EMAIL_SCHEMA
     elif c.modal_type == "lead_insights":
-        system, schema = prompts.SYSTEM_INSIGHTS, None
+        kind = "insights"
     else:
-        system, schema = (prompts.SYSTEM_RAG if c.intent == "rag" else prompts.SYSTEM), None
+        kind = "rag" if c.intent == "rag" else "chat"
     prompt = prompts.user_prompt(query, passages, lead)
     if notes:
         prompt = "Note: " + " ".join(notes) + "\n\n" + prompt
     return GenerationRequest(
-        intent=c.intent, query=query, system=system, prompt=prompt, lead=lead, passages=tuple(passages),
-        modal_type=c.modal_type, notes=notes, json_schema=schema, max_output_tokens=max_output_tokens,
+        intent=c.intent, query=query, system=prompts.system_text(kind, canary), prompt=prompt, lead=lead,
+        passages=tuple(passages), modal_type=c.modal_type, notes=notes, json_schema=schema,
+        max_output_tokens=max_output_tokens, prompt_kind=kind,
     )
 
 
-def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer
-         ) -> tuple[Classification, list[Passage], GenerationRequest]:
-    c = classify(query, context, modal_heuristics=flags.modal_heuristics,
+@dataclass(slots=True)
+class Plan:
+    """What the request will ask, read from its CRM context once; the checks its answer passes."""
+
+    classification: Classification
+    passages: list[Passage]
+    request: GenerationRequest
+    record: CrmRecord
+    report: SafetyReport
+    guard: AnswerGuard
+
+    @property
+    def cacheable(self) -> bool:
+        """Never an answer that outside text or the query tried to steer."""
+        return not self.report.steered and "guard:prompt_injection" not in self.classification.reasons
+
+
+def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer) -> Plan:
+    record = CrmRecord.read(context)
+    report = SafetyReport(secrets_masked=record.secrets_masked)
+    if record.secrets_masked:
+        report.flag("secret_masked")
+    if injected(text for _, text in record.outside):
+        report.flag("untrusted_instructions")
+    c = classify(query, record.context, modal_heuristics=flags.modal_heuristics,
                  modal_min_confidence=state.settings.ivy_modal_min_confidence)
     timer.lap("classify")
-    passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
+    passages = retrieve(query, record.context, state.kb) if c.intent == "rag" else []
     timer.lap("retrieve")
-    return c, passages, build_generation_request(query, context, c, passages,
-                                                 state.settings.max_output_tokens(c.intent))
+    request = build_generation_request(state.canary, query, record.lead, c, passages,
+                                       state.settings.max_output_tokens(c.intent))
+    guard = AnswerGuard(state.output_policy, addresses=record.addresses, primary=record.primary,
+                        hosts=record.hosts, correspondents=record.correspondents, report=report)
+    return Plan(c, passages, request, record, report, guard)
 
 
 async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
@@ -148,22 +187,25 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     timer = Timer()
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
-    c, passages, request = plan(state, query, context, flags, timer)
-    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
+    p = plan(state, query, context, flags, timer)
+    key, outcome, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
                                            use_cache=use_cache)
     timer.lap("cache")
     if hit is not None:
-        return Outcome(_response(caller, c, passages, request, flags, timer, hit), rate_headers, _hit_trace(hit))
-    response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
-    await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
-    return Outcome(response, rate_headers, trace)
+        return Outcome(_response(caller, p, flags, timer, hit), rate_headers, _hit_trace(hit), p.report)
+    response, trace = await respond(state, caller, p, flags, timer, cache=outcome)
+    await cache_store(state, key if p.cacheable else None, trace, response.answer, degraded=response.fallback.used)
+    return Outcome(response, rate_headers, trace, p.report)
 
 
 # --- the answer cache (app/cache/): lookup before generating, store after --------------------------
 
-def cache_key(state: State, caller: Caller, request: GenerationRequest, flags: Flags) -> CacheKey | None:
-    """None when this request is never cached: cache off, only the offline provider, or an email draft."""
-    if not state.cache.enabled or not state.chain.links or request.modal_type == "email_composer":
+def cache_key(state: State, caller: Caller, p: Plan, flags: Flags) -> CacheKey | None:
+    """None when this request is never cached: cache off, only the offline provider, an email draft,
+    or a request whose outside text (or query) tries to instruct the model."""
+    request = p.request
+    if not state.cache.enabled or not state.chain.links or request.modal_type == "email_composer" \
+            or not p.cacheable:
         return None
     s = state.settings
     return answer_key(org=caller.org_key, request=request, kb_version=state.kb.version,
@@ -172,14 +214,14 @@ def cache_key(state: State, caller: Caller, request: GenerationRequest, flags: F
                       modal_heuristics=flags.modal_heuristics)
 
 
-async def cache_lookup(state: State, caller: Caller, request: GenerationRequest, flags: Flags, recipe: Recipe,
+async def cache_lookup(state: State, caller: Caller, p: Plan, flags: Flags, recipe: Recipe,
                        *, use_cache: bool) -> tuple[CacheKey | None, CacheOutcome, CachedAnswer | None]:
     """The key (None: do not store), what the cache said, and the entry on a hit."""
-    key = cache_key(state, caller, request, flags)
+    key = cache_key(state, caller, p, flags)
     if key is None:
         state.cache.count("bypass")
         return None, "bypass", None
-    state.warmer.asked(key, recipe)
+    state.warmer.asked(key, {**recipe, "key": key.digest})
     if not use_cache:  # Cache-Control: no-cache: answer afresh, and refresh the entry
         state.cache.count("bypass")
         return key, "bypass", None
@@ -215,12 +257,14 @@ async def refresh_cached(state: State, recipe: Recipe) -> bool:
     flags = Flags(modal_heuristics=modal_heuristics, organic=organic, active_model=active_model)
     caller = Caller("cache-warmup", "ivy:cache-warmup", recipe["org"], None, recipe["org"])
     timer = Timer()
-    c, passages, request = plan(state, recipe["query"], recipe["context"], flags, timer)
-    key = cache_key(state, caller, request, flags)
-    if key is None:
+    p = plan(state, recipe["query"], recipe["context"], flags, timer)
+    key = cache_key(state, caller, p, flags)
+    # Re-ask exactly the keyed prompt: a recipe that no longer builds it (the KB changed) is dropped.
+    if key is None or key.digest != recipe.get("key"):
         return False
-    response, trace = await respond(state, caller, c, passages, request, flags, timer)
-    return await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
+    response, trace = await respond(state, caller, p, flags, timer)
+    return await cache_store(state, key if p.cacheable else None, trace, response.answer,
+                             degraded=response.fallback.used)
 
 
 async def warm_cache(state: State) -> None:
@@ -230,14 +274,15 @@ async def warm_cache(state: State) -> None:
 
 # --- generate --------------------------------------------------------------------------------------
 
-async def respond(state: State, caller: Caller, c: Classification, passages: list[Passage],
-                  request: GenerationRequest, flags: Flags, timer: Timer, *, cache: CacheOutcome = "bypass",
-                  ) -> tuple[RouterResponse, Trace]:
+async def respond(state: State, caller: Caller, p: Plan, flags: Flags, timer: Timer, *,
+                  cache: CacheOutcome = "bypass") -> tuple[RouterResponse, Trace]:
+    c, request, guard = p.classification, p.request, p.guard
     modal: Modal | None = None
     if c.modal_type == "email_composer":
         result = await state.chain.generate(request, json_mode=True, first=flags.active_model)
         timer.lap("generate")
         draft, reason = _email_payload(result, request)
+        draft = guard.draft(draft)
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
@@ -245,12 +290,14 @@ async def respond(state: State, caller: Caller, c: Classification, passages: lis
         result = await state.chain.generate(request, first=flags.active_model)
         timer.lap("generate")
         reason = result.degraded_reason
-        text = result.generation.text
+        text = guard.text(result.generation.text)
         if c.modal_type == "lead_insights":
             modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, text))
 
     if reason:
         state.metrics.fallbacks.labels(reason).inc()
+    citations = _citations(p)
+    record_safety(state, p.report)
     return RouterResponse(
         request_id=caller.request_id,
         intent=c.intent,
@@ -258,25 +305,32 @@ async def respond(state: State, caller: Caller, c: Classification, passages: lis
         model=result.generation.model,
         answer=text,
         modal=modal,
-        citations=_citations(passages),
+        citations=citations,
         fallback=_fallback(reason, result.failures),
         intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
         suggestions=_suggestions(c, request.lead) if flags.organic else [],
         latency_ms=timer.total(),
         cache=cache,
+        safety=Safety(flags=list(p.report.flags)),
     ), result.trace
 
 
-def _response(caller: Caller, c: Classification, passages: list[Passage], request: GenerationRequest,
-              flags: Flags, timer: Timer, hit: CachedAnswer) -> RouterResponse:
+def record_safety(state: State, report: SafetyReport) -> None:
+    for flag in report.flags:
+        state.metrics.safety_flags.labels(flag).inc()
+
+
+def _response(caller: Caller, p: Plan, flags: Flags, timer: Timer, hit: CachedAnswer) -> RouterResponse:
     """A cache hit, answered as the model answered it (never a draft: those are not cached)."""
+    c, request = p.classification, p.request
     modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, hit.answer)) \
         if c.modal_type == "lead_insights" else None
     return RouterResponse(
         request_id=caller.request_id, intent=c.intent, provider=hit.provider,
-        model=hit.model, answer=hit.answer, modal=modal, citations=_citations(passages),
+        model=hit.model, answer=hit.answer, modal=modal, citations=_citations(p),
         fallback=Fallback(used=False), intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
         suggestions=_suggestions(c, request.lead) if flags.organic else [], latency_ms=timer.total(), cache="hit",
+        safety=Safety(flags=list(p.report.flags)),
     )
 
 
@@ -293,8 +347,6 @@ def _email_payload(result: ChainResult, request: GenerationRequest) -> tuple[dic
         log.warning("email_json_fallback", reason=outcome, model_provider=result.generation.provider)
         return make_email_json_fallback(request.lead, request.query), outcome
     payload = draft.model_dump()
-    if not payload["to"]:
-        payload["to"] = str(request.lead.get("email") or "")
     # A repaired draft is still the model's: the answer is not degraded, so no fallback reason.
     return payload, result.degraded_reason
 
@@ -317,17 +369,20 @@ def _sse(event: str, data: Any) -> bytes:
 async def answer_stream(
     state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
     on_trace: Callable[[Trace], None], *, use_cache: bool = True,
-) -> tuple[AsyncIterator[bytes], dict[str, str], Classification, CacheOutcome]:
+) -> tuple[AsyncIterator[bytes], dict[str, str], Classification, CacheOutcome, SafetyReport]:
     """Admit, plan and look up the cache now (so a 429 is a real 429), then stream: meta, delta...,
     done | error. A cache hit is streamed too: meta, one delta, done.
 
-    ``on_trace`` learns what the chain did (who answered, hedges, tokens) once the stream ends,
-    for the request's log line."""
+    Every delta has passed the output checks (app/safety/guard.py `TextFilter`); when the answer
+    leaked the prompt the stream stops showing text and `done.answer` is the refusal, which
+    replaces what was shown. ``on_trace`` learns what the chain did (who answered, hedges, tokens)
+    once the stream ends, for the request's log line."""
     timer = Timer()
     rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
-    c, passages, request = plan(state, query, context, flags, timer)
-    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
+    p = plan(state, query, context, flags, timer)
+    c, request = p.classification, p.request
+    key, outcome, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
                                            use_cache=use_cache)
     timer.lap("cache")
 
@@ -335,48 +390,58 @@ async def answer_stream(
         yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
         if hit is not None or c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
             if hit is not None:
-                response, trace = _response(caller, c, passages, request, flags, timer, hit), _hit_trace(hit)
+                response, trace = _response(caller, p, flags, timer, hit), _hit_trace(hit)
             else:
-                response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
-                await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
+                response, trace = await respond(state, caller, p, flags, timer, cache=outcome)
+                await cache_store(state, key if p.cacheable else None, trace, response.answer,
+                                  degraded=response.fallback.used)
             on_trace(trace)
             yield _sse("delta", {"text": response.answer})
             yield _sse("done", response.model_dump(mode="json") if c.intent == "modal" else _done(response))
             return
         trace = Trace()
         provider, parts = "local", []
+        shown = p.guard.text_filter()
         try:
             async for link_name, chunk in state.chain.stream(request, trace=trace, first=flags.active_model):
                 provider = link_name
-                parts.append(chunk)
-                yield _sse("delta", {"text": chunk})
+                if text := shown.feed(chunk):
+                    parts.append(text)
+                    yield _sse("delta", {"text": text})
         except ProviderError as exc:
             # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
             on_trace(trace)
+            record_safety(state, p.report)
             log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
             yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
                                  "reason": exc.reason, "request_id": caller.request_id})
             return
+        if rest := shown.finish():
+            parts.append(rest)
+            yield _sse("delta", {"text": rest})
         timer.lap("generate")
         failures = trace.failures
         reason = trace.degraded_reason
         if reason:
             state.metrics.fallbacks.labels(reason).inc()
         on_trace(trace)
-        text = "".join(parts)
-        await cache_store(state, key, trace, text, degraded=reason is not None or provider == "local")
+        citations = _citations(p)
+        record_safety(state, p.report)
+        text = REFUSAL if shown.leaked else "".join(parts)
+        await cache_store(state, key if p.cacheable else None, trace, text,
+                          degraded=reason is not None or provider == "local")
         yield _sse("done", {
             "request_id": caller.request_id, "intent": c.intent, "provider": provider,
-            "answer": text, "citations": [x.model_dump() for x in _citations(passages)],
+            "answer": text, "citations": [x.model_dump() for x in citations],
             "fallback": _fallback(reason, failures).model_dump(),
             "suggestions": _suggestions(c, request.lead) if flags.organic else [],
-            "latency_ms": timer.total(), "cache": outcome,
+            "latency_ms": timer.total(), "cache": outcome, "safety": {"flags": list(p.report.flags)},
         })
 
-    return events(), rate_headers, c, outcome
+    return events(), rate_headers, c, outcome, p.report
 
 
 def _done(r: RouterResponse) -> dict[str, Any]:
     """The stream's done event, from a whole answer (a cache hit)."""
     return r.model_dump(mode="json", include={"request_id", "intent", "provider", "answer", "citations", "fallback",
-                                              "suggestions", "latency_ms", "cache"})
+                                              "suggestions", "latency_ms", "cache", "safety"})

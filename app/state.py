@@ -21,12 +21,15 @@ from app.observability.latency import LatencyView
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics, clean_dead_process_files, multiproc_dir
 from app.observability.slo import latency_summaries
+from app.providers import prompts
 from app.providers.chain import ProviderChain
 from app.providers.wiring import build_chain
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.ratelimit import RateLimiter
 from app.resilience.wiring import build_limiter, build_redis, warm_limiter
 from app.retrieval.retriever import KnowledgeBase
+from app.safety import LeakCheck, OutputPolicy, new_canary
+from app.safety.links import hosts_in
 
 log = get_logger()
 
@@ -80,6 +83,8 @@ class State:
     flags: RuntimeFlags
     cache: AnswerCache
     warmer: Warmer
+    canary: str  # in every system text, per process: an answer holding it leaked the prompt
+    output_policy: OutputPolicy
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))
@@ -98,11 +103,16 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
     redis = build_redis(settings)
     chain, breakers = build_chain(settings, http, metrics, redis)
     cache, warmer = build_cache(settings, redis, metrics)
+    kb = KnowledgeBase.from_folder(settings.ivy_knowledge_dir)
+    canary = new_canary()
+    policy = OutputPolicy.build(allowed_domains=settings.link_domains,
+                                kb_hosts=set().union(*(hosts_in(s.text) for s in kb.sections)),
+                                leak=LeakCheck(prompts.system_texts(), canary))
     state = State(
         settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
         limiter=build_limiter(settings, redis), chain=chain, breakers=breakers,
-        kb=KnowledgeBase.from_folder(settings.ivy_knowledge_dir), http=http, flags=RuntimeFlags(settings, redis),
-        cache=cache, warmer=warmer,
+        kb=kb, http=http, flags=RuntimeFlags(settings, redis), cache=cache, warmer=warmer, canary=canary,
+        output_policy=policy,
     )
     log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
              model_provider=chain.names[0], limiter_backend=state.limiter.backend,

@@ -15,6 +15,7 @@ from starlette.types import Scope
 
 from app.domain import RouterResponse
 from app.providers.chain import Trace
+from app.safety import SafetyReport
 
 CTX = "ctx"
 
@@ -43,6 +44,7 @@ class RequestContext:
     cache: str | None = None  # hit | miss | bypass (the answer cache)
     outcome: str | None = None  # a stream that began as a 200 and ended otherwise
     client_gone: bool = False  # logged as 499
+    safety: SafetyReport | None = None  # what the output checks did (filled as a stream goes)
 
     def chain_did(self, trace: Trace) -> None:
         """Who answered, whether a hedge was fired, how many calls and tokens."""
@@ -70,6 +72,13 @@ class RequestContext:
             value = getattr(self, key)
             if value is not None:
                 fields[key] = value
+        if self.safety is not None:
+            if self.safety.flags:
+                fields["safety_flags"] = list(self.safety.flags)
+            if self.safety.secrets_masked:
+                fields["crm_masked"] = self.safety.secrets_masked  # not "secret*": the log redactor blanks such names
+            if self.safety.links_removed:
+                fields["links_removed"] = self.safety.links_removed
         return fields
 
 

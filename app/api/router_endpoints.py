@@ -136,7 +136,7 @@ class RouterEndpoints:
             flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
         use_cache = not wants_fresh(scope)
         if version == "v2" and body.stream:
-            events, headers, c, ctx.cache = await pipeline.answer_stream(
+            events, headers, c, ctx.cache, ctx.safety = await pipeline.answer_stream(
                 state, caller, body.query, body.context, flags, on_trace=ctx.chain_did, use_cache=use_cache)
             ctx.intent = c.intent
             response = StreamingResponse(services.drain.guard(events, ctx), media_type="text/event-stream",
@@ -146,6 +146,7 @@ class RouterEndpoints:
         outcome = await pipeline.answer(state, caller, body.query, body.context, flags, use_cache=use_cache)
         r = outcome.response
         ctx.answered(r, outcome.trace)
+        ctx.safety = outcome.safety
         if version == "v1":
             v1 = V1Response(request_id=r.request_id, response=r.answer, provider=r.provider, model=r.model,
                             intent="rag" if r.intent == "rag" else "conversational")

@@ -7,6 +7,7 @@ silently falls back to a default is worse than a service that says which variabl
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
@@ -93,6 +94,11 @@ class Settings(BaseSettings):
     # Retrieval
     ivy_knowledge_dir: Path = PACKAGE_DIR / "knowledge"
 
+    # Output checks (app/safety/): hosts a link in an answer or a draft may point at, besides the
+    # lead's own (its website, its addresses' domains) and the knowledge base's; comma-separated,
+    # subdomains included ("ivycrm.com" allows "docs.ivycrm.com").
+    ivy_allowed_link_domains: str = Field(default="", max_length=10_000)
+
     # Observability
     ivy_log_file: Path = REPO_ROOT / "logs" / "ai_router.log"
     ivy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -130,6 +136,12 @@ class Settings(BaseSettings):
     def _auth_empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("ivy_allowed_link_domains", mode="after")
+    @classmethod
+    def _check_link_domains(cls, value: str) -> str:
+        link_domains(value)  # raises ValueError naming the bad entry
+        return value
+
     @field_validator("ivy_auth_trusted_cidrs", mode="after")
     @classmethod
     def _check_cidrs(cls, value: str) -> str:
@@ -143,6 +155,10 @@ class Settings(BaseSettings):
         if self.ivy_auth_mode == "jwt" and self.ivy_jwt_secret is None and self.ivy_jwt_jwks_url is None:
             raise ValueError("IVY_AUTH_MODE=jwt needs IVY_JWT_SECRET (HS256) or IVY_JWT_JWKS_URL (RS256/ES256)")
         return self
+
+    @property
+    def link_domains(self) -> tuple[str, ...]:
+        return link_domains(self.ivy_allowed_link_domains)
 
     @property
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -207,6 +223,18 @@ def _describe(error: dict[str, object]) -> str:
     hint = _ALLOWED.get(str(error.get("type")))
     shown = "" if isinstance(value, dict) else f"={value!r}"
     return f"{name}{shown}: {msg}" + (f" ({hint})" if hint else "")
+
+
+_DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z0-9\-]{2,63}$")
+
+
+def link_domains(value: str) -> tuple[str, ...]:
+    """IVY_ALLOWED_LINK_DOMAINS as lowercase hosts; a ValueError names the first that is not one."""
+    domains = tuple(d.strip().lower().rstrip(".") for d in value.split(",") if d.strip())
+    for domain in domains:
+        if not _DOMAIN.match(domain):
+            raise ValueError(f"{domain!r} is not a host name (e.g. ivycrm.com)")
+    return domains
 
 
 def trusted_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -135,6 +135,10 @@ class Metrics:
             "ivy_fallbacks", "Answers that did not come from the first provider as planned, by reason.",
             ["reason"], registry=r,
         )
+        self.safety_flags = Counter(
+            "ivy_safety_flags", "Answers the output checks changed or flagged, by flag (README 'Safety').",
+            ["flag"], registry=r,
+        )
         self.breaker_transitions = Counter(
             "ivy_circuit_breaker_transitions", "Circuit breaker state changes.",
             ["provider", "from_state", "to_state"], registry=r,

@@ -94,6 +94,7 @@ class GenerationRequest:
     json_schema: dict[str, Any] | None = None
     max_output_tokens: int = 512
     temperature: float = 0.3
+    prompt_kind: str = "chat"  # which system text (app/providers/prompts.py); keys the answer cache
 
 
 @dataclass(slots=True)

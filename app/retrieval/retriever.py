@@ -22,6 +22,7 @@ from typing import Any
 
 from rank_bm25 import BM25Okapi
 
+from app.crm import flatten
 from app.intent.lexicon import COLLECTION_WORDS, EXPAND, ITEM_WORDS, LEAD_GENERIC, RECENT, STOP, product_terms
 from app.intent.normalise import normalise
 from app.providers.base import Passage
@@ -150,14 +151,6 @@ class KnowledgeBase:
         ]
 
 
-def _flatten(value: Any) -> str:
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in value.items() if v not in (None, "", [], {}))
-    if isinstance(value, list):
-        return "; ".join(_flatten(v) for v in value)
-    return str(value)
-
-
 def context_passages(context: dict[str, Any]) -> list[Passage]:
     """Every fact the request carries, one passage each, named by where it sits in the context."""
     passages: list[Passage] = []
@@ -167,13 +160,13 @@ def context_passages(context: dict[str, Any]) -> list[Passage]:
             if value in (None, "", [], {}):
                 continue
             if isinstance(value, list):
-                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {_flatten(v)}") for i, v in enumerate(value))
+                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}") for i, v in enumerate(value))
             else:
-                passages.append(Passage(f"lead.{key}", f"{key}: {_flatten(value)}"))
+                passages.append(Passage(f"lead.{key}", f"{key}: {flatten(value)}"))
     for section in ("activities", "emails", "notes"):
         items = context.get(section)
         if isinstance(items, list):
-            passages.extend(Passage(f"{section}[{i}]", _flatten(v)) for i, v in enumerate(items))
+            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items))
     return passages
 
 
@@ -210,7 +203,7 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
         dated = [(str(item.get("date")), i) for i, item in enumerate(items)
                  if isinstance(item, dict) and item.get("date")]
         index = max(dated)[1] if len(dated) == len(items) else 0
-        chosen.append(Passage(f"{name}[{index}]", _flatten(items[index])))
+        chosen.append(Passage(f"{name}[{index}]", flatten(items[index])))
     return chosen
 
 

@@ -1,7 +1,8 @@
 """Imports run down the layers, never up (docs/ARCHITECTURE.md):
 
     app.main -> app.api -> app.pipeline, app.state, app.domain
-             -> app.intent, app.retrieval, app.providers, app.resilience, app.tools, app.gc_tuning
+             -> app.intent, app.retrieval, app.providers, app.resilience, app.tools, app.gc_tuning,
+                app.crm, app.safety
              -> app.config, app.observability
 
 and nothing under app.api imports FastAPI's world: the core knows no HTTP.
@@ -20,7 +21,7 @@ RANK = {
     "app.api": 4,
     "app.pipeline": 3, "app.state": 3, "app.domain": 3,
     "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.tools": 2, "app.cache": 2,
-    "app.gc_tuning": 2,
+    "app.gc_tuning": 2, "app.crm": 2, "app.safety": 2,
     "app.config": 1, "app.observability": 1,
 }
 HTTP_PACKAGES = ("fastapi", "starlette", "uvicorn")
