@@ -57,7 +57,8 @@ _DIRECTIVE = (
     # Spanish
     r"|\bignora\w*\b.{0,30}\binstrucci\w+|\binstrucciones (?:anteriores|previas)\b|\benv[ií]a\w*\b.{0,30}\b(?:correo|"
     r"e-?mail|mensaje|borrador)\b.{0,12}\ba\b|\b(?:incluye|a[ñn]ade|agrega|inserta)\b.{0,20}\b(?:enlace|link|url)"
-    r"|\b(?:revela|muestra|imprime)\b.{0,30}\b(?:prompt|instrucciones|mensaje del sistema)|\b(?:di|dile|diles)\b.{0,40}\bque\b"
+    r"|\b(?:revela|muestra|imprime)\b.{0,30}\b(?:prompt|instrucciones|mensaje del sistema)"
+    r"|\b(?:di|dile|diles)\b.{0,40}\bque\b"
     # French
     r"|\bignore[zr]?\b.{0,30}\binstructions\b|\binstructions pr[ée]c[ée]dentes\b|\benvoie[zr]?\b.{0,30}\b(?:e-?mail|"
     r"courriel|message|brouillon)\b|\b(?:inclu[sez]+|ajoute[zr]?|ins[èe]re[zr]?)\b.{0,20}\b(?:lien|url)"
@@ -73,7 +74,8 @@ _DIRECTIVE = (
     r"|\b(?:diga|d[íi]ga|d[iì]) (?:que|che)\b"
     # Russian
     r"|игнорир\w*|забудь\w*.{0,30}инструкц\w*|предыдущ\w* инструкц\w*|системн\w* (?:промпт|инструкц|сообщени)\w*"
-    r"|отправ\w*.{0,30}(?:письм|сообщени|ответ)\w*.{0,12}(?:на|по адресу|в)(?:\PL|$)|(?:добав|встав|включ)\w*.{0,20}ссылк\w*"
+    r"|отправ\w*.{0,30}(?:письм|сообщени|ответ)\w*.{0,12}(?:на|по адресу|в)(?:\PL|$)"
+    r"|(?:добав|встав|включ)\w*.{0,20}ссылк\w*"
     r"|(?:покажи|раскрой|выведи)\w*.{0,30}(?:промпт|инструкц)\w*|скажи,? что"
     # Chinese / Japanese
     r"|忽略|无视|系统提示|系统指令|提示词|发送到|发给|加上.{0,6}链接|添加.{0,6}链接|告诉.{0,6}(?:销售|用户)"
