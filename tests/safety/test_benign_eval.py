@@ -69,3 +69,4 @@ def test_benign_cases_are_not_flagged_and_never_changed(mode: str, fake: FakePro
     assert len(CASES) > 800
     assert not [f for f in flagged if set(f[1]) & CHANGING], flagged  # no benign answer was changed
     assert len(flagged) <= 0.005 * len(CASES), flagged
+    print(f"{mode}: {len(flagged)} of {len(CASES)} benign cases flagged")
