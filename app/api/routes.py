@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app import __version__
 from app.api.deps import IvyState
 from app.api.responses import FastJSONResponse
+from app.observability.slo import SLO_P95_MS
 
 router = APIRouter()
 
@@ -45,13 +46,13 @@ async def router_health(state: IvyState) -> FastJSONResponse:
         "version": __version__,
         "uptime_seconds": round(time.time() - state.started_at, 1),
         "latency": state.latency.snapshot(),
-        "slo_p95_ms": {"conversational": 1500, "rag": 2200},
+        "slo_p95_ms": {intent: round(ms) for intent, ms in SLO_P95_MS.items()},
         "providers": {
             "chain": [link.provider.name for link in state.chain.ordered(state.flags.current.active_model)]
             + [state.chain.local.name],
             "active_model": state.flags.current.active_model,
             "configured": {
-                name: {"model": s.gemini_model if name == "gemini" else s.openai_model,
+                name: {"model": s.model_of(name),
                        "key_set": s.provider_key(name) is not None}
                 for name in ("gemini", "openai")
             },

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 
@@ -18,17 +17,17 @@ from app.cache.keys import CacheKey
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.observability.redaction import redact
+from app.vocabulary import CacheStatus, ProviderName
 
 log = get_logger()
 
-CacheOutcome = Literal["hit", "miss", "bypass"]
 WINDOW_SECONDS = 300.0
 _SLOT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    provider: str
+    provider: ProviderName
     model: str
     answer: str
     input_tokens: int = 0
@@ -85,7 +84,7 @@ class AnswerCache:
         self.health = CacheHealth()
         self._evictions_seen = 0
 
-    async def lookup(self, key: CacheKey) -> tuple[CacheOutcome, CachedAnswer | None]:
+    async def lookup(self, key: CacheKey) -> tuple[CacheStatus, CachedAnswer | None]:
         """("hit", entry), ("miss", None), or ("bypass", None) when the backend failed (no cache)."""
         try:
             raw = await self.backend.get(key)
@@ -112,7 +111,7 @@ class AnswerCache:
             self.metrics.cache_evictions.labels(self.backend.name).inc(evicted)
         return True
 
-    def count(self, outcome: CacheOutcome, entry: CachedAnswer | None = None) -> None:
+    def count(self, outcome: CacheStatus, entry: CachedAnswer | None = None) -> None:
         self.metrics.cache_requests.labels(outcome).inc()
         if entry is not None:
             self.metrics.cache_tokens_saved.labels("input").inc(entry.input_tokens)

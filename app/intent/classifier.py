@@ -27,7 +27,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from app.intent.guards import cannot_act, context_names, injection, is_feedback, strip_negated
 from app.intent.lexicon import (
@@ -65,9 +65,7 @@ from app.intent.lexicon import (
     YOU,
 )
 from app.intent.normalise import normalise, split_clauses
-
-Intent = Literal["conversational", "rag", "modal"]
-ModalType = Literal["email_composer", "lead_insights"]
+from app.vocabulary import Intent, ModalType
 
 # The default of IVY_MODAL_MIN_CONFIDENCE: a modal opens only at this confidence or above.
 MODAL_MIN_CONFIDENCE = 0.8
