@@ -115,3 +115,15 @@ def test_the_circle_finder_finds_the_race_calling_back_into_the_chain() -> None:
     assert "app.providers.race" in graph["app.providers.chain"]
     graph["app.providers.race"] = {*graph["app.providers.race"], "app.providers.chain"}
     assert ["app.providers.chain", "app.providers.race", "app.providers.chain"] in circles(graph)
+
+
+@pytest.mark.parametrize(("module", "path"), [(m, p) for m, p in modules() if RANK[layer(m)] < RANK["app.api"]],
+                         ids=[m for m, _ in modules() if RANK[layer(m)] < RANK["app.api"]])
+def test_the_core_makes_no_server_sent_event_bytes(module: str, path: Path) -> None:
+    # The core yields typed events; app/api/sse.py alone frames them. (The adapters read their
+    # providers' SSE, which is parsing, not framing: they never write `event:` or `data:` lines.)
+    source = path.read_text()
+    framed = [s for s in ('b"event:', "b'event:", '"event: ', "text/event-stream") if s in source]
+    if module.startswith("app.providers."):
+        framed = [s for s in framed if s != "text/event-stream"]  # the Accept / content type they check
+    assert framed == [], f"{module} frames server-sent events: {framed}"
