@@ -32,6 +32,7 @@ from app.domain import (
     RouterResponse,
 )
 from app.intent.classifier import Classification, classify, lead_has_insights
+from app.intent.normalise import Normalised, read
 from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
@@ -69,15 +70,14 @@ class Timer:
 async def admit(state: State, caller: Caller) -> dict[str, str]:
     """Take a token for this caller or raise RateLimitExceeded; returns the rate-limit headers."""
     started = time.perf_counter()
-    backend = state.limiter.backend
     try:
         decision = await state.limiter.check(caller.user_key, caller.org_key)
     except Exception as exc:  # Redis down or slow: the limiter must not take the service down with it
         return _limiter_failed(state, exc)
     finally:
-        state.metrics.limiter_latency.labels(backend).observe(time.perf_counter() - started)
+        state.limiter_metrics.latency.observe(time.perf_counter() - started)
     if state.limiter_health.degraded or state.limiter_health.last_ok_at is None:
-        state.metrics.limiter_up.labels(backend).set(1)
+        state.limiter_metrics.up.set(1)
     state.limiter_health.last_ok_at = time.monotonic()
     outcome = "allowed" if decision.allowed else "refused"
     state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
@@ -96,10 +96,9 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
     health.last_error, health.last_error_at = f"{type(exc).__name__}: {exc}"[:200], now
     health.failures += 1
     fail_open = state.settings.ai_rate_limit_fail_open
-    state.metrics.limiter_errors.labels(state.limiter.backend, "fail_open" if fail_open else "fail_closed").inc()
-    state.metrics.limiter_up.labels(state.limiter.backend).set(0)
-    if now - health.last_warned_at >= 10.0:  # one line per 10 s in a storm, with the count
-        health.last_warned_at = now
+    (state.limiter_metrics.failed_open if fail_open else state.limiter_metrics.failed_closed).inc()
+    state.limiter_metrics.up.set(0)
+    if health.warnings.ready(now):  # one line per 10 s in a storm, with the count
         log.warning("rate_limiter_unavailable", backend=state.limiter.backend, fail_open=fail_open,
                     error=health.last_error, failures_so_far=health.failures)
     if fail_open:
@@ -158,16 +157,18 @@ class Plan:
     c: Classification
     passages: list[Passage]
     request: GenerationRequest
+    question: Normalised  # the query normalised once: the classifier, the retriever, the cache key
 
 
 def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer) -> Plan:
+    question = read(query)
     c = classify(query, context, modal_heuristics=flags.modal_heuristics,
-                 modal_min_confidence=state.settings.ivy_modal_min_confidence)
+                 modal_min_confidence=state.settings.ivy_modal_min_confidence, normalised=question)
     timer.lap("classify")
-    passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
+    passages = retrieve(query, context, state.kb, tokens=question.tokens) if c.intent == "rag" else []
     timer.lap("retrieve")
     return Plan(c, passages, build_generation_request(query, context, c, passages,
-                                                      state.settings.max_output_tokens(c.intent)))
+                                                      state.settings.max_output_tokens(c.intent)), question)
 
 
 # --- the one answer function -----------------------------------------------------------------------
@@ -188,11 +189,11 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     cache: CacheStatus = "bypass"
     hit: CachedAnswer | None = None
     if warmup:
-        key = cache_key(state, caller, p.request, flags)
+        key = cache_key(state, caller, p, flags)
         if key is None:
             return
     else:
-        key, cache, hit = await cache_lookup(state, caller, p.request, flags, _recipe(caller, query, context, flags),
+        key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
                                              use_cache=use_cache)
     timer.lap("cache")
     c = p.c
@@ -241,19 +242,19 @@ async def fold(events: AsyncIterator[Event]) -> tuple[Meta, Done]:
 
 # --- the answer cache (app/cache/): lookup before generating, store after --------------------------
 
-def cache_key(state: State, caller: Caller, request: GenerationRequest, flags: Flags) -> CacheKey | None:
+def cache_key(state: State, caller: Caller, p: Plan, flags: Flags) -> CacheKey | None:
     """None when this request is never cached: cache off, only the offline provider, or an email draft."""
-    if not state.cache.enabled or not state.chain.links or request.modal_type == "email_composer":
+    if not state.cache.enabled or not state.chain.links or p.request.modal_type == "email_composer":
         return None
-    return answer_key(org=caller.org_key, request=request, kb_version=state.kb.version,
+    return answer_key(org=caller.org_key, request=p.request, kb_version=state.kb.version,
                       provider=flags.active_model, model=state.settings.model_of(flags.active_model),
-                      modal_heuristics=flags.modal_heuristics)
+                      modal_heuristics=flags.modal_heuristics, query_tokens=p.question.tokens)
 
 
-async def cache_lookup(state: State, caller: Caller, request: GenerationRequest, flags: Flags, recipe: Recipe,
+async def cache_lookup(state: State, caller: Caller, p: Plan, flags: Flags, recipe: Recipe,
                        *, use_cache: bool) -> tuple[CacheKey | None, CacheStatus, CachedAnswer | None]:
     """The key (None: do not store), what the cache said, and the entry on a hit."""
-    key = cache_key(state, caller, request, flags)
+    key = cache_key(state, caller, p, flags)
     if key is None:
         state.cache.count("bypass")
         return None, "bypass", None

@@ -26,7 +26,7 @@ async def health(state: IvyState) -> FastJSONResponse:
     except Exception:
         latency, ok = None, False
     # Kept current by health checks too, so an idle service still reports a Redis outage.
-    state.metrics.limiter_up.labels(backend).set(1 if ok else 0)
+    state.limiter_metrics.up.set(1 if ok else 0)
     degraded = not ok or state.limiter_health.degraded
     # Degraded is still 200: with the limiter failing open (and the offline provider last in the
     # chain) the service answers; 503 is kept for "cannot answer", e.g. failing closed.

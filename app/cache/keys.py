@@ -11,6 +11,7 @@ by), so no identifier or question appears in clear in a Redis key.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,14 +39,14 @@ class CacheKey:
 
 
 def answer_key(*, org: str | None, request: GenerationRequest, kb_version: str, provider: str, model: str,
-               modal_heuristics: bool) -> CacheKey:
+               modal_heuristics: bool, query_tokens: Sequence[str] | None = None) -> CacheKey:
     """One hash of the whole material (orjson, sorted keys: a lead's field order does not matter)."""
     passages = [(p.source, hashlib.sha256(p.text.encode()).hexdigest()[:16]) for p in request.passages]
     material: dict[str, Any] = {
         "org": org or NO_ORG,
         "intent": request.intent,
         "modal": request.modal_type,
-        "query": normalise(request.query),
+        "query": list(query_tokens) if query_tokens is not None else normalise(request.query),
         "lead": request.lead,
         "passages": passages,
         "notes": request.notes,

@@ -77,6 +77,10 @@ class ProviderChain:
         self.clock = clock
         self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
         self.budget = HedgeBudget(self.hedge, clock.now)
+        # Each winning call's series, bound once per provider (a labels() call per request costs).
+        names = [link.provider.name for link in links]
+        self._first_token = {name: metrics.provider_first_token.labels(name) for name in names}
+        self._answered_in = {name: metrics.provider_latency.labels(name, "ok") for name in names}
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -200,7 +204,7 @@ class ProviderChain:
         # for. Judged against an old norm, a provider whose latency shifts (every call 2 s, or
         # 300 ms instead of 3) would open its breaker before the norm caught up.
         self.norms[winner.name].first_token(first_token)
-        self.metrics.provider_first_token.labels(winner.name).observe(first_token)
+        self._first_token[winner.name].observe(first_token)
         trace.provider, trace.model = winner.name, winner.link.provider.model
         if winner.role == "hedge":
             self.metrics.hedges.labels(winner.name, "won").inc()
@@ -252,7 +256,7 @@ class ProviderChain:
         seconds = self.clock.now() - attempt.started
         name, model = attempt.name, attempt.link.provider.model
         self.norms[name].answered(seconds)
-        self.metrics.provider_latency.labels(name, "ok").observe(seconds)
+        self._answered_in[name].observe(seconds)
         trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
         for direction, count in (("input", trace.input_tokens), ("output", trace.output_tokens)):
             if count:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.cache import answer_key, org_namespace
+from app.intent.normalise import normalise, read
 from app.providers.base import GenerationRequest, Passage
 
 BASE: dict[str, Any] = {"intent": "rag", "query": "What's their budget?", "system": "s", "prompt": "p",
@@ -47,3 +50,18 @@ def test_the_classifiers_normalisation_and_field_order_do_not() -> None:
 def test_the_org_namespace_is_a_hash() -> None:
     assert "acme" not in org_namespace("o:acme") and org_namespace("o:acme") != org_namespace("o:globex")
     assert "acme" not in str(answer_key(request=GenerationRequest(**BASE), **KEY_ARGS))
+
+
+def test_the_query_normalised_once_keys_the_cache_as_normalising_it_again_would() -> None:
+    # The pipeline normalises a question once (app/intent/normalise.py `read`) and hands the tokens to
+    # the classifier, the retriever and the key: the key must not change for any question we know.
+    cases = Path(__file__).resolve().parents[2] / "scripts" / "eval_data" / "cases.jsonl"
+    queries = [json.loads(line)["query"] for line in cases.read_text().splitlines() if line.strip()]
+    assert len(queries) > 100
+    for query in queries:
+        request = GenerationRequest(intent="rag", query=query, system="s", prompt=query)
+        once = answer_key(org="o", request=request, kb_version="v", provider="gemini", model="m",
+                          modal_heuristics=True, query_tokens=read(query).tokens)
+        again = answer_key(org="o", request=request, kb_version="v", provider="gemini", model="m",
+                           modal_heuristics=True)
+        assert once == again and list(read(query).tokens) == normalise(query), query
