@@ -31,6 +31,7 @@ from app.domain import (
     RateLimitExceeded,
     RouterResponse,
 )
+from app.drafts.email import make_email_json_fallback, parse_email
 from app.intent.classifier import Classification, classify, lead_has_insights
 from app.intent.normalise import Normalised, read
 from app.observability.logging import get_logger
@@ -41,7 +42,6 @@ from app.providers.links import LinkFailure, Trace
 from app.resilience.ratelimit import rate_limit_headers, retry_after_header
 from app.retrieval.retriever import retrieve
 from app.state import State
-from app.tools.email import make_email_json_fallback, parse_email
 from app.vocabulary import CacheStatus
 
 log = get_logger()
@@ -219,6 +219,8 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
         return
     timer.lap("generate")
     response = respond(caller, p, flags, timer, "".join(parts), cache=cache, trace=trace)
+    if response.fallback.reason is not None:
+        state.metrics.fallbacks.labels(response.fallback.reason).inc()
     stored = await cache_store(state, key, trace, response)
     if not piecewise:
         yield Delta(response.answer)
@@ -226,16 +228,20 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
 
 
 async def fold(events: AsyncIterator[Event]) -> tuple[Meta, Done]:
-    """The events of a non-streamed answer, as its Meta and its Done (a JSON answer)."""
+    """The events of a non-streamed answer, as its Meta and its Done (a JSON answer). Read to
+    the end: a generator left suspended would be closed later by a task of its own."""
     meta: Meta | None = None
+    done: Done | None = None
     async for event in events:
         if isinstance(event, Meta):
             meta = event
-        elif isinstance(event, Done) and meta is not None:
-            return meta, event
+        elif isinstance(event, Done):
+            done = event
         elif isinstance(event, Failed):
             raise RuntimeError(f"a whole answer failed after its first piece: {event.code}")
-    raise RuntimeError("the answer ended without Done")
+    if meta is None or done is None:
+        raise RuntimeError("the answer ended without Meta and Done")
+    return meta, done
 
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 
+from app.drafts.email import make_email_json_fallback
 from app.providers.base import GenerationRequest
-from app.tools.email import make_email_json_fallback
 from app.vocabulary import ProviderName
 
 _GREETINGS = ("hi", "hello", "hey", "good morning", "good afternoon", "yo", "hiya")

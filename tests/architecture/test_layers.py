@@ -1,7 +1,7 @@
 """Imports run down the layers, never up (docs/ARCHITECTURE.md):
 
     app.main -> app.api -> app.pipeline, app.state, app.domain
-             -> app.intent, app.retrieval, app.providers, app.resilience, app.tools, app.gc_tuning
+             -> app.intent, app.retrieval, app.providers, app.resilience, app.drafts, app.gc_tuning
              -> app.config, app.observability, app.vocabulary
 
 and nothing under app.api imports FastAPI's world: the core knows no HTTP.
@@ -19,7 +19,7 @@ RANK = {
     "app.main": 5,
     "app.api": 4,
     "app.pipeline": 3, "app.state": 3, "app.domain": 3,
-    "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.tools": 2, "app.cache": 2,
+    "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.drafts": 2, "app.cache": 2,
     "app.gc_tuning": 2,
     "app.config": 1, "app.observability": 1, "app.vocabulary": 1,
 }

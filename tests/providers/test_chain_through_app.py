@@ -4,7 +4,6 @@ failover, breakers, the email JSON tool and streaming."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +86,10 @@ def test_primary_fault_fails_over_to_the_other_provider(app_with_providers, fake
                                                         fault: str, params: dict[str, Any], reason: str) -> None:
     fake_provider.set_fault(fault, provider="gemini", **params)
     client = app_with_providers()
-    started = time.monotonic()
     body = ask(client)
-    elapsed = time.monotonic() - started
     assert body["provider"] == "openai"
     assert body["fallback"] == {"used": True, "reason": reason, "failures": [f"gemini:{reason}"]}
-    assert elapsed < 1.5  # the conversational SLO holds even when the primary hangs
+    assert f'ivy_fallbacks_total{{reason="{reason}"}} 1.0' in client.get("/metrics").text
 
 
 def test_every_provider_down_degrades_to_the_offline_provider(app_with_providers,
