@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.vocabulary import RemoteProvider
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
     )
 
     # Providers
-    active_model: Literal["gemini", "openai"] = "gemini"
+    active_model: RemoteProvider = "gemini"
     gemini_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
     gemini_base_url: AnyHttpUrl = AnyHttpUrl("https://generativelanguage.googleapis.com")
@@ -207,6 +209,11 @@ class Settings(BaseSettings):
 
     def provider_key(self, name: str) -> SecretStr | None:
         return self.gemini_api_key if name == "gemini" else self.openai_api_key
+
+    def model_of(self, provider: str) -> str:
+        """The model configured for a remote provider (GEMINI_MODEL, OPENAI_MODEL): the one place
+        the chain, the answer cache and health read it from."""
+        return self.gemini_model if provider == "gemini" else self.openai_model
 
 
 _ALLOWED = {

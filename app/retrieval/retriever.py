@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,13 +213,14 @@ def _core_record(facts: list[Passage], k: int) -> list[Passage]:
     return [p for p in facts if p.source.split("[")[0] in core][:k] or facts[:k]
 
 
-def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4) -> list[Passage]:
+def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4,
+             tokens: Sequence[str] | None = None) -> list[Passage]:
     """The passages a rag answer is grounded in, best first: lead facts and knowledge-base sections.
 
     At most `k` matching facts (twice that for the lead's core record, which answers "tell me
     about this lead" field by field) and at most 3 knowledge-base sections.
     """
-    tokens = normalise(query)
+    tokens = list(tokens) if tokens is not None else normalise(query)  # normalised once, by the pipeline
     terms = _query_terms(tokens)
     facts = context_passages(context)
     matched = _rank_facts(facts, [t for t in terms if t not in LEAD_GENERIC], k)

@@ -12,7 +12,7 @@ import orjson
 from json_repair import repair_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Outcome = Literal["valid", "repaired", "json_parse_error", "schema"]
+DraftCheck = Literal["valid", "repaired", "json_parse_error", "schema"]  # what parse_email found
 
 
 class EmailDraft(BaseModel):
@@ -69,7 +69,7 @@ def _make_email_json_fallback(lead: dict[str, Any], query: str) -> dict[str, str
 # The public name the pipeline and the offline provider use; the runbook names the one above.
 make_email_json_fallback = _make_email_json_fallback
 
-def parse_email(raw: str) -> tuple[EmailDraft | None, Outcome]:
+def parse_email(raw: str) -> tuple[EmailDraft | None, DraftCheck]:
     """Validate the model's text as an EmailDraft: as is, else after repairing near-JSON."""
     repaired = False
     try:

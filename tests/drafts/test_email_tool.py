@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.tools.email import EmailDraft, _make_email_json_fallback, parse_email
+from app.drafts.email import EmailDraft, _make_email_json_fallback, parse_email
 from tests.conftest import LEAD
 
 
