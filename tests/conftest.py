@@ -56,10 +56,12 @@ def make_settings(log_file: Path) -> Callable[..., Settings]:
 def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
-    def make(address: str | None = None, **overrides: Any) -> TestClient:
-        """A client of the app on ``overrides``; ``address`` is the peer the app sees (default testclient's)."""
+    def make(address: str | None = None, span_exporter: Any = None, **overrides: Any) -> TestClient:
+        """A client of the app on ``overrides``; ``address`` is the peer the app sees (default testclient's);
+        ``span_exporter`` receives the app's spans (tracing on)."""
         extra: dict[str, Any] = {"client": (address, 50000)} if address else {}
-        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False, **extra)
+        client = TestClient(create_app(make_settings(**overrides), span_exporter=span_exporter),
+                            raise_server_exceptions=False, **extra)
         client.__enter__()
         clients.append(client)
         return client

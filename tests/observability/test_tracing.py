@@ -5,9 +5,8 @@ ids on every log line of the request, the helpers for stage and attempt spans, n
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,8 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from app.api.services import SERVICES
-from app.config import ConfigError, Settings, load_settings
-from app.main import create_app
+from app.config import ConfigError, load_settings
 from app.observability import tracing
 from app.observability.tracing import GreppableIds, build_tracing
 from tests.conftest import LEAD, read_log
@@ -38,19 +36,8 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def traced(make_settings: Callable[..., Settings], exporter: InMemorySpanExporter) -> Iterator[MakeTraced]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        client = TestClient(create_app(make_settings(**overrides), span_exporter=exporter),
-                            raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+def traced(make_client: Callable[..., TestClient], exporter: InMemorySpanExporter) -> MakeTraced:
+    return lambda **overrides: make_client(span_exporter=exporter, **overrides)
 
 
 def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
