@@ -90,7 +90,8 @@ def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str,
     assert (one["context"]["trace_id"], one["parent_id"]) == (CALLER_TRACE, CALLER_SPAN)
     assert two["parent_id"] is None and two["context"]["trace_id"] != CALLER_TRACE
     attrs = one["attributes"]
-    assert (attrs["http.route"], attrs["http.response.status_code"], attrs["ivy.intent"]) == ("/ai/router/v2", 200, "rag")
+    assert (attrs["http.route"], attrs["http.response.status_code"], attrs["ivy.intent"]) == (
+        "/ai/router/v2", 200, "rag")
     assert (attrs["ivy.user_id"], attrs["ivy.org_id"], attrs["ivy.provider"]) == ("rep-e2e", "acme", "local")
     assert "what's their budget" not in json.dumps(spans)
     assert one["start_time"] < one["end_time"]
