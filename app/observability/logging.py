@@ -95,7 +95,7 @@ def _filter_stdlib_handlers() -> None:
 
 def _dumps(obj: Any, **_: Any) -> str:
     # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
-    return greppable.guard(obj, orjson.dumps(obj, default=str)).decode()
+    return greppable.guard(obj, orjson.dumps(obj, default=str).decode())
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}

@@ -84,8 +84,7 @@ class Tracing:
         self.provider = provider
         self.tracer = provider.get_tracer("ivy-router", __version__)
 
-    def start_request(self, method: str, route: str, path: str, headers: Iterable[tuple[bytes, bytes]]
-                      ) -> RequestSpan:
+    def start_request(self, method: str, route: str, headers: Iterable[tuple[bytes, bytes]]) -> RequestSpan:
         """The request's SERVER span, child of the caller's `traceparent` when it sent one, made
         current (with the tracer, for the helpers below) until its `end`."""
         carrier = {}
@@ -93,9 +92,8 @@ class Tracing:
             if key in (b"traceparent", b"tracestate"):
                 carrier[key.decode()] = value.decode("latin-1")
         parent = _PROPAGATOR.extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            f"{method} {route}", context=parent, kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "http.route": route, "url.path": path})
+        span = self.tracer.start_span(f"{method} {route}", context=parent, kind=SpanKind.SERVER,
+                                      attributes={"http.request.method": method, "http.route": route})
         return RequestSpan(span, _TRACER.set(self.tracer), otel_context.attach(trace.set_span_in_context(span, parent)))
 
     def shutdown(self, timeout: float = FLUSH_SECONDS) -> None:
@@ -117,8 +115,9 @@ class RequestSpan:
     def end(self, status: int, attributes: dict[str, Attribute | None]) -> None:
         span = self.span
         if span.is_recording():
-            span.set_attribute("http.response.status_code", status)
-            span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+            # One call: each attribute costs ~2 us to set and ~3 us to encode for OTLP (bench_tracing.py).
+            span.set_attributes({"http.response.status_code": status,
+                                 **{k: v for k, v in attributes.items() if v is not None}})
             if status >= 500:  # the server's fault; a 4xx is the client's (OpenTelemetry's HTTP conventions)
                 span.set_status(Status(StatusCode.ERROR))
                 span.set_attribute("error.type", str(status))

@@ -107,18 +107,18 @@ def test_the_guard_hides_the_tokens_only_where_a_line_may_not_show_them_and_keep
     refused = {"event": "rate_limited", "level": "WARNING", "status": 429, "user_id": "error-429"}
     failed = {"event": "provider_call", "level": "WARNING", "error": "HTTP 503", "latency_ms": 429.0}
     for event, shows_429, shows_error in ((answered, False, False), (refused, True, False), (failed, False, True)):
-        line = guard(event, json.dumps(event, separators=(",", ":")).encode())
-        assert ("429" in line.decode()) is shows_429
-        assert ("error" in line.decode().lower()) is shows_error
+        line = guard(event, json.dumps(event, separators=(",", ":")))
+        assert ("429" in line) is shows_429
+        assert ("error" in line.lower()) is shows_error
         assert json.loads(line) == event  # the same values for every JSON reader (429 == 429.0)
 
 
 def test_a_number_holding_429_twice_is_kept_as_its_digits_in_a_string() -> None:
     event = {"event": "router_stopped", "level": "INFO", "uptime_seconds": 429429.5}
-    line = guard(event, json.dumps(event).encode())
-    assert "429" not in line.decode() and json.loads(line)["uptime_seconds"] == "429429.5"
+    line = guard(event, json.dumps(event))
+    assert "429" not in line and json.loads(line)["uptime_seconds"] == "429429.5"
 
 
 def test_lines_without_either_token_are_left_exactly_as_rendered() -> None:
-    raw = b'{"event":"request","level":"INFO","status":200,"latency_ms":12.5}'
+    raw = '{"event":"request","level":"INFO","status":200,"latency_ms":12.5}'
     assert guard(json.loads(raw), raw) is raw

@@ -85,7 +85,10 @@ def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str,
 
     spans = spans_in(phoenix, 2)
     assert sorted(s["name"] for s in spans) == ["POST /ai/router/", "POST /ai/router/v2"]
-    by_request = {s["attributes"]["ivy.request_id"]: s for s in spans}
+    lines = [json.loads(x) for x in log_file.read_text().splitlines()]
+    trace_of = {x["request_id"]: x["trace_id"] for x in lines if x.get("path") in (V2, "/ai/router/")}
+    by_request = {request_id: next(s for s in spans if s["context"]["trace_id"] == trace_id)
+                  for request_id, trace_id in trace_of.items()}
     one, two = by_request["req-e2e-1"], by_request["req-e2e-2"]
     assert (one["context"]["trace_id"], one["parent_id"]) == (CALLER_TRACE, CALLER_SPAN)
     assert two["parent_id"] is None and two["context"]["trace_id"] != CALLER_TRACE
@@ -96,7 +99,6 @@ def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str,
     assert "what's their budget" not in json.dumps(spans)
     assert one["start_time"] < one["end_time"]
 
-    lines = [json.loads(x) for x in log_file.read_text().splitlines()]
     for request_id, span in by_request.items():
         line = next(x for x in lines if x.get("request_id") == request_id)
         assert (line["trace_id"], line["span_id"]) == (span["context"]["trace_id"], span["context"]["span_id"])
