@@ -48,7 +48,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tools.bench.servers import Server
+from tools.bench.servers import Server, realistic_fake
 from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,12 +192,7 @@ def on_path_us() -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> None:
     base = base_tree(args.base_ref)
-    fake_port = free_port()
-    fake_base = f"http://127.0.0.1:{fake_port}"
-    fake = Server("fake-provider", [sys.executable, "-m", "tools.fake_provider", "--port", str(fake_port),
-                                    "--realistic", "--seed", str(args.seed), "--time-scale", str(args.time_scale)],
-                  env=dict(os.environ), port=fake_port,
-                  log=Path(tempfile.mkdtemp(prefix="ivy-bench-tracing-fake-")) / "fake.log").start()
+    fake, fake_base = realistic_fake(args.seed, args.time_scale)
     receiver = Receiver()
     runner = await receiver.start()
     results: list[dict[str, Any]] = []
