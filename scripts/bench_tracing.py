@@ -132,6 +132,18 @@ async def one_run(mode: str, args: argparse.Namespace, fake_base: str, receiver:
             "spans": receiver.spans - spans_before}
 
 
+def report_runs(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    medians = {mode: statistics.median(r["us_per_request"] for r in results if r["mode"] == mode)
+               for mode in ("base", "off", "on")}
+    print(f"router CPU per request, median of {args.runs} runs ({args.requests} requests at {args.concurrency} "
+          f"concurrent, realistic mode, time scale {args.time_scale}):")
+    for mode, value in medians.items():
+        runs = ", ".join(f"{r['us_per_request']:.0f}" for r in results if r["mode"] == mode)
+        print(f"  {mode:4}  {value:7.1f} us   (runs: {runs})")
+    print(f"  tracing on - off:   {medians['on'] - medians['off']:+.1f} us/request")
+    print(f"  off - base:         {medians['off'] - medians['base']:+.1f} us/request")
+
+
 def off_path_ns() -> dict[str, float]:
     """ns per call of what the off path added to a request, timed here (one request writes one line)."""
     from app.api.middleware import new_request_id
@@ -190,6 +202,61 @@ def on_path_us() -> dict[str, float]:
     return {"server span opened, attributed, ended (SDK)": span_us, "OTLP encoding, per span": encode_us}
 
 
+def traced_cpu_us(receiver_port: int, n: int = 2000) -> dict[str, float]:
+    """CPU per request of the whole traced path in one process, every thread counted
+    (time.process_time): the server span opened, one request log line written inside it (structlog,
+    trace ids, the file writer), the span ended, and its batch exported over OTLP/HTTP to the
+    receiver (another process), against the same loop without tracing."""
+    from app.config import Settings
+    from app.observability.logging import configure_logging, get_logger, shutdown_logging
+    from app.observability.tracing import build_tracing
+
+    settings = Settings(_env_file=None, otel_exporter_otlp_endpoint=f"http://127.0.0.1:{receiver_port}")
+    log_dir = Path(tempfile.mkdtemp(prefix="ivy-bench-tracing-log-"))
+    console, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115  (the writer's console copy)
+    configure_logging(log_dir / "ai_router.log", max_bytes=0, backups=0)
+    log = get_logger()
+    headers = [(b"content-type", b"application/json")]
+    fields: dict[str, Any] = {"request_id": "5d2c0f4e1b7a4c6e9d8f0a1b2c3d4e5f", "method": "POST",
+                              "path": "/ai/router/v2", "status": 200, "latency_ms": 812.44, "user_id": "rep-12",
+                              "org_id": "acme", "intent": "rag", "model_provider": "gemini", "cache": "miss"}
+    attributes: dict[str, Any] = {"ivy.intent": "rag", "ivy.provider": "gemini", "ivy.cache": "miss",
+                                  "ivy.user_id": "rep-12", "ivy.org_id": "acme"}
+    results = {}
+    try:
+        for mode in ("off", "on", "off", "on"):
+            tracing = build_tracing(settings) if mode == "on" else None
+            started = time.process_time()
+            for _ in range(n):
+                span = tracing.start_request("POST", "/ai/router/v2", headers) if tracing is not None else None
+                log.info("request", **fields)
+                if span is not None:
+                    span.end(200, attributes)
+            if tracing is not None:
+                tracing.provider.force_flush()  # every span encoded and sent before the clock stops
+            cpu = (time.process_time() - started) / n * 1e6
+            if tracing is not None:
+                tracing.shutdown()
+            results[mode] = min(results.get(mode, cpu), cpu)  # the quieter of two passes
+    finally:
+        shutdown_logging()
+        sys.stderr.close()
+        sys.stderr = console
+    return {"request line, tracing off": results["off"], "request line, tracing on, exported": results["on"],
+            "added by tracing": results["on"] - results["off"]}
+
+
+def receive(port: int) -> None:
+    """`--receive PORT`: run the OTLP receiver alone (the in-process measurement's, in its own process)."""
+    async def serve() -> None:
+        receiver = Receiver()
+        receiver.port = port
+        await receiver.start()
+        await asyncio.sleep(3600)
+
+    asyncio.run(serve())
+
+
 async def main_async(args: argparse.Namespace) -> None:
     base = base_tree(args.base_ref)
     fake, fake_base = realistic_fake(args.seed, args.time_scale)
@@ -210,21 +277,29 @@ async def main_async(args: argparse.Namespace) -> None:
     finally:
         fake.stop()
         await runner.cleanup()
-    medians = {mode: statistics.median(r["us_per_request"] for r in results if r["mode"] == mode)
-               for mode in ("base", "off", "on")}
-    print(f"router CPU per request, median of {args.runs} runs ({args.requests} requests at {args.concurrency} "
-          f"concurrent, realistic mode, time scale {args.time_scale}):")
-    for mode, value in medians.items():
-        runs = ", ".join(f"{r['us_per_request']:.0f}" for r in results if r["mode"] == mode)
-        print(f"  {mode:4}  {value:7.1f} us   (runs: {runs})")
-    print(f"  tracing on - off:   {medians['on'] - medians['off']:+.1f} us/request")
-    print(f"  off - base:         {medians['off'] - medians['base']:+.1f} us/request")
+    if results:
+        report_runs(results, args)
+
+
+def in_process_figures() -> None:
     print("what the off path added, per call (this process):")
     for what, ns in off_path_ns().items():
         print(f"  {what:45} {ns:7.0f} ns")
     print("the span work of one traced request (this process):")
     for what, us in on_path_us().items():
         print(f"  {what:45} {us:7.1f} us")
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "--receive", str(port)], cwd=ROOT)
+    try:
+        time.sleep(2)
+        print("the traced path in one process, every thread's CPU (receiver in another process):")
+        for what, us in traced_cpu_us(port).items():
+            print(f"  {what:45} {us:7.1f} us")
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    reference = timeit.timeit(lambda: sum(range(1000)), number=20_000) / 20_000 * 1e6
+    print(f"machine reference: sum(range(1000)) {reference:.1f} us (a current x86 core: ~8 us)")
 
 
 def main() -> None:
@@ -236,11 +311,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--base-ref", default=None, help="git ref of the code before tracing (default: merge base "
                                                           "with main)")
+    parser.add_argument("--receive", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process measurements")
     args = parser.parse_args()
+    if args.receive is not None:
+        receive(args.receive)
+        return
     if args.base_ref is None:
         args.base_ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
                                        text=True, check=True).stdout.strip()
-    asyncio.run(main_async(args))
+    if not args.micro_only:
+        asyncio.run(main_async(args))
+    in_process_figures()
 
 
 if __name__ == "__main__":
