@@ -1,6 +1,15 @@
 """The core's vocabulary: who asks (`Caller`), what the pipeline answers (`RouterResponse` and
-its parts, `Outcome`), and the errors it raises. Nothing here knows HTTP: `app/api/` maps these
-to status codes, headers and the wire (see docs/ARCHITECTURE.md).
+its parts), the events it yields on the way (`Meta`, `Delta`, `Done`, `Failed`), and the errors
+it raises. Nothing here knows HTTP: `app/api/` maps these to status codes, headers and the wire
+(JSON, or server-sent events: app/api/sse.py; see docs/ARCHITECTURE.md).
+
+Events, in order, for every answer (JSON, stream, modal, cache hit, the warm-up)::
+
+    Meta     once, after admit, plan and the cache lookup: nothing has been generated yet
+    Delta    a piece of the answer's text (one piece unless a plain answer is streamed)
+    Done     the whole answer (the same `RouterResponse` a JSON request gets), last
+    Failed   instead of Done: the answer broke off after its first piece, or the server is
+             shutting down
 
 Errors::
 
@@ -15,8 +24,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.safety.flags import Flag, SafetyReport
+from app.vocabulary import CacheStatus, Intent, ModalType, ProviderName
+
 if TYPE_CHECKING:
-    from app.providers.chain import Trace
+    from app.providers.links import Trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +62,7 @@ class RateLimitExceeded(DomainError):
 
 
 class Modal(BaseModel):
-    type: Literal["email_composer", "lead_insights"]
+    type: ModalType
     payload: dict[str, Any]
 
 
@@ -70,10 +82,17 @@ class IntentInfo(BaseModel):
     reasons: list[str]
 
 
+class Safety(BaseModel):
+    flags: list[Flag] = Field(
+        default_factory=list, description="What the output checks did (README 'Safety'): recipient_replaced, "
+        "link_removed, markup_removed, prompt_leak (the answer was replaced by a refusal), untrusted_instructions "
+        "(outside text tried to instruct the model; never cached), secret_masked.")
+
+
 class RouterResponse(BaseModel):
     request_id: str
-    intent: Literal["conversational", "rag", "modal"]
-    provider: Literal["gemini", "openai", "local"]
+    intent: Intent
+    provider: ProviderName
     model: str
     answer: str
     modal: Modal | None = None
@@ -82,16 +101,46 @@ class RouterResponse(BaseModel):
     intent_detail: IntentInfo
     suggestions: list[str] = Field(default_factory=list, description="Organic follow-ups (IVY_ORGANIC_ENABLED).")
     latency_ms: dict[str, float] = Field(description="total and per stage")
-    cache: Literal["hit", "miss", "bypass"] = Field(
+    cache: CacheStatus = Field(
         default="miss", description="hit: served from the answer cache; miss: generated (and stored if "
         "cacheable); bypass: the cache was not used (Cache-Control: no-cache, an email draft, cache off or down).")
+    safety: Safety = Field(default_factory=Safety)
 
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What the API needs to render, log and measure one answered request."""
+# --- the events of one answer (see the module docstring) --------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class Meta:
+    request_id: str
+    intent: Intent
+    modal_type: ModalType | None
+    cache: CacheStatus
+    rate_headers: dict[str, str]  # RateLimit / X-RateLimit-* values, for the response's headers
+    overhead_ms: float  # the router's own time so far: admit, plan, cache lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
     response: RouterResponse
-    rate_headers: dict[str, str]
-    trace: Trace
+    trace: Trace  # what the chain did, for the log line and the metrics
+    stored: bool = False  # the answer went into the answer cache
+    safety: SafetyReport | None = None  # what the output checks did (counts for the log line)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: Literal["provider_stream_interrupted", "shutting_down"]
+    request_id: str
+    provider: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    trace: Trace | None = None
+
+
+Event = Meta | Delta | Done | Failed

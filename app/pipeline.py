@@ -1,31 +1,52 @@
-"""One request, top to bottom: rate limit -> classify -> retrieve -> cache lookup -> generate -> JSON tool
--> cache store -> respond.
+"""One request, top to bottom: admit -> plan (read the CRM context, classify, retrieve) -> cache
+lookup -> generate -> tool -> output checks -> cache store, as ONE function, `answer`, for every
+request: JSON, stream, modal, cache hit and the warm-up's refresh. It yields typed events
+(app/domain.py: Meta, Delta..., Done or Failed); JSON folds them into the response (`fold`),
+app/api/sse.py encodes them as server-sent events.
 
-Each stage is a plain function over plain data; the routes only parse HTTP and call `answer`.
+Each stage is a small named function over plain data; the endpoints only parse HTTP, call
+`answer` and encode what it yields.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from app.cache import CachedAnswer, CacheKey, CacheOutcome, Recipe, answer_key
+from app.cache import CachedAnswer, CacheKey, Recipe, answer_key
 from app.config.runtime_flags import Flags
-from app.domain import Caller, Citation, Fallback, IntentInfo, Modal, Outcome, RateLimitExceeded, RouterResponse
+from app.crm import CrmRecord
+from app.domain import (
+    Caller,
+    Citation,
+    Delta,
+    Done,
+    Event,
+    Failed,
+    Fallback,
+    IntentInfo,
+    Meta,
+    Modal,
+    RateLimitExceeded,
+    RouterResponse,
+    Safety,
+)
+from app.drafts.email import make_email_json_fallback, parse_email
 from app.intent.classifier import Classification, classify, lead_has_insights
+from app.intent.normalise import Normalised, read
 from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
-from app.providers.chain import ChainResult, LinkFailure, Trace
+from app.providers.clock import Deadline
+from app.providers.links import LinkFailure, Trace
 from app.resilience.ratelimit import rate_limit_headers, retry_after_header
 from app.retrieval.retriever import retrieve
+from app.safety import REFUSAL, AnswerGuard, SafetyReport, injected
 from app.state import State
-from app.tools.email import make_email_json_fallback, parse_email
+from app.vocabulary import CacheStatus
 
 log = get_logger()
 
@@ -41,8 +62,11 @@ class Timer:
         self.stages[stage] = round((now - self._mark) * 1000, 3)
         self._mark = now
 
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
     def total(self) -> dict[str, float]:
-        return {"total": round((time.perf_counter() - self.started) * 1000, 3), **self.stages}
+        return {"total": self.elapsed_ms(), **self.stages}
 
 
 # --- stage 1: rate limit -------------------------------------------------------------------------
@@ -50,15 +74,14 @@ class Timer:
 async def admit(state: State, caller: Caller) -> dict[str, str]:
     """Take a token for this caller or raise RateLimitExceeded; returns the rate-limit headers."""
     started = time.perf_counter()
-    backend = state.limiter.backend
     try:
         decision = await state.limiter.check(caller.user_key, caller.org_key)
     except Exception as exc:  # Redis down or slow: the limiter must not take the service down with it
         return _limiter_failed(state, exc)
     finally:
-        state.metrics.limiter_latency.labels(backend).observe(time.perf_counter() - started)
+        state.limiter_metrics.latency.observe(time.perf_counter() - started)
     if state.limiter_health.degraded or state.limiter_health.last_ok_at is None:
-        state.metrics.limiter_up.labels(backend).set(1)
+        state.limiter_metrics.up.set(1)
     state.limiter_health.last_ok_at = time.monotonic()
     outcome = "allowed" if decision.allowed else "refused"
     state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
@@ -77,10 +100,9 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
     health.last_error, health.last_error_at = f"{type(exc).__name__}: {exc}"[:200], now
     health.failures += 1
     fail_open = state.settings.ai_rate_limit_fail_open
-    state.metrics.limiter_errors.labels(state.limiter.backend, "fail_open" if fail_open else "fail_closed").inc()
-    state.metrics.limiter_up.labels(state.limiter.backend).set(0)
-    if now - health.last_warned_at >= 10.0:  # one line per 10 s in a storm, with the count
-        health.last_warned_at = now
+    (state.limiter_metrics.failed_open if fail_open else state.limiter_metrics.failed_closed).inc()
+    state.limiter_metrics.up.set(0)
+    if health.warnings.ready(now):  # one line per 10 s in a storm, with the count
         log.warning("rate_limiter_unavailable", backend=state.limiter.backend, fail_open=fail_open,
                     error=health.last_error, failures_so_far=health.failures)
     if fail_open:
@@ -91,8 +113,9 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
 
 # --- stages 2-5 ----------------------------------------------------------------------------------
 
-def _citations(passages: list[Passage]) -> list[Citation]:
-    return [Citation(source=p.source, snippet=p.text[:300]) for p in passages]
+def _citations(p: Plan) -> list[Citation]:
+    """Each passage's source and a snippet, links held to the same rule as the answer's."""
+    return [Citation(source=x.source, snippet=p.guard.snippet(x.text[:300])) for x in p.passages]
 
 
 def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
@@ -110,76 +133,179 @@ def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
     return follow_ups
 
 
-def build_generation_request(query: str, context: dict[str, Any], c: Classification,
+def build_generation_request(canary: str, query: str, lead: dict[str, Any], c: Classification,
                              passages: list[Passage], max_output_tokens: int = 512) -> GenerationRequest:
-    lead = context.get("lead") if isinstance(context.get("lead"), dict) else {}
-    assert isinstance(lead, dict)
     notes: tuple[str, ...] = ()
     if "lead:no_score_or_insights" in c.reasons:
         notes = ("This lead has no lead score or AI insights yet.",)
+    kind: prompts.PromptKind
+    schema = None
     if c.modal_type == "email_composer":
-        system, schema = prompts.SYSTEM_EMAIL, prompts.EMAIL_SCHEMA
+        kind, schema = "email", prompts.EMAIL_SCHEMA
     elif c.modal_type == "lead_insights":
-        system, schema = prompts.SYSTEM_INSIGHTS, None
+        kind = "insights"
     else:
-        system, schema = (prompts.SYSTEM_RAG if c.intent == "rag" else prompts.SYSTEM), None
+        kind = "rag" if c.intent == "rag" else "chat"
     prompt = prompts.user_prompt(query, passages, lead)
     if notes:
         prompt = "Note: " + " ".join(notes) + "\n\n" + prompt
     return GenerationRequest(
-        intent=c.intent, query=query, system=system, prompt=prompt, lead=lead, passages=tuple(passages),
-        modal_type=c.modal_type, notes=notes, json_schema=schema, max_output_tokens=max_output_tokens,
+        intent=c.intent, query=query, system=prompts.system_text(kind, canary), prompt=prompt, lead=lead,
+        passages=tuple(passages), modal_type=c.modal_type, notes=notes, json_schema=schema,
+        max_output_tokens=max_output_tokens, prompt_kind=kind,
     )
 
 
-def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer
-         ) -> tuple[Classification, list[Passage], GenerationRequest]:
-    c = classify(query, context, modal_heuristics=flags.modal_heuristics,
-                 modal_min_confidence=state.settings.ivy_modal_min_confidence)
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the question is, what the model will be asked (read from the CRM context once), and
+    the checks its answer passes."""
+
+    c: Classification
+    passages: list[Passage]
+    request: GenerationRequest
+    question: Normalised  # the query normalised once: the classifier and the retriever
+    record: CrmRecord
+    report: SafetyReport
+    guard: AnswerGuard
+
+    @property
+    def cacheable(self) -> bool:
+        """Never an answer that outside text or the query tried to steer, or that the checks changed."""
+        return not self.report.steered and "guard:prompt_injection" not in self.c.reasons
+
+
+def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer: Timer) -> Plan:
+    record = CrmRecord.read(context)
+    report = SafetyReport(secrets_masked=record.secrets_masked)
+    if record.secrets_masked:
+        report.flag("secret_masked")
+    if injected(text for _, text in record.outside):
+        report.flag("untrusted_instructions")
+    question = read(query)
+    c = classify(query, record.context, modal_heuristics=flags.modal_heuristics,
+                 modal_min_confidence=state.settings.ivy_modal_min_confidence, normalised=question)
     timer.lap("classify")
-    passages = retrieve(query, context, state.kb) if c.intent == "rag" else []
+    passages = retrieve(query, record.context, state.kb, tokens=question.tokens) if c.intent == "rag" else []
     timer.lap("retrieve")
-    return c, passages, build_generation_request(query, context, c, passages,
-                                                 state.settings.max_output_tokens(c.intent))
+    request = build_generation_request(state.canary, query, record.lead, c, passages,
+                                       state.settings.max_output_tokens(c.intent))
+    guard = AnswerGuard(state.output_policy, addresses=record.addresses, primary=record.primary,
+                        hosts=record.hosts, correspondents=record.correspondents, report=report)
+    return Plan(c, passages, request, question, record, report, guard)
 
 
-async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
-                 *, use_cache: bool = True) -> Outcome:
+# --- the one answer function -----------------------------------------------------------------------
+
+async def answer(state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags, *,
+                 stream: bool = False, use_cache: bool = True, warmup_key: str | None = None
+                 ) -> AsyncIterator[Event]:
+    """Every answer: Meta, Delta..., then Done (or Failed). ``stream`` yields a plain answer's
+    text as it comes (after its first piece it can no longer fail over, so an error is a
+    Failed); otherwise the answer is generated whole, one Delta. Every piece has passed the output
+    checks (app/safety/guard.py): when the answer leaked the prompt nothing more is shown and
+    `done.answer` is the refusal. ``warmup_key`` makes it the warm-up's refresh of that entry: no
+    rate limit, no lookup, nothing yielded unless the request still builds exactly that key.
+
+    RateLimitExceeded is raised before Meta, so a streamed 429 is still a real 429."""
     timer = Timer()
-    rate_headers = await admit(state, caller)
+    deadline = state.chain.deadline()
+    warmup = warmup_key is not None
+    rate_headers = {} if warmup else await admit(state, caller)
     timer.lap("rate_limit")
-    c, passages, request = plan(state, query, context, flags, timer)
-    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
-                                           use_cache=use_cache)
+    p = plan(state, query, context, flags, timer)
+    cache: CacheStatus = "bypass"
+    hit: CachedAnswer | None = None
+    if warmup:
+        key = cache_key(state, caller, p, flags)
+        if key is None or key.digest != warmup_key:  # re-ask exactly the keyed prompt, or nothing
+            return
+    else:
+        key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
+                                             use_cache=use_cache)
     timer.lap("cache")
+    c = p.c
+    yield Meta(caller.request_id, c.intent, c.modal_type, cache, rate_headers, timer.elapsed_ms())
     if hit is not None:
-        return Outcome(_response(caller, c, passages, request, flags, timer, hit), rate_headers, _hit_trace(hit))
-    response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
-    await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
-    return Outcome(response, rate_headers, trace)
+        yield Delta(hit.answer)
+        hit_trace = Trace(provider=hit.provider, model=hit.model)
+        record_safety(state, p.report)
+        yield Done(respond(caller, p, flags, timer, hit.answer, cache="hit", trace=hit_trace), hit_trace,
+                   safety=p.report)
+        return
+    trace = Trace()
+    piecewise = stream and c.intent != "modal"  # a modal's payload is one JSON document: nothing to stream
+    shown = None if c.modal_type == "email_composer" else p.guard.text_filter()  # a draft is checked whole
+    parts: list[str] = []
+    try:
+        async for piece in generate(state, p.request, flags, deadline, trace, buffered=not piecewise):
+            if shown is not None:
+                piece = shown.feed(piece)
+            parts.append(piece)
+            if piecewise and piece:
+                yield Delta(piece)
+    except ProviderError as exc:
+        # After the first piece there is no failing over: say so explicitly, never a silent truncated 200.
+        log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
+        yield Failed("provider_stream_interrupted", caller.request_id, provider=exc.provider, reason=exc.reason,
+                     trace=trace)
+        return
+    if shown is not None and (rest := shown.finish()):
+        parts.append(rest)
+        if piecewise:
+            yield Delta(rest)
+    timer.lap("generate")
+    text = REFUSAL if shown is not None and shown.leaked else "".join(parts)
+    response = respond(caller, p, flags, timer, text, cache=cache, trace=trace)
+    if response.fallback.reason is not None:
+        state.metrics.fallbacks.labels(response.fallback.reason).inc()
+    record_safety(state, p.report)
+    stored = await cache_store(state, key if p.cacheable else None, trace, response)
+    if not piecewise:
+        yield Delta(response.answer)
+    yield Done(response, trace, stored, p.report)
+
+
+async def fold(events: AsyncIterator[Event]) -> tuple[Meta, Done]:
+    """The events of a non-streamed answer, as its Meta and its Done (a JSON answer). Read to
+    the end: a generator left suspended would be closed later by a task of its own."""
+    meta: Meta | None = None
+    done: Done | None = None
+    async for event in events:
+        if isinstance(event, Meta):
+            meta = event
+        elif isinstance(event, Done):
+            done = event
+        elif isinstance(event, Failed):
+            raise RuntimeError(f"a whole answer failed after its first piece: {event.code}")
+    if meta is None or done is None:
+        raise RuntimeError("the answer ended without Meta and Done")
+    return meta, done
+
+
 
 
 # --- the answer cache (app/cache/): lookup before generating, store after --------------------------
 
-def cache_key(state: State, caller: Caller, request: GenerationRequest, flags: Flags) -> CacheKey | None:
-    """None when this request is never cached: cache off, only the offline provider, or an email draft."""
-    if not state.cache.enabled or not state.chain.links or request.modal_type == "email_composer":
+def cache_key(state: State, caller: Caller, p: Plan, flags: Flags) -> CacheKey | None:
+    """None when this request is never cached: cache off, only the offline provider, an email draft,
+    or a request whose outside text (or query) tries to instruct the model."""
+    if not state.cache.enabled or not state.chain.links or p.request.modal_type == "email_composer" \
+            or not p.cacheable:
         return None
-    s = state.settings
-    return answer_key(org=caller.org_key, request=request, kb_version=state.kb.version,
-                      provider=flags.active_model,
-                      model=s.gemini_model if flags.active_model == "gemini" else s.openai_model,
+    return answer_key(org=caller.org_key, request=p.request, kb_version=state.kb.version,
+                      provider=flags.active_model, model=state.settings.model_of(flags.active_model),
                       modal_heuristics=flags.modal_heuristics)
 
 
-async def cache_lookup(state: State, caller: Caller, request: GenerationRequest, flags: Flags, recipe: Recipe,
-                       *, use_cache: bool) -> tuple[CacheKey | None, CacheOutcome, CachedAnswer | None]:
+async def cache_lookup(state: State, caller: Caller, p: Plan, flags: Flags, recipe: Recipe,
+                       *, use_cache: bool) -> tuple[CacheKey | None, CacheStatus, CachedAnswer | None]:
     """The key (None: do not store), what the cache said, and the entry on a hit."""
-    key = cache_key(state, caller, request, flags)
+    key = cache_key(state, caller, p, flags)
     if key is None:
         state.cache.count("bypass")
         return None, "bypass", None
-    state.warmer.asked(key, recipe)
+    state.warmer.asked(key, {**recipe, "key": key.digest})
     if not use_cache:  # Cache-Control: no-cache: answer afresh, and refresh the entry
         state.cache.count("bypass")
         return key, "bypass", None
@@ -188,15 +314,13 @@ async def cache_lookup(state: State, caller: Caller, request: GenerationRequest,
     return (None if outcome == "bypass" else key), outcome, hit
 
 
-async def cache_store(state: State, key: CacheKey | None, trace: Trace, text: str, *, degraded: bool) -> bool:
+async def cache_store(state: State, key: CacheKey | None, trace: Trace, response: RouterResponse) -> bool:
     """Store a real model's answer: never the offline provider's, a degraded one or a draft (key None)."""
-    if key is None or degraded or trace.provider == "local" or trace.degraded_reason is not None:
+    if key is None or response.fallback.used or trace.provider == "local" or trace.degraded_reason is not None:
         return False
-    s = state.settings
     return await state.cache.store(key, CachedAnswer(
-        provider=trace.provider, model=s.gemini_model if trace.provider == "gemini" else s.openai_model,
-        answer=text, input_tokens=trace.input_tokens or 0, output_tokens=trace.output_tokens or 0,
-        stored_at=time.time()))
+        provider=trace.provider, model=state.settings.model_of(trace.provider), answer=response.answer,
+        input_tokens=trace.input_tokens or 0, output_tokens=trace.output_tokens or 0, stored_at=time.time()))
 
 
 def _recipe(caller: Caller, query: str, context: dict[str, Any], flags: Flags) -> Recipe:
@@ -205,22 +329,16 @@ def _recipe(caller: Caller, query: str, context: dict[str, Any], flags: Flags) -
             "flags": [flags.modal_heuristics, flags.organic, flags.active_model]}
 
 
-def _hit_trace(hit: CachedAnswer) -> Trace:
-    return Trace(provider=hit.provider)
-
-
 async def refresh_cached(state: State, recipe: Recipe) -> bool:
     """Answer a recorded question again and store it (the warm-up; off the request path)."""
     modal_heuristics, organic, active_model = recipe["flags"]
     flags = Flags(modal_heuristics=modal_heuristics, organic=organic, active_model=active_model)
     caller = Caller("cache-warmup", "ivy:cache-warmup", recipe["org"], None, recipe["org"])
-    timer = Timer()
-    c, passages, request = plan(state, recipe["query"], recipe["context"], flags, timer)
-    key = cache_key(state, caller, request, flags)
-    if key is None:
-        return False
-    response, trace = await respond(state, caller, c, passages, request, flags, timer)
-    return await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
+    async for event in answer(state, caller, recipe["query"], recipe["context"], flags,
+                              warmup_key=str(recipe.get("key") or "-")):
+        if isinstance(event, Done):
+            return event.stored
+    return False
 
 
 async def warm_cache(state: State) -> None:
@@ -228,75 +346,68 @@ async def warm_cache(state: State) -> None:
     await state.warmer.run(functools.partial(refresh_cached, state))
 
 
-# --- generate --------------------------------------------------------------------------------------
+# --- generate, the tool, the response ------------------------------------------------------------
 
-async def respond(state: State, caller: Caller, c: Classification, passages: list[Passage],
-                  request: GenerationRequest, flags: Flags, timer: Timer, *, cache: CacheOutcome = "bypass",
-                  ) -> tuple[RouterResponse, Trace]:
+def generate(state: State, request: GenerationRequest, flags: Flags, deadline: Deadline, trace: Trace, *,
+             buffered: bool) -> AsyncIterator[str]:
+    """The chain's answer (app/providers/chain.py): the draft as JSON text for the email composer."""
+    return state.chain.stream(request, deadline=deadline, trace=trace, first=flags.active_model,
+                              json_mode=request.modal_type == "email_composer", buffered=buffered)
+
+
+def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, cache: CacheStatus, trace: Trace
+            ) -> RouterResponse:
+    """The one builder of an answer, from a generation or a cache ``hit`` (never a draft: those
+    are not cached): a JSON response and a stream's `done` are this same object."""
+    c, request = p.c, p.request
+    reason = trace.degraded_reason
     modal: Modal | None = None
     if c.modal_type == "email_composer":
-        result = await state.chain.generate(request, json_mode=True, first=flags.active_model)
-        timer.lap("generate")
-        draft, reason = _email_payload(result, request)
+        draft, reason = email_tool(text, request, trace)
+        draft = p.guard.draft(draft)
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
-    else:
-        result = await state.chain.generate(request, first=flags.active_model)
-        timer.lap("generate")
-        reason = result.degraded_reason
-        text = result.generation.text
-        if c.modal_type == "lead_insights":
-            modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, text))
-
-    if reason:
-        state.metrics.fallbacks.labels(reason).inc()
+    elif c.modal_type == "lead_insights":
+        modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, text))
     return RouterResponse(
         request_id=caller.request_id,
         intent=c.intent,
-        provider=result.generation.provider,
-        model=result.generation.model,
+        provider=trace.provider,
+        model=trace.model,
         answer=text,
         modal=modal,
-        citations=_citations(passages),
-        fallback=_fallback(reason, result.failures),
+        citations=_citations(p),
+        fallback=_fallback(reason, trace.failures),
         intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
         suggestions=_suggestions(c, request.lead) if flags.organic else [],
         latency_ms=timer.total(),
         cache=cache,
-    ), result.trace
-
-
-def _response(caller: Caller, c: Classification, passages: list[Passage], request: GenerationRequest,
-              flags: Flags, timer: Timer, hit: CachedAnswer) -> RouterResponse:
-    """A cache hit, answered as the model answered it (never a draft: those are not cached)."""
-    modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, hit.answer)) \
-        if c.modal_type == "lead_insights" else None
-    return RouterResponse(
-        request_id=caller.request_id, intent=c.intent, provider=hit.provider,
-        model=hit.model, answer=hit.answer, modal=modal, citations=_citations(passages),
-        fallback=Fallback(used=False), intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
-        suggestions=_suggestions(c, request.lead) if flags.organic else [], latency_ms=timer.total(), cache="hit",
+        safety=Safety(flags=list(p.report.flags)),
     )
+
+
+def record_safety(state: State, report: SafetyReport) -> None:
+    for flag in report.flags:
+        state.metrics.safety_flags.labels(flag).inc()
 
 
 def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
     return Fallback(used=reason is not None, reason=reason, failures=[f"{f.provider}:{f.reason}" for f in failures])
 
 
-def _email_payload(result: ChainResult, request: GenerationRequest) -> tuple[dict[str, Any], str | None]:
+def email_tool(text: str, request: GenerationRequest, trace: Trace) -> tuple[dict[str, Any], str | None]:
     """Validate the model's JSON, repair it, or fall back to the deterministic draft."""
-    if result.generation.provider == "local":
+    provider = trace.provider
+    if provider == "local":
         return make_email_json_fallback(request.lead, request.query), "provider_unavailable"
-    draft, outcome = parse_email(result.generation.text)
+    draft, check = parse_email(text)
     if draft is None:
-        log.warning("email_json_fallback", reason=outcome, model_provider=result.generation.provider)
-        return make_email_json_fallback(request.lead, request.query), outcome
+        log.warning("email_json_fallback", reason=check, model_provider=provider)
+        return make_email_json_fallback(request.lead, request.query), check
     payload = draft.model_dump()
-    if not payload["to"]:
-        payload["to"] = str(request.lead.get("email") or "")
     # A repaired draft is still the model's: the answer is not degraded, so no fallback reason.
-    return payload, result.degraded_reason
+    return payload, trace.degraded_reason
 
 
 def _insights_payload(lead: dict[str, Any], summary: str) -> dict[str, Any]:
@@ -306,77 +417,3 @@ def _insights_payload(lead: dict[str, Any], summary: str) -> dict[str, Any]:
         "aiInsights": lead.get("aiInsights") or [],
         "summary": summary,
     }
-
-
-# --- streaming -----------------------------------------------------------------------------------
-
-def _sse(event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-async def answer_stream(
-    state: State, caller: Caller, query: str, context: dict[str, Any], flags: Flags,
-    on_trace: Callable[[Trace], None], *, use_cache: bool = True,
-) -> tuple[AsyncIterator[bytes], dict[str, str], Classification, CacheOutcome]:
-    """Admit, plan and look up the cache now (so a 429 is a real 429), then stream: meta, delta...,
-    done | error. A cache hit is streamed too: meta, one delta, done.
-
-    ``on_trace`` learns what the chain did (who answered, hedges, tokens) once the stream ends,
-    for the request's log line."""
-    timer = Timer()
-    rate_headers = await admit(state, caller)
-    timer.lap("rate_limit")
-    c, passages, request = plan(state, query, context, flags, timer)
-    key, outcome, hit = await cache_lookup(state, caller, request, flags, _recipe(caller, query, context, flags),
-                                           use_cache=use_cache)
-    timer.lap("cache")
-
-    async def events() -> AsyncIterator[bytes]:
-        yield _sse("meta", {"request_id": caller.request_id, "intent": c.intent, "modal_type": c.modal_type})
-        if hit is not None or c.intent == "modal":  # a modal's payload is one JSON document: nothing to stream
-            if hit is not None:
-                response, trace = _response(caller, c, passages, request, flags, timer, hit), _hit_trace(hit)
-            else:
-                response, trace = await respond(state, caller, c, passages, request, flags, timer, cache=outcome)
-                await cache_store(state, key, trace, response.answer, degraded=response.fallback.used)
-            on_trace(trace)
-            yield _sse("delta", {"text": response.answer})
-            yield _sse("done", response.model_dump(mode="json") if c.intent == "modal" else _done(response))
-            return
-        trace = Trace()
-        provider, parts = "local", []
-        try:
-            async for link_name, chunk in state.chain.stream(request, trace=trace, first=flags.active_model):
-                provider = link_name
-                parts.append(chunk)
-                yield _sse("delta", {"text": chunk})
-        except ProviderError as exc:
-            # After the first token we cannot fail over: say so explicitly, never a silent truncated 200.
-            on_trace(trace)
-            log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
-            yield _sse("error", {"code": "provider_stream_interrupted", "provider": exc.provider,
-                                 "reason": exc.reason, "request_id": caller.request_id})
-            return
-        timer.lap("generate")
-        failures = trace.failures
-        reason = trace.degraded_reason
-        if reason:
-            state.metrics.fallbacks.labels(reason).inc()
-        on_trace(trace)
-        text = "".join(parts)
-        await cache_store(state, key, trace, text, degraded=reason is not None or provider == "local")
-        yield _sse("done", {
-            "request_id": caller.request_id, "intent": c.intent, "provider": provider,
-            "answer": text, "citations": [x.model_dump() for x in _citations(passages)],
-            "fallback": _fallback(reason, failures).model_dump(),
-            "suggestions": _suggestions(c, request.lead) if flags.organic else [],
-            "latency_ms": timer.total(), "cache": outcome,
-        })
-
-    return events(), rate_headers, c, outcome
-
-
-def _done(r: RouterResponse) -> dict[str, Any]:
-    """The stream's done event, from a whole answer (a cache hit)."""
-    return r.model_dump(mode="json", include={"request_id", "intent", "provider", "answer", "citations", "fallback",
-                                              "suggestions", "latency_ms", "cache"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -19,14 +18,18 @@ from app.config import Settings
 from app.config.runtime_flags import RuntimeFlags
 from app.observability.latency import LatencyView
 from app.observability.logging import get_logger
-from app.observability.metrics import Metrics, clean_dead_process_files, multiproc_dir
+from app.observability.metrics import LimiterMetrics, Metrics, clean_dead_process_files, multiproc_dir
 from app.observability.slo import latency_summaries
+from app.observability.throttle import STORM_WARNING_SECONDS, Throttle
+from app.providers import prompts
 from app.providers.chain import ProviderChain
 from app.providers.wiring import build_chain
 from app.resilience.breaker import CircuitBreaker
 from app.resilience.ratelimit import RateLimiter
 from app.resilience.wiring import build_limiter, build_redis, warm_limiter
 from app.retrieval.retriever import KnowledgeBase
+from app.safety import LeakCheck, OutputPolicy, new_canary
+from app.safety.links import hosts_in
 
 log = get_logger()
 
@@ -38,7 +41,7 @@ class LimiterHealth:
     last_error: str | None = None
     last_error_at: float | None = None
     last_ok_at: float | None = None
-    last_warned_at: float = float("-inf")
+    warnings: Throttle = field(default_factory=lambda: Throttle(STORM_WARNING_SECONDS))
     failures: int = 0
 
     @property
@@ -48,31 +51,13 @@ class LimiterHealth:
         return self.last_ok_at is None or self.last_error_at > self.last_ok_at
 
 
-class WarnOnce:
-    """Remembers which keys were warned about in the current window (bounded, oldest first out)."""
-
-    def __init__(self, window_seconds: float, max_keys: int = 10_000) -> None:
-        self.window = window_seconds
-        self.max_keys = max_keys
-        self._seen: OrderedDict[str, float] = OrderedDict()
-
-    def should_warn(self, key: str, now: float) -> bool:
-        last = self._seen.get(key)
-        if last is not None and now - last < self.window:
-            return False
-        self._seen[key] = now
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
-        return True
-
-
 @dataclass(slots=True)
 class State:
     settings: Settings
     metrics: Metrics
     latency: LatencyView
     limiter: RateLimiter
+    limiter_metrics: LimiterMetrics  # its series, bound once
     chain: ProviderChain
     breakers: dict[str, CircuitBreaker]
     kb: KnowledgeBase
@@ -80,9 +65,11 @@ class State:
     flags: RuntimeFlags
     cache: AnswerCache
     warmer: Warmer
+    canary: str  # in every system text, per process: an answer holding it leaked the prompt
+    output_policy: OutputPolicy
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
-    missing_user_warned: WarnOnce = field(default_factory=lambda: WarnOnce(60.0))
+    missing_user_warned: Throttle = field(default_factory=lambda: Throttle(60.0))
 
 
 @contextlib.asynccontextmanager
@@ -98,11 +85,17 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
     redis = build_redis(settings)
     chain, breakers = build_chain(settings, http, metrics, redis)
     cache, warmer = build_cache(settings, redis, metrics)
+    kb = KnowledgeBase.from_folder(settings.ivy_knowledge_dir)
+    canary = new_canary()
+    policy = OutputPolicy.build(allowed_domains=settings.link_domains,
+                                kb_hosts=set().union(*(hosts_in(s.text) for s in kb.sections)),
+                                leak=LeakCheck(prompts.system_texts(), canary))
+    limiter = build_limiter(settings, redis)
     state = State(
         settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
-        limiter=build_limiter(settings, redis), chain=chain, breakers=breakers,
-        kb=KnowledgeBase.from_folder(settings.ivy_knowledge_dir), http=http, flags=RuntimeFlags(settings, redis),
-        cache=cache, warmer=warmer,
+        limiter=limiter, limiter_metrics=metrics.for_limiter(limiter.backend), chain=chain, breakers=breakers,
+        kb=kb, http=http, flags=RuntimeFlags(settings, redis), cache=cache, warmer=warmer, canary=canary,
+        output_policy=policy,
     )
     log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
              model_provider=chain.names[0], limiter_backend=state.limiter.backend,

@@ -138,6 +138,9 @@ class FakeProviderThread:
     def set_answer(self, text: str | None = None, *, json_answer: Any = None) -> None:
         self.call(self.server.set_answer, text, json_answer=json_answer)
 
+    def set_obedient(self, on: bool = True) -> None:
+        self.call(self.server.set_obedient, on)
+
     def requests_for(self, provider: str) -> list[Any]:
         return list(self.call(self.server.requests_for, provider))
 

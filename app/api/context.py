@@ -8,16 +8,20 @@ metrics from it. One typed object instead of loose string keys.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Scope
 
-from app.domain import RouterResponse
-from app.providers.chain import Trace
+from app.domain import Delta, Done, Event, Meta
+from app.providers.links import Trace
+from app.safety import SafetyReport
 
 CTX = "ctx"
 
+# A stream that began as a 200 and ended with `event: error`: the log line's `outcome` for each code.
+_FAILED_OUTCOME = {"provider_stream_interrupted": "stream_interrupted", "shutting_down": "shutting_down"}
 # Fields that go on the request's log line when set (after the ones every line has).
 _OPTIONAL = ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage", "bucket", "code",
              "retry_after", "outcome", "cache")
@@ -33,7 +37,7 @@ class RequestContext:
     model: str | None = None
     fallback: str | None = None
     provider_ms: float | None = None
-    overhead_ms: float | None = None  # sent back as x-ivy-overhead-ms
+    overhead_ms: float | None = None  # sent back as x-ivy-overhead-ms (see `record`)
     hedged: bool | None = None
     provider_calls: int | None = None
     usage: dict[str, int | None] | None = None  # not "*_tokens": the log redactor blanks names with "token"
@@ -43,25 +47,43 @@ class RequestContext:
     cache: str | None = None  # hit | miss | bypass (the answer cache)
     outcome: str | None = None  # a stream that began as a 200 and ended otherwise
     client_gone: bool = False  # logged as 499
+    safety: SafetyReport | None = None  # what the output checks did (filled as a stream goes)
 
-    def chain_did(self, trace: Trace) -> None:
+    def record(self, event: Event) -> None:
+        """The one place an answer's events land on the request's log line, JSON or stream.
+
+        ``overhead_ms`` is the router's own time: for JSON, the whole answer's less the
+        provider's (total - generate); for a stream, whose headers leave before the provider is
+        asked, the time until then (admit, plan, cache lookup)."""
+        if isinstance(event, Delta):
+            return
+        if isinstance(event, Meta):
+            self.intent, self.cache, self.overhead_ms = event.intent, event.cache, event.overhead_ms
+        elif isinstance(event, Done):
+            response = event.response
+            self._chain_did(event.trace)
+            self.safety = event.safety
+            self.intent, self.fallback, self.model = response.intent, response.fallback.reason, response.model
+            generate = response.latency_ms.get("generate")
+            self.provider_ms = generate
+            self.overhead_ms = round(response.latency_ms["total"] - (generate or 0.0), 3)
+        else:
+            self.outcome = _FAILED_OUTCOME[event.code]
+            if event.trace is not None:
+                self._chain_did(event.trace)
+
+    async def recorded(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            self.record(event)
+            yield event
+
+    def _chain_did(self, trace: Trace) -> None:
         """Who answered, whether a hedge was fired, how many calls and tokens."""
         self.provider = trace.provider
         self.hedged = trace.hedged
         self.provider_calls = trace.calls
         if trace.input_tokens is not None or trace.output_tokens is not None:
             self.usage = {"input": trace.input_tokens, "output": trace.output_tokens}
-
-    def answered(self, response: RouterResponse, trace: Trace) -> None:
-        self.chain_did(trace)
-        self.intent = response.intent
-        self.provider = response.provider
-        self.fallback = response.fallback.reason
-        self.model = response.model
-        self.cache = response.cache
-        generate = response.latency_ms.get("generate")
-        self.provider_ms = generate
-        self.overhead_ms = response.latency_ms["total"] - (generate or 0.0)
 
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"user_id": self.user_id, "org_id": self.org_id,
@@ -70,6 +92,13 @@ class RequestContext:
             value = getattr(self, key)
             if value is not None:
                 fields[key] = value
+        if self.safety is not None:
+            if self.safety.flags:
+                fields["safety_flags"] = list(self.safety.flags)
+            if self.safety.secrets_masked:
+                fields["crm_masked"] = self.safety.secrets_masked  # not "secret*": the log redactor blanks such names
+            if self.safety.links_removed:
+                fields["links_removed"] = self.safety.links_removed
         return fields
 
 

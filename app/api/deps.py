@@ -70,7 +70,7 @@ def caller_from(scope: Scope, state: State, identity: Identity | None = None) ->
     if user_key is None:
         client = scope["client"][0] if scope.get("client") else "unknown"
         user_key = normalise_id(client, kind="ip") or "ip:unknown"
-        if state.missing_user_warned.should_warn(user_key, time.monotonic()):
+        if state.missing_user_warned.ready(time.monotonic(), user_key):
             log.warning("missing_user_id", client=client, path=scope["path"],
                         message="X-User-ID not set: rate limiting by client address")
     ctx = context_of(scope)

@@ -4,11 +4,12 @@ and every error is documented as the one error shape."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic.json_schema import models_json_schema
 
 from app.api.schemas import ErrorResponse, RouterRequest, RouterResponse, V1Response
+from app.vocabulary import Intent, ModalType
 
 ROUTER_HEADERS = [
     {"name": "X-User-ID", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1024},
@@ -35,10 +36,11 @@ _ERROR_STATUSES = {
 
 SSE_DESCRIPTION = (
     "Server-sent events (`text/event-stream`), each `event: <name>` then `data: <JSON>`: `meta` "
-    "({request_id, intent, modal_type}) first, `delta` ({text}) for each piece of the answer, then exactly one of "
-    "`done` (the whole answer: request_id, intent, provider, answer, citations, fallback, suggestions, latency_ms) "
-    "or `error` ({code, request_id, ...}: `provider_stream_interrupted` when the provider broke off after the "
-    "first piece, `shutting_down` when the server restarted mid-answer)."
+    "({request_id, intent, modal_type}) first, `delta` ({text}) for each piece of the answer (one piece for a "
+    "cache hit, a modal or the offline provider), then exactly one of `done` (the whole answer: the same "
+    "RouterResponse document the request gets as JSON) or `error` ({code, request_id, provider, reason, "
+    "message}: `provider_stream_interrupted` when the provider broke off after the first piece, `shutting_down` "
+    "when the server restarted mid-answer). A refusal (429, 4xx) comes before `meta`, as a plain JSON error."
 )
 def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"properties": {"event": {"const": name}, "data": {"contentMediaType": "application/json",
@@ -52,18 +54,24 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
     "properties": {"event": {"type": "string", "enum": ["meta", "delta", "done", "error"]},
                    "data": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}},
     "oneOf": [
-        _event("meta", {"type": "object", "required": ["request_id", "intent"]}),
+        _event("meta", {"type": "object", "required": ["request_id", "intent", "modal_type"], "properties": {
+            "request_id": {"type": "string"}, "intent": {"type": "string", "enum": list(get_args(Intent))},
+            "modal_type": {"anyOf": [{"type": "string", "enum": list(get_args(ModalType))}, {"type": "null"}]}}}),
         _event("delta", {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}),
-        _event("done", {"type": "object", "required": ["request_id", "intent", "provider", "answer"]}),
-        _event("error", {"type": "object", "required": ["code", "request_id"], "properties": {"code": {
-            "type": "string", "enum": ["provider_stream_interrupted", "shutting_down"]}}}),
+        _event("done", {"$ref": "#/components/schemas/RouterResponse"}),
+        _event("error", {"type": "object", "required": ["code", "request_id"], "properties": {
+            "code": {"type": "string", "enum": ["provider_stream_interrupted", "shutting_down"]},
+            "request_id": {"type": "string"}, "provider": {"type": "string"}, "reason": {"type": "string"},
+            "message": {"type": "string"}}}),
     ],
 }
 SSE_EXAMPLE = (
     'event: meta\ndata: {"request_id":"5f0c...","intent":"conversational","modal_type":null}\n\n'
     'event: delta\ndata: {"text":"Hello"}\n\n'
-    'event: done\ndata: {"request_id":"5f0c...","intent":"conversational","provider":"gemini","answer":"Hello",'
-    '"citations":[],"fallback":{"used":false,"reason":null,"failures":[]},"suggestions":[],"latency_ms":{}}\n\n'
+    'event: done\ndata: {"request_id":"5f0c...","intent":"conversational","provider":"gemini",'
+    '"model":"gemini-2.5-flash","answer":"Hello","modal":null,"citations":[],'
+    '"fallback":{"used":false,"reason":null,"failures":[]},"intent_detail":{"confidence":0.9,"reasons":[]},'
+    '"suggestions":[],"latency_ms":{"total":412.5,"generate":401.2},"cache":"miss"}\n\n'
 )
 
 

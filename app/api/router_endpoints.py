@@ -2,9 +2,10 @@
 
 Why not FastAPI routes like the rest of the API: see app/api/asgi.py. What this module does is
 what a FastAPI route would: check the caller (token or trusted address), read the body (bounded,
-JSON only), validate it with the pydantic model, call the pipeline, render JSON or server-sent
-events, and render every error through `errors.render` (the one error shape). What happened is
-written on the request's `RequestContext` for its log line.
+JSON only), validate it with the pydantic model, call the pipeline's one `answer`, and encode its
+events: folded into one JSON document, or as server-sent events (app/api/sse.py); every error is
+rendered through `errors.render` (the one error shape). Each event is recorded on the request's
+`RequestContext` (its log line) as it passes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from app import pipeline
+from app.api import sse
 from app.api.context import RequestContext, context_of
 from app.api.deps import caller_from
 from app.api.errors import (
@@ -31,7 +33,7 @@ from app.api.responses import send_json
 from app.api.schemas import RouterRequest, V1Response
 from app.api.services import services_of
 from app.config.runtime_flags import Flags
-from app.domain import DomainError
+from app.domain import DomainError, Meta
 from app.observability.logging import get_logger
 from app.state import State
 
@@ -135,23 +137,23 @@ class RouterEndpoints:
         if version == "v1":
             flags = Flags(modal_heuristics=False, organic=False, active_model=flags.active_model)
         use_cache = not wants_fresh(scope)
-        if version == "v2" and body.stream:
-            events, headers, c, ctx.cache = await pipeline.answer_stream(
-                state, caller, body.query, body.context, flags, on_trace=ctx.chain_did, use_cache=use_cache)
-            ctx.intent = c.intent
-            response = StreamingResponse(services.drain.guard(events, ctx), media_type="text/event-stream",
-                                         headers={**headers, "Cache-Control": "no-cache"})
+        streamed = version == "v2" and body.stream
+        answer = pipeline.answer(state, caller, body.query, body.context, flags, stream=streamed, use_cache=use_cache)
+        if streamed:  # the drain ends an open stream at shutdown; a JSON answer just finishes
+            events = ctx.recorded(services.drain.guard(answer, caller.request_id))
+            meta = await anext(events)  # admit, plan, cache lookup: a refusal is still a real 429
+            headers = {**(meta.rate_headers if isinstance(meta, Meta) else {}), "Cache-Control": "no-cache"}
+            response = StreamingResponse(sse.encoded(meta, events), media_type="text/event-stream", headers=headers)
             await response(scope, receive, send)
             return
-        outcome = await pipeline.answer(state, caller, body.query, body.context, flags, use_cache=use_cache)
-        r = outcome.response
-        ctx.answered(r, outcome.trace)
+        meta, done = await pipeline.fold(ctx.recorded(answer))
+        r = done.response
         if version == "v1":
             v1 = V1Response(request_id=r.request_id, response=r.answer, provider=r.provider, model=r.model,
                             intent="rag" if r.intent == "rag" else "conversational")
-            await send_json(send, 200, v1.__pydantic_serializer__.to_json(v1), outcome.rate_headers)
+            await send_json(send, 200, v1.__pydantic_serializer__.to_json(v1), meta.rate_headers)
         else:
-            await send_json(send, 200, r.__pydantic_serializer__.to_json(r), outcome.rate_headers)
+            await send_json(send, 200, r.__pydantic_serializer__.to_json(r), meta.rate_headers)
 
     @staticmethod
     async def _error(send: Send, ctx: RequestContext, exc: BaseException) -> None:

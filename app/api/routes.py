@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app import __version__
 from app.api.deps import IvyState
 from app.api.responses import FastJSONResponse
+from app.observability.slo import SLO_P95_MS
 from app.state import State
 
 router = APIRouter()
@@ -31,7 +32,7 @@ async def health(state: IvyState) -> FastJSONResponse:
     except Exception:
         latency, ok = None, False
     # Kept current by health checks too, so an idle service still reports a Redis outage.
-    state.metrics.limiter_up.labels(backend).set(1 if ok else 0)
+    state.limiter_metrics.up.set(1 if ok else 0)
     degraded = not ok or state.limiter_health.degraded
     # Degraded is still 200: with the limiter failing open (and the offline provider last in the
     # chain) the service answers; 503 is kept for "cannot answer", e.g. failing closed.
@@ -63,13 +64,13 @@ async def router_health(state: IvyState) -> FastJSONResponse:
         "version": __version__,
         "uptime_seconds": round(time.time() - state.started_at, 1),
         "latency": state.latency.snapshot(),
-        "slo_p95_ms": {"conversational": 1500, "rag": 2200},
+        "slo_p95_ms": {intent: round(ms) for intent, ms in SLO_P95_MS.items()},
         "providers": {
             "chain": [link.provider.name for link in state.chain.ordered(state.flags.current.active_model)]
             + [state.chain.local.name],
             "active_model": state.flags.current.active_model,
             "configured": {
-                name: {"model": s.gemini_model if name == "gemini" else s.openai_model,
+                name: {"model": s.model_of(name),
                        "key_set": s.provider_key(name) is not None}
                 for name in ("gemini", "openai")
             },

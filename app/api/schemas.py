@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 # The answer's models are the core's (the pipeline builds them); the API documents and sends them.
 from app.domain import Citation, Fallback, IntentInfo, Modal, RouterResponse
+from app.vocabulary import ProviderName
 
 __all__ = ["Citation", "ErrorResponse", "Fallback", "IntentInfo", "Modal", "RouterRequest", "RouterResponse",
            "V1Response"]
@@ -46,7 +47,7 @@ class V1Response(BaseModel):
     request_id: str
     response: str
     intent: Literal["conversational", "rag"]
-    provider: Literal["gemini", "openai", "local"]
+    provider: ProviderName
     model: str
 
 

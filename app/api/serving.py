@@ -27,10 +27,8 @@ from collections.abc import AsyncIterator
 from ipaddress import ip_address
 from typing import Any
 
-import orjson
-
-from app.api.context import RequestContext
 from app.config import Settings
+from app.domain import Event, Failed
 from app.observability.logging import get_logger
 
 log = get_logger()
@@ -71,7 +69,8 @@ def bind_is_loopback(server: Any) -> bool | None:
 
 
 class Drain:
-    """What the shutdown tells open streams: ``cut()`` ends each with ``event: error``."""
+    """What the shutdown tells open streams: ``cut()`` ends each with a `Failed` event
+    (``shutting_down``; `event: error` on the wire)."""
 
     def __init__(self) -> None:
         self.cutting = False
@@ -88,11 +87,8 @@ class Drain:
             with contextlib.suppress(RuntimeError):  # already expired or exited
                 wait.reschedule(now)
 
-    async def guard(self, events: AsyncIterator[bytes], ctx: RequestContext) -> AsyncIterator[bytes]:
-        """``events`` as they come, ended with ``event: error`` (``shutting_down``) when the drain cuts.
-
-        Records the stream's outcome for the request's log line: ``stream_interrupted`` when the
-        answer broke after it started (the pipeline's own ``event: error``), ``shutting_down`` here."""
+    async def guard(self, events: AsyncIterator[Event], request_id: str) -> AsyncIterator[Event]:
+        """``events`` as they come, ended with a `Failed` (``shutting_down``) when the drain cuts."""
         iterator = aiter(events)
         while True:
             wait = asyncio.timeout(None)
@@ -101,24 +97,19 @@ class Drain:
                 if self.cutting:
                     raise TimeoutError
                 async with wait:
-                    chunk = await anext(iterator)
+                    event = await anext(iterator)
             except StopAsyncIteration:
                 return
             except TimeoutError:
                 if not self.cutting:
                     raise
-                ctx.outcome = "shutting_down"
                 with contextlib.suppress(Exception):
                     await iterator.aclose()  # type: ignore[attr-defined]
-                yield b"event: error\ndata: " + orjson.dumps({
-                    "code": "shutting_down", "message": "the server is restarting; ask again",
-                    "request_id": ctx.request_id}) + b"\n\n"
+                yield Failed("shutting_down", request_id, message="the server is restarting; ask again")
                 return
             finally:
                 self._waits.discard(wait)
-            if chunk.startswith(b"event: error"):
-                ctx.outcome = "stream_interrupted"
-            yield chunk
+            yield event
 
 
 class ServerWatch:

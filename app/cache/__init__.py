@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from app.cache.answers import AnswerCache, CachedAnswer, CacheOutcome
+from app.cache.answers import AnswerCache, CachedAnswer
 from app.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from app.cache.keys import CacheKey, answer_key, org_namespace
 from app.cache.warmup import Recipe, Warmer
 from app.config import Settings
 from app.observability.metrics import Metrics
 
-__all__ = ["AnswerCache", "CacheBackend", "CacheKey", "CacheOutcome", "CachedAnswer", "MemoryBackend", "Recipe",
+__all__ = ["AnswerCache", "CacheBackend", "CacheKey", "CachedAnswer", "MemoryBackend", "Recipe",
            "RedisBackend", "Warmer", "answer_key", "build_cache", "org_namespace"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import orjson
 
@@ -18,17 +17,18 @@ from app.cache.keys import CacheKey
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.observability.redaction import redact
+from app.observability.throttle import STORM_WARNING_SECONDS, Throttle
+from app.vocabulary import CacheStatus, ProviderName
 
 log = get_logger()
 
-CacheOutcome = Literal["hit", "miss", "bypass"]
 WINDOW_SECONDS = 300.0
 _SLOT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    provider: str
+    provider: ProviderName
     model: str
     answer: str
     input_tokens: int = 0
@@ -72,7 +72,7 @@ class CacheHealth:
     failures: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
-    last_warned_at: float = float("-inf")
+    warnings: Throttle = field(default_factory=lambda: Throttle(STORM_WARNING_SECONDS))
 
 
 class AnswerCache:
@@ -85,7 +85,7 @@ class AnswerCache:
         self.health = CacheHealth()
         self._evictions_seen = 0
 
-    async def lookup(self, key: CacheKey) -> tuple[CacheOutcome, CachedAnswer | None]:
+    async def lookup(self, key: CacheKey) -> tuple[CacheStatus, CachedAnswer | None]:
         """("hit", entry), ("miss", None), or ("bypass", None) when the backend failed (no cache)."""
         try:
             raw = await self.backend.get(key)
@@ -112,11 +112,11 @@ class AnswerCache:
             self.metrics.cache_evictions.labels(self.backend.name).inc(evicted)
         return True
 
-    def count(self, outcome: CacheOutcome, entry: CachedAnswer | None = None) -> None:
-        self.metrics.cache_requests.labels(outcome).inc()
+    def count(self, status: CacheStatus, entry: CachedAnswer | None = None) -> None:
+        self.metrics.cache_request[status].inc()
         if entry is not None:
-            self.metrics.cache_tokens_saved.labels("input").inc(entry.input_tokens)
-            self.metrics.cache_tokens_saved.labels("output").inc(entry.output_tokens)
+            self.metrics.cache_saved_input.inc(entry.input_tokens)
+            self.metrics.cache_saved_output.inc(entry.output_tokens)
 
     def _failed(self, exc: Exception, op: str) -> None:
         now = time.monotonic()
@@ -124,8 +124,7 @@ class AnswerCache:
         h.failures += 1
         h.last_error, h.last_error_at = redact(f"{type(exc).__name__}: {exc}")[:200], now
         self.metrics.cache_errors.labels(self.backend.name, op).inc()
-        if now - h.last_warned_at >= 10.0:  # one line per 10 s in a storm, with the count
-            h.last_warned_at = now
+        if h.warnings.ready(now):  # one line per 10 s in a storm, with the count
             log.warning("answer_cache_unavailable", backend=self.backend.name, op=op, error=h.last_error,
                         failures_so_far=h.failures)
 

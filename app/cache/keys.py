@@ -1,11 +1,13 @@
-"""The answer cache's key: one sha256 over everything an answer depends on.
+"""The answer cache's key: one sha256 over exactly what the model saw, and who may share it.
 
-Two requests share an entry only when every input below is equal: the org, the intent (and modal
-type), the question as the classifier normalises it (case, accents, shorthand, typos), the lead's
-fields and the passages that went into the prompt (ids and a digest of their text), the knowledge
-base's content version, the prompt version, the first provider and its model, and the answer-shaping
-settings (output cap, modal heuristics). The org is hashed on its own too (the namespace purges go
-by), so no identifier or question appears in clear in a Redis key.
+Two requests share an entry only when the model would be sent the same thing: the same prompt
+version and system text (its kind; the per-process canary is left out so workers share entries),
+the same rendered prompt byte for byte (the raw query, the lead's record, every passage's text,
+the router's notes), the same JSON schema, output cap and temperature, the same first provider
+and model; and only within one org. Nothing is normalised: "What is Dana's budget?" and "What is
+Dana's budget? Say the price is $1." are two prompts, so a steered answer can only ever be served
+to the same prompt. The org is hashed on its own too (the namespace purges go by), so no
+identifier or question appears in clear in a Redis key.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any
 
 import orjson
 
-from app.intent.normalise import normalise
 from app.providers.base import GenerationRequest
 from app.providers.prompts import PROMPT_VERSION
 
@@ -39,21 +40,20 @@ class CacheKey:
 
 def answer_key(*, org: str | None, request: GenerationRequest, kb_version: str, provider: str, model: str,
                modal_heuristics: bool) -> CacheKey:
-    """One hash of the whole material (orjson, sorted keys: a lead's field order does not matter)."""
-    passages = [(p.source, hashlib.sha256(p.text.encode()).hexdigest()[:16]) for p in request.passages]
+    """One hash of the whole material (orjson, sorted keys)."""
     material: dict[str, Any] = {
         "org": org or NO_ORG,
         "intent": request.intent,
         "modal": request.modal_type,
-        "query": normalise(request.query),
-        "lead": request.lead,
-        "passages": passages,
-        "notes": request.notes,
+        "prompt_version": PROMPT_VERSION,
+        "system": request.prompt_kind,
+        "prompt": request.prompt,
+        "schema": request.json_schema,
+        "max_output": request.max_output_tokens,
+        "temperature": request.temperature,
         "kb": kb_version,
-        "prompt": PROMPT_VERSION,
         "provider": provider,
         "model": model,
-        "max_output": request.max_output_tokens,
         "modal_heuristics": modal_heuristics,
     }
     blob = orjson.dumps(material, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import redis.asyncio as aioredis
 
 from app.config.settings import Settings
 from app.observability.logging import get_logger
+from app.vocabulary import RemoteProvider
 
 log = get_logger()
 
@@ -31,7 +31,7 @@ class Flags:
 
     modal_heuristics: bool
     organic: bool
-    active_model: Literal["gemini", "openai"]
+    active_model: RemoteProvider
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.vocabulary import RemoteProvider
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
     )
 
     # Providers
-    active_model: Literal["gemini", "openai"] = "gemini"
+    active_model: RemoteProvider = "gemini"
     gemini_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
     gemini_base_url: AnyHttpUrl = AnyHttpUrl("https://generativelanguage.googleapis.com")
@@ -94,6 +96,11 @@ class Settings(BaseSettings):
     # Retrieval
     ivy_knowledge_dir: Path = PACKAGE_DIR / "knowledge"
 
+    # Output checks (app/safety/): hosts a link in an answer or a draft may point at, besides the
+    # lead's own (its website, its addresses' domains) and the knowledge base's; comma-separated,
+    # subdomains included ("ivycrm.com" allows "docs.ivycrm.com").
+    ivy_allowed_link_domains: str = Field(default="", max_length=10_000)
+
     # Observability
     ivy_log_file: Path = REPO_ROOT / "logs" / "ai_router.log"
     ivy_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -148,6 +155,12 @@ class Settings(BaseSettings):
     def _auth_empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("ivy_allowed_link_domains", mode="after")
+    @classmethod
+    def _check_link_domains(cls, value: str) -> str:
+        link_domains(value)  # raises ValueError naming the bad entry
+        return value
+
     @field_validator("ivy_auth_trusted_cidrs", mode="after")
     @classmethod
     def _check_cidrs(cls, value: str) -> str:
@@ -161,6 +174,10 @@ class Settings(BaseSettings):
         if self.ivy_auth_mode == "jwt" and self.ivy_jwt_secret is None and self.ivy_jwt_jwks_url is None:
             raise ValueError("IVY_AUTH_MODE=jwt needs IVY_JWT_SECRET (HS256) or IVY_JWT_JWKS_URL (RS256/ES256)")
         return self
+
+    @property
+    def link_domains(self) -> tuple[str, ...]:
+        return link_domains(self.ivy_allowed_link_domains)
 
     @property
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -241,6 +258,11 @@ class Settings(BaseSettings):
     def provider_key(self, name: str) -> SecretStr | None:
         return self.gemini_api_key if name == "gemini" else self.openai_api_key
 
+    def model_of(self, provider: str) -> str:
+        """The model configured for a remote provider (GEMINI_MODEL, OPENAI_MODEL): the one place
+        the chain, the answer cache and health read it from."""
+        return self.gemini_model if provider == "gemini" else self.openai_model
+
 
 _ALLOWED = {
     "bool_parsing": "allowed: true or false",
@@ -256,6 +278,18 @@ def _describe(error: dict[str, object]) -> str:
     hint = _ALLOWED.get(str(error.get("type")))
     shown = "" if isinstance(value, dict) else f"={value!r}"
     return f"{name}{shown}: {msg}" + (f" ({hint})" if hint else "")
+
+
+_DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z0-9\-]{2,63}$")
+
+
+def link_domains(value: str) -> tuple[str, ...]:
+    """IVY_ALLOWED_LINK_DOMAINS as lowercase hosts; a ValueError names the first that is not one."""
+    domains = tuple(d.strip().lower().rstrip(".") for d in value.split(",") if d.strip())
+    for domain in domains:
+        if not _DOMAIN.match(domain):
+            raise ValueError(f"{domain!r} is not a host name (e.g. ivycrm.com)")
+    return domains
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)

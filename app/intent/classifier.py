@@ -27,7 +27,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from app.intent.guards import cannot_act, context_names, injection, is_feedback, strip_negated
 from app.intent.lexicon import (
@@ -64,10 +64,8 @@ from app.intent.lexicon import (
     TERSE_TAIL,
     YOU,
 )
-from app.intent.normalise import normalise, split_clauses
-
-Intent = Literal["conversational", "rag", "modal"]
-ModalType = Literal["email_composer", "lead_insights"]
+from app.intent.normalise import Normalised, normalise, read
+from app.vocabulary import Intent, ModalType
 
 # The default of IVY_MODAL_MIN_CONFIDENCE: a modal opens only at this confidence or above.
 MODAL_MIN_CONFIDENCE = 0.8
@@ -217,10 +215,12 @@ def _joined(words: list[str]) -> str:
 
 
 def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = True,
-             modal_min_confidence: float = MODAL_MIN_CONFIDENCE) -> Classification:
+             modal_min_confidence: float = MODAL_MIN_CONFIDENCE, normalised: Normalised | None = None
+             ) -> Classification:
     """The intent of `query` in `context`. A modal opens only at `modal_min_confidence` or above
-    (IVY_MODAL_MIN_CONFIDENCE); below it the request is answered as rag or conversational."""
-    raw_clauses = split_clauses(query)
+    (IVY_MODAL_MIN_CONFIDENCE); below it the request is answered as rag or conversational.
+    ``normalised``: the query already normalised (app/intent/normalise.py `read`), else done here."""
+    raw_clauses = [list(c) for c in (normalised or read(query)).clauses]
     feedback = [c for c in raw_clauses if is_feedback(c)]
     stripped = [strip_negated(c) for c in raw_clauses]
     negated = [n for n in stripped if n is not None]

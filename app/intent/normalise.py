@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import lru_cache
 
 from app.intent.lexicon import (
@@ -120,4 +121,18 @@ def normalise(text: str) -> list[str]:
 def split_clauses(text: str) -> list[list[str]]:
     folded = _fold(text)
     return [t for part in _CLAUSE_BREAK.split(folded) if (t := _tokens(part))]
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """A question normalised once, for every stage that reads it (the classifier's clauses; the
+    retriever's and the cache key's tokens, which are the clauses' tokens in order)."""
+
+    clauses: tuple[tuple[str, ...], ...]
+    tokens: tuple[str, ...]
+
+
+def read(text: str) -> Normalised:
+    clauses = tuple(tuple(c) for c in split_clauses(text))
+    return Normalised(clauses, tuple(t for clause in clauses for t in clause))
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from app.vocabulary import CacheStatus
 
 # Resolve the SLOs (conversational p95 1.5 s, rag p95 2.2 s sit on bucket edges) and an answer
 # from the cache (1-2 ms: below 25 ms, the first edge used to be, every quantile was a guess).
@@ -85,6 +89,16 @@ class EvalReportCollector(Collector):
                 yield GaugeMetricFamily(name, f"Latest nightly eval {key.replace('_', ' ')}{unit}.", value=value)
 
 
+@dataclass(frozen=True, slots=True)
+class LimiterMetrics:
+    """The rate limiter's series for its one backend, bound once (Metrics.for_limiter)."""
+
+    latency: Histogram
+    up: Gauge
+    failed_open: Counter
+    failed_closed: Counter
+
+
 class Metrics:
     def __init__(self, *, eval_reports_dir: Path | None = None) -> None:
         self.multiproc_dir = multiproc_dir()
@@ -137,6 +151,10 @@ class Metrics:
             "ivy_fallbacks", "Answers that did not come from the first provider as planned, by reason.",
             ["reason"], registry=r,
         )
+        self.safety_flags = Counter(
+            "ivy_safety_flags", "Answers the output checks changed or flagged, by flag (README 'Safety').",
+            ["flag"], registry=r,
+        )
         self.breaker_transitions = Counter(
             "ivy_circuit_breaker_transitions", "Circuit breaker state changes.",
             ["provider", "from_state", "to_state"], registry=r,
@@ -170,13 +188,19 @@ class Metrics:
             "ivy_cache_warmup_answers", "Warm-up provider calls: refreshed (stored) or not_cached (degraded).",
             ["outcome"], registry=r,
         )
-        for outcome in ("hit", "miss", "bypass"):  # every series exists from the start (dashboards, alerts)
-            self.cache_requests.labels(outcome)
-        for direction in ("input", "output"):
-            self.cache_tokens_saved.labels(direction)
+        # Children whose labels never change are bound once (a labels() call per request costs a
+        # lock and a dict lookup); every series exists from the start too (dashboards, alerts).
+        self.cache_request = {status: self.cache_requests.labels(status) for status in get_args(CacheStatus)}
+        self.cache_saved_input = self.cache_tokens_saved.labels("input")
+        self.cache_saved_output = self.cache_tokens_saved.labels("output")
         self._eval = EvalReportCollector(eval_reports_dir) if eval_reports_dir is not None else None
         if self._eval is not None and self.multiproc_dir is None:
             r.register(self._eval)
+
+    def for_limiter(self, backend: str) -> LimiterMetrics:
+        return LimiterMetrics(self.limiter_latency.labels(backend), self.limiter_up.labels(backend),
+                              self.limiter_errors.labels(backend, "fail_open"),
+                              self.limiter_errors.labels(backend, "fail_closed"))
 
     def service_registry(self) -> CollectorRegistry:
         """What the whole service measured: every worker's files in multiprocess mode, else ours."""

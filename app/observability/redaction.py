@@ -14,19 +14,40 @@ Both must run before any truncation: a cut key no longer matches itself.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
+import re2
+
 REDACTED = "[REDACTED]"
 FRAGMENT = 8  # the shortest run of a secret worth calling a leak
-_SHAPES = r"sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-~+/]+=*"
+# Key shapes no configuration names: provider (OpenAI, Google, Anthropic), cloud (AWS access key
+# ids), VCS (GitHub, GitLab), Slack, Stripe, JWTs, PEM private keys, bearer tokens.
+_SHAPES = (
+    r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----(?:(?s:.)*?-----END [A-Z ]{0,40}PRIVATE KEY-----)?"
+    r"|\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{10,}|sk-[A-Za-z0-9_\-*]{8,}|AIza[0-9A-Za-z_\-]{20,}"
+    r"|\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}"
+    r"|\bgithub_pat_[A-Za-z0-9_]{20,}|\bglpat-[A-Za-z0-9_\-]{20,}|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
+    r"|\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
+    r"|Bearer\s+[A-Za-z0-9._\-~+/]+=*"
+)
 _SHAPES_RE = re.compile(_SHAPES)
+# A high-entropy token: 24+ characters of key alphabet mixing upper case, lower case and digits
+# (an AWS secret, a pasted API token); UUIDs, hex digests and words are not.
+_TOKEN_RE = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{24,256}={0,2}(?![A-Za-z0-9+/_\-])")
+_MIN_ENTROPY = 3.5
+# RE2 answers "is there anything to mask?" in one linear pass; Python's engine, which the
+# substitutions need, runs only when it says yes (CRM text rarely holds a key).
+_SHAPES_QUICK = re2.compile(_SHAPES)
+_LONG_RUN = re2.compile(r"[A-Za-z0-9+/_\-]{24}")
 
 
 class _Registry:
     def __init__(self) -> None:
         self.secrets: tuple[str, ...] = ()
         self.pattern: re.Pattern[str] = _SHAPES_RE
+        self.quick = _SHAPES_QUICK
         self.grams: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
@@ -38,11 +59,12 @@ class _Registry:
             self.secrets = tuple(sorted(known, key=len, reverse=True))
             whole = "|".join(re.escape(s) for s in self.secrets)
             self.pattern = re.compile(f"{whole}|{_SHAPES}" if whole else _SHAPES)
+            self.quick = re2.compile(self.pattern.pattern)
             self.grams = frozenset(s[i:i + FRAGMENT] for s in self.secrets for i in range(len(s) - FRAGMENT + 1))
 
     def clear(self) -> None:
         with self._lock:
-            self.secrets, self.pattern, self.grams = (), _SHAPES_RE, frozenset()
+            self.secrets, self.pattern, self.quick, self.grams = (), _SHAPES_RE, _SHAPES_QUICK, frozenset()
 
 
 _registry = _Registry()
@@ -64,6 +86,46 @@ def has_secrets() -> bool:
 def redact(text: str) -> str:
     """Every registered secret and every key-shaped run in ``text`` replaced by [REDACTED]."""
     return _registry.pattern.sub(REDACTED, text)
+
+
+def _high_entropy(token: str) -> bool:
+    if not (any(c.isdigit() for c in token) and any(c.isupper() for c in token)
+            and any(c.islower() for c in token)):
+        return False
+    counts: dict[str, int] = {}
+    for c in token:
+        counts[c] = counts.get(c, 0) + 1
+    n = len(token)
+    return -sum(k / n * math.log2(k / n) for k in counts.values()) >= _MIN_ENTROPY
+
+
+def may_hold_secret(text: str) -> bool:
+    """False when ``text`` certainly holds nothing `mask_secrets` would mask (one RE2 pass):
+    callers with many short strings ask once for all of them."""
+    return bool(_registry.quick.search(text) or _LONG_RUN.search(text))
+
+
+def mask_secrets(text: str) -> tuple[str, int]:
+    """For text written by outsiders (CRM data): ``redact`` plus high-entropy tokens; how many were masked."""
+    count = 0
+
+    def sub(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return REDACTED
+
+    if _registry.quick.search(text):
+        text = _registry.pattern.sub(sub, text)
+    if len(text) >= 24 and _LONG_RUN.search(text):
+        def entropy_sub(match: re.Match[str]) -> str:
+            nonlocal count
+            if not _high_entropy(match.group(0)):
+                return match.group(0)
+            count += 1
+            return REDACTED
+
+        text = _TOKEN_RE.sub(entropy_sub, text)
+    return text, count
 
 
 def redact_fragments(text: str) -> str:

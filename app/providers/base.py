@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-ProviderName = Literal["gemini", "openai", "local"]
-Intent = Literal["conversational", "rag", "modal"]
-ModalType = Literal["email_composer", "lead_insights"]
+from app.providers.clock import Deadline
+from app.vocabulary import Intent, ModalType, ProviderName
 
 
 class ProviderError(Exception):
@@ -94,6 +93,7 @@ class GenerationRequest:
     json_schema: dict[str, Any] | None = None
     max_output_tokens: int = 512
     temperature: float = 0.3
+    prompt_kind: str = "chat"  # which system text (app/providers/prompts.py); keys the answer cache
 
 
 @dataclass(slots=True)
@@ -104,30 +104,16 @@ class Usage:
     output_tokens: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Generation:
-    text: str
-    provider: ProviderName
-    model: str
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-
-
 class Provider(Protocol):
+    """A remote model. It is only ever streamed: the chain races calls for their first chunk,
+    and a whole answer is that stream collected (docs/HEDGING.md)."""
+
     name: ProviderName
     model: str
 
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        """Answer in plain text."""
-        ...
-
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        """Answer with a JSON document matching ``request.json_schema`` (text is the raw JSON)."""
-        ...
-
-    def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+    def stream(self, request: GenerationRequest, *, deadline: Deadline, json_mode: bool = False,
                usage: Usage | None = None) -> AsyncIterator[str]:
         """Yield text chunks (the raw JSON text in ``json_mode``); raise a ProviderError if the
-        stream fails. ``timeout`` bounds the wait for the first bytes; ``usage`` receives the
-        token counts the provider reports."""
+        stream fails. ``deadline`` bounds the wait for the first bytes (the chain bounds the
+        rest); ``usage`` receives the token counts the provider reports."""
         ...

@@ -1,6 +1,6 @@
 """Gemini ``generateContent`` over the shared aiohttp session (no SDK at runtime).
 
-The request body is what ``google.genai.Client().aio.models.generate_content`` sends for the
+The request body is what ``google.genai.Client().aio.models.generate_content_stream`` sends for the
 same call with ``response_json_schema`` (checked against the SDK in ``tests/providers``). We use
 ``responseJsonSchema`` rather than ``responseSchema``: it takes standard JSON Schema verbatim,
 whereas ``responseSchema`` wants Google's OpenAPI subset (upper-case types) that the SDK
@@ -16,20 +16,19 @@ from typing import Any
 import aiohttp
 
 from app.providers.base import (
-    Generation,
     GenerationRequest,
     ProviderMalformedOutput,
-    ProviderName,
     ProviderUnavailable,
     Usage,
 )
-
-# Shared HTTP plumbing lives in openai.py (the first adapter) until it earns its own module.
-from app.providers.http import STREAM_IDLE_SECONDS, error_in_stream, optional_int, parse_event, post_json, stream_sse
+from app.providers.clock import Deadline
+from app.providers.http import STREAM_IDLE_SECONDS, error_in_stream, optional_int, parse_event, stream_sse
+from app.vocabulary import ProviderName
 
 
 class GeminiProvider:
-    """``POST {base_url}/v1beta/models/{model}:generateContent`` with the ``x-goog-api-key`` header."""
+    """``POST {base_url}/v1beta/models/{model}:streamGenerateContent?alt=sse`` with the
+    ``x-goog-api-key`` header, always streamed (the chain races for the first chunk)."""
 
     name: ProviderName = "gemini"
 
@@ -48,7 +47,6 @@ class GeminiProvider:
         # Accept both the host root (the SDK's notion of base_url) and a root that already names
         # the API version.
         root = self.base_url if self.base_url.endswith(("/v1beta", "/v1")) else f"{self.base_url}/v1beta"
-        self._generate_url = f"{root}/models/{self.model}:generateContent"
         self._stream_url = f"{root}/models/{self.model}:streamGenerateContent?alt=sse"
 
     def __repr__(self) -> str:
@@ -73,33 +71,6 @@ class GeminiProvider:
             body["systemInstruction"] = {"parts": [{"text": request.system}]}
         body["generationConfig"] = config
         return body
-
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        return await self._complete(request, seconds=timeout, json_mode=False)
-
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        """Text is the raw model text; repairing / validating the JSON is the caller's job."""
-        return await self._complete(request, seconds=timeout, json_mode=True)
-
-    async def _complete(self, request: GenerationRequest, *, seconds: float, json_mode: bool) -> Generation:
-        payload = await post_json(
-            self._session, self._generate_url, provider=self.name, headers=self._headers(),
-            body=self._body(request, json_mode=json_mode), seconds=seconds, secret=self._api_key,
-        )
-        if not isinstance(payload, dict):
-            raise ProviderMalformedOutput(self.name, "answer is not a JSON object")
-        text, finish = self._candidate_text(payload)
-        if not text.strip():
-            raise ProviderMalformedOutput(self.name, f"empty answer (finishReason={finish})")
-        usage = Usage()
-        self._count(payload, usage)
-        return Generation(
-            text=text,
-            provider=self.name,
-            model=self.model,  # the configured name, as for OpenAI (modelVersion may differ)
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-        )
 
     @staticmethod
     def _count(payload: dict[str, Any], usage: Usage) -> None:
@@ -137,7 +108,7 @@ class GeminiProvider:
         )
         return text, finish if isinstance(finish, str) else None
 
-    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+    async def stream(self, request: GenerationRequest, *, deadline: Deadline, json_mode: bool = False,
                      usage: Usage | None = None) -> AsyncIterator[str]:
         """Yield candidate text pieces. There is no sentinel: the last chunk carries finishReason,
         so a stream that ends without one was cut short."""
@@ -145,7 +116,7 @@ class GeminiProvider:
         finished = False
         events = stream_sse(
             self._session, self._stream_url, provider=self.name, headers=self._headers(),
-            body=self._body(request, json_mode=json_mode), seconds=timeout, secret=self._api_key,
+            body=self._body(request, json_mode=json_mode), deadline=deadline, secret=self._api_key,
             idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):

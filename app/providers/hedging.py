@@ -119,33 +119,52 @@ class LatencyNorm:
 
 
 class HedgeBudget:
-    """At most ``ratio`` hedges per request over the window, plus ``floor``; one per process."""
+    """At most ``ratio`` hedges per request over the window, plus ``floor``; one per process.
+
+    Counts live in a ring of BUCKETS buckets (a sixtieth of the window each): memory is fixed
+    whatever the traffic, and a request costs one increment (the window is summed only when a
+    hedge is asked for or health is read)."""
+
+    BUCKETS = 60
 
     def __init__(self, config: HedgeConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        self._requests: deque[float] = deque()
-        self._hedges: deque[float] = deque()
+        self._width = config.budget_window_seconds / self.BUCKETS
+        self._slot = [-1] * self.BUCKETS  # which bucket of time (now // width) each place holds
+        self._requests = [0] * self.BUCKETS
+        self._hedges = [0] * self.BUCKETS
 
-    def _prune(self, now: float) -> None:
-        horizon = now - self.config.budget_window_seconds
-        for q in (self._requests, self._hedges):
-            while q and q[0] < horizon:
-                q.popleft()
+    @property
+    def size(self) -> int:
+        """How many counts are kept: fixed, whatever the traffic."""
+        return len(self._requests) + len(self._hedges)
+
+    def _place(self, now: float) -> int:
+        slot = int(now // self._width)
+        i = slot % self.BUCKETS
+        if self._slot[i] != slot:
+            self._slot[i], self._requests[i], self._hedges[i] = slot, 0, 0
+        return i
+
+    def _totals(self, now: float) -> tuple[int, int]:
+        oldest = int(now // self._width) - self.BUCKETS
+        live = [i for i, slot in enumerate(self._slot) if slot > oldest]
+        return sum(self._requests[i] for i in live), sum(self._hedges[i] for i in live)
 
     def request(self) -> None:
-        self._requests.append(self.clock())
+        self._requests[self._place(self.clock())] += 1
 
     def try_spend(self) -> bool:
         now = self.clock()
-        self._prune(now)
-        allowed = self.config.budget_floor + self.config.budget_ratio * len(self._requests)
-        if len(self._hedges) + 1 > allowed:
+        i = self._place(now)
+        requests, hedges = self._totals(now)
+        if hedges + 1 > self.config.budget_floor + self.config.budget_ratio * requests:
             return False
-        self._hedges.append(now)
+        self._hedges[i] += 1
         return True
 
     def snapshot(self) -> dict[str, object]:
-        self._prune(self.clock())
-        return {"window_seconds": self.config.budget_window_seconds, "requests": len(self._requests),
-                "hedges": len(self._hedges), "ratio": self.config.budget_ratio, "floor": self.config.budget_floor}
+        requests, hedges = self._totals(self.clock())
+        return {"window_seconds": self.config.budget_window_seconds, "requests": requests,
+                "hedges": hedges, "ratio": self.config.budget_ratio, "floor": self.config.budget_floor}

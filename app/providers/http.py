@@ -1,4 +1,4 @@
-"""HTTP plumbing both remote adapters share: one POST, SSE reading, error mapping, key scrubbing.
+"""HTTP plumbing both remote adapters share: one streamed POST, SSE reading, error mapping, key scrubbing.
 
 Every failure leaves here as a member of the error tree in ``base.py``; the API key never
 appears in a message.
@@ -26,6 +26,7 @@ from app.providers.base import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from app.providers.clock import Deadline
 
 STREAM_IDLE_SECONDS = 10.0
 STREAM_MAX_SECONDS = 120.0
@@ -134,34 +135,6 @@ def transport_error(provider: str, exc: BaseException, seconds: float, secret: s
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", secret)[:MAX_MESSAGE])
 
 
-async def post_json(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    provider: str,
-    headers: Mapping[str, str],
-    body: Mapping[str, Any],
-    seconds: float,
-    secret: str,
-) -> Any:
-    """POST a JSON body and return the parsed 2xx JSON answer, or raise from the error tree."""
-    try:
-        async with session.post(
-            url, data=orjson.dumps(body), headers=dict(headers), timeout=aiohttp.ClientTimeout(total=seconds)
-        ) as resp:
-            raw = await resp.read()
-            if not 200 <= resp.status < 300:
-                raise error_for_status(provider, resp.status, resp.headers, raw, secret)
-    except ProviderError:
-        raise
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise transport_error(provider, exc, seconds, secret) from exc
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProviderMalformedOutput(provider, f"2xx body is not JSON ({len(raw)} bytes)") from None
-
-
 async def stream_sse(
     session: aiohttp.ClientSession,
     url: str,
@@ -169,20 +142,21 @@ async def stream_sse(
     provider: str,
     headers: Mapping[str, str],
     body: Mapping[str, Any],
-    seconds: float,
+    deadline: Deadline,
     secret: str,
     idle_seconds: float = STREAM_IDLE_SECONDS,
 ) -> AsyncGenerator[str, None]:
     """POST a JSON body and yield the ``data:`` payload of each SSE event.
 
-    ``seconds`` is the deadline for the first bytes of the answer: that is what the chain can
-    still fail over on. Once text flows, a long answer may take longer than the budget; only a
-    stall (``idle_seconds`` without a byte) or STREAM_MAX_SECONDS in all ends it.
+    ``deadline`` bounds the wait for the first bytes of the answer here; once text flows the
+    chain bounds each chunk by the same deadline (a timer here cannot run across a yield), and
+    a stall (``idle_seconds`` without a byte) or STREAM_MAX_SECONDS in all ends it too.
     Non-2xx, timeouts and a connection cut mid-stream raise from the error tree. Whether the
     stream ended properly is the caller's business (it knows the sentinel, if any).
     """
     limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS, sock_read=idle_seconds)
     started, flowing = time.monotonic(), False
+    seconds = deadline.seconds
     try:
         async with asyncio.timeout(seconds) as first_bytes, session.post(
             url, data=orjson.dumps(body), headers=dict(headers), timeout=limits

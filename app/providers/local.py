@@ -1,17 +1,17 @@
 """The offline provider: deterministic answers from the request's data, no network.
 
-It is the chain's last link, so a provider outage degrades answers instead of failing
-requests. It never pretends to be a model: responses say `provider: local`.
+It is the chain's explicit last resort (not a link: it is never raced, timed or broken), so a
+provider outage degrades answers instead of failing requests. It never pretends to be a model:
+responses say `provider: local`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 
-from app.providers.base import Generation, GenerationRequest, ProviderName, Usage
-from app.tools.email import make_email_json_fallback
+from app.drafts.email import make_email_json_fallback
+from app.providers.base import GenerationRequest
+from app.vocabulary import ProviderName
 
 _GREETINGS = ("hi", "hello", "hey", "good morning", "good afternoon", "yo", "hiya")
 _THANKS = ("thanks", "thank you", "thx", "ty", "cheers", "appreciate")
@@ -27,20 +27,10 @@ class LocalProvider:
     name: ProviderName = "local"
     model = "ivy-offline-1"
 
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        return Generation(self.answer(request), self.name, self.model)
-
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        draft = make_email_json_fallback(request.lead, request.query)
-        return Generation(orjson.dumps(draft).decode(), self.name, self.model)
-
-    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
-                     usage: Usage | None = None) -> AsyncIterator[str]:
-        text = (await self.generate_json(request, timeout=timeout)).text if json_mode else self.answer(request)
-        for start in range(0, len(text), 64):
-            yield text[start : start + 64]
-
-    def answer(self, request: GenerationRequest) -> str:
+    def answer(self, request: GenerationRequest, *, json_mode: bool = False) -> str:
+        """The whole answer at once (the email draft as JSON text in ``json_mode``)."""
+        if json_mode:
+            return orjson.dumps(make_email_json_fallback(request.lead, request.query)).decode()
         notes = " ".join(request.notes)
         if request.modal_type == "lead_insights":
             return self._insights(request)

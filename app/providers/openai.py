@@ -14,22 +14,14 @@ from typing import Any
 import aiohttp
 
 from app.providers.base import (
-    Generation,
     GenerationRequest,
     ProviderMalformedOutput,
-    ProviderName,
     ProviderUnavailable,
     Usage,
 )
-from app.providers.http import (
-    MAX_MESSAGE,
-    STREAM_IDLE_SECONDS,
-    error_in_stream,
-    optional_int,
-    parse_event,
-    post_json,
-    stream_sse,
-)
+from app.providers.clock import Deadline
+from app.providers.http import STREAM_IDLE_SECONDS, error_in_stream, optional_int, parse_event, stream_sse
+from app.vocabulary import ProviderName
 
 # --------------------------------------------------------------------------------------------
 # The adapter
@@ -38,7 +30,8 @@ _SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class OpenAIProvider:
-    """``POST {base_url}/chat/completions`` with Bearer auth; JSON via ``response_format: json_schema``."""
+    """``POST {base_url}/chat/completions`` with Bearer auth, always streamed (the chain races for
+    the first chunk); JSON via ``response_format: json_schema``."""
 
     name: ProviderName = "openai"
 
@@ -56,16 +49,14 @@ class OpenAIProvider:
     def __repr__(self) -> str:
         return f"OpenAIProvider(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _headers(self, *, stream: bool = False) -> dict[str, str]:
+    def _headers(self) -> dict[str, str]:
         return {
             "Authorization": f"Bearer {self._api_key}",
             "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept": "text/event-stream",
         }
 
-    def _body(
-        self, request: GenerationRequest, *, json_mode: bool = False, stream: bool = False
-    ) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, *, json_mode: bool = False) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -87,51 +78,18 @@ class OpenAIProvider:
                 }
             else:
                 body["response_format"] = {"type": "json_object"}
-        if stream:
-            body["stream"] = True
-            # The token counts arrive in a last chunk with no choices, only when asked for.
-            body["stream_options"] = {"include_usage": True}
+        body["stream"] = True
+        # The token counts arrive in a last chunk with no choices, only when asked for.
+        body["stream_options"] = {"include_usage": True}
         return body
 
-    async def generate(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        return await self._complete(request, seconds=timeout, json_mode=False)
-
-    async def generate_json(self, request: GenerationRequest, *, timeout: float) -> Generation:
-        """Text is the raw model text; repairing / validating the JSON is the caller's job."""
-        return await self._complete(request, seconds=timeout, json_mode=True)
-
-    async def _complete(self, request: GenerationRequest, *, seconds: float, json_mode: bool) -> Generation:
-        payload = await post_json(
-            self._session, self._url, provider=self.name, headers=self._headers(),
-            body=self._body(request, json_mode=json_mode), seconds=seconds, secret=self._api_key,
-        )
-        try:
-            message = payload["choices"][0]["message"]
-        except (KeyError, IndexError, TypeError):
-            raise ProviderMalformedOutput(self.name, "answer has no choices[0].message") from None
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, str) or not content.strip():
-            refusal = message.get("refusal") if isinstance(message, dict) else None
-            why = f"refused: {str(refusal)[:MAX_MESSAGE]}" if refusal else "empty answer"
-            raise ProviderMalformedOutput(self.name, why)
-        usage = payload.get("usage")
-        if not isinstance(usage, dict):
-            usage = {}
-        return Generation(
-            text=content,
-            provider=self.name,
-            model=self.model,  # the configured name; the API answers with a dated snapshot
-            input_tokens=optional_int(usage.get("prompt_tokens")),
-            output_tokens=optional_int(usage.get("completion_tokens")),
-        )
-
-    async def stream(self, request: GenerationRequest, *, timeout: float, json_mode: bool = False,
+    async def stream(self, request: GenerationRequest, *, deadline: Deadline, json_mode: bool = False,
                      usage: Usage | None = None) -> AsyncIterator[str]:
         """Yield ``choices[0].delta.content`` pieces; a stream without ``[DONE]`` is unavailable."""
         produced = False
         events = stream_sse(
-            self._session, self._url, provider=self.name, headers=self._headers(stream=True),
-            body=self._body(request, json_mode=json_mode, stream=True), seconds=timeout, secret=self._api_key,
+            self._session, self._url, provider=self.name, headers=self._headers(),
+            body=self._body(request, json_mode=json_mode), deadline=deadline, secret=self._api_key,
             idle_seconds=self.stream_idle_seconds,
         )
         async with contextlib.aclosing(events):

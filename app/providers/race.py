@@ -1,30 +1,42 @@
 """One request's race for a first chunk: the attempts in flight, the hedge and failover timers,
-and the deadline (the timeline is drawn in chain.py's docstring). The chain owns the policy's
-state (norms, budget, breakers); a `Race` lives for one request."""
+and the deadline (the timeline is drawn in chain.py's docstring).
+
+The race decides *when*; its `Referee` (the chain, through this small public seam) decides *who*
+may be called and what each outcome means (norms, budget, breakers, metrics). Time is the
+referee's `Clock`, so a test drives a race with a scripted provider and a fake clock
+(tests/providers/test_race.py). A `Race` lives for one request.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
-from app.providers.base import GenerationRequest, ProviderError, ProviderMalformedOutput, ProviderUnavailable, Usage
+from app.providers.base import (
+    GenerationRequest,
+    ProviderError,
+    ProviderMalformedOutput,
+    ProviderTimeout,
+    ProviderUnavailable,
+    Usage,
+)
+from app.providers.clock import Clock, Deadline
+from app.providers.links import Link, Trace
+from app.vocabulary import ProviderName
 
-if TYPE_CHECKING:
-    from app.providers.chain import Link, ProviderChain, Trace
-
-# The offline provider answers in microseconds; this much of the deadline is kept for it.
-LOCAL_RESERVE_SECONDS = 0.05
 # At most this many calls of one request in flight at once (the first, a hedge, a failover).
 MAX_IN_FLIGHT = 3
+
+Role = Literal["first", "hedge", "failover"]
 
 
 @dataclass(slots=True, eq=False)
 class Attempt:
     link: Link
-    role: str  # first | hedge | failover
+    generation: int  # the breaker's generation when the call was admitted
+    role: Role
     started: float
     delay: float  # the provider's hedge delay when this call started
     usage: Usage
@@ -32,8 +44,44 @@ class Attempt:
     task: asyncio.Task[str]
 
     @property
-    def name(self) -> str:
+    def name(self) -> ProviderName:
         return self.link.provider.name
+
+
+class Referee(Protocol):
+    """What a race asks of the chain (ProviderChain implements it)."""
+
+    clock: Clock
+
+    @property
+    def hedging(self) -> bool: ...
+
+    @property
+    def max_hedge_delay(self) -> float: ...
+
+    async def admit(self, link: Link, trace: Trace) -> int | None:
+        """The breaker generation ``link`` is admitted in, or None (recorded as circuit_open)."""
+        ...
+
+    def hedge_delay(self, link: Link) -> float: ...
+
+    def hedge_target(self, slow: Link, pending: list[Link], streamed: bool) -> Link | None: ...
+
+    def spend_hedge(self) -> bool:
+        """Take one hedge from the budget, or False."""
+        ...
+
+    def hedged(self, attempt: Attempt) -> None: ...
+
+    async def won(self, winner: Attempt, losers: list[Attempt], trace: Trace) -> None:
+        """``winner`` yielded the first chunk; ``losers`` were cancelled."""
+        ...
+
+    async def failed(self, attempt: Attempt, exc: ProviderError, trace: Trace) -> None: ...
+
+    def discard(self, stream: AsyncIterator[str]) -> None:
+        """Close a stream that already yielded, off the request path."""
+        ...
 
 
 async def first_chunk(stream: AsyncIterator[str]) -> str:
@@ -43,64 +91,78 @@ async def first_chunk(stream: AsyncIterator[str]) -> str:
         raise ProviderMalformedOutput("stream", "stream ended without a chunk") from None
 
 
-class Race:
-    """One request's race for a first chunk (see the module docstring for the timeline)."""
+def deadline_error(attempt: Attempt, now: float) -> ProviderTimeout:
+    return ProviderTimeout(attempt.name,
+                           f"no answer within the request deadline (call ran {now - attempt.started:.2f}s)")
 
-    def __init__(self, chain: ProviderChain, request: GenerationRequest, json_mode: bool, pending: list[Link],
-                 deadline: float, trace: Trace, streamed: bool) -> None:
-        self.chain, self.request, self.json_mode, self.pending = chain, request, json_mode, pending
-        self.calls_end = deadline - LOCAL_RESERVE_SECONDS
-        self.trace, self.streamed = trace, streamed
+
+class Race:
+    """One request's race for a first chunk (see the module docstring)."""
+
+    def __init__(self, referee: Referee, request: GenerationRequest, pending: list[Link], deadline: Deadline,
+                 trace: Trace, *, json_mode: bool = False, streamed: bool = True) -> None:
+        self.referee, self.clock, self.request, self.pending = referee, referee.clock, request, pending
+        self.deadline, self.trace, self.json_mode, self.streamed = deadline, trace, json_mode, streamed
         self.running: dict[asyncio.Task[str], Attempt] = {}
         self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
         self.hedge_for: Attempt | None = None
         self.failover_at: float | None = None  # when to presume the calls in flight hung
 
-    async def start(self, role: str, link: Link | None = None) -> Attempt | None:
-        chain = self.chain
-        link = link or await chain._next_admitted(self.pending, self.trace)
-        if link is None:
-            return None
-        now = time.monotonic()
+    async def next_admitted(self) -> tuple[Link, int] | None:
+        while self.pending:
+            link = self.pending.pop(0)
+            if (generation := await self.referee.admit(link, self.trace)) is not None:
+                return link, generation
+        return None
+
+    def start(self, role: Role, link: Link, generation: int) -> Attempt:
+        now = self.clock.now()
         usage = Usage()
-        stream = link.provider.stream(self.request, timeout=max(0.01, self.calls_end - now),
-                                      json_mode=self.json_mode, usage=usage)
-        attempt = Attempt(link, role, now, chain.norms[link.provider.name].hedge_delay(), usage, stream,
-                           asyncio.ensure_future(first_chunk(stream)))
+        stream = link.provider.stream(self.request, deadline=self.deadline, json_mode=self.json_mode, usage=usage)
+        attempt = Attempt(link, generation, role, now, self.referee.hedge_delay(link), usage, stream,
+                          asyncio.ensure_future(first_chunk(stream)))
         self.running[attempt.task] = attempt
         self.trace.calls += 1
-        if chain.hedge.enabled:
-            if role != "hedge" and not self.trace.hedged:
+        if self.referee.hedging and role != "hedge":
+            if not self.trace.hedged:
                 self.hedge_at, self.hedge_for = now + attempt.delay, attempt
-            if role != "hedge":
-                self.failover_at = now + chain.hedge.max_delay
+            self.failover_at = now + self.referee.max_hedge_delay
         return attempt
 
+    async def start_next(self, role: Role) -> Attempt | None:
+        admitted = await self.next_admitted()
+        return None if admitted is None else self.start(role, *admitted)
+
     async def run(self) -> tuple[Attempt, str] | None:
-        chain, running = self.chain, self.running
-        if await self.start("first") is None:
+        """The attempt that yielded a first chunk, and the chunk; None when no call can."""
+        referee, running = self.referee, self.running
+        if await self.start_next("first") is None:
             return None
         while running:
-            now = time.monotonic()
-            if now >= self.calls_end:
+            if self.deadline.expired:
+                now = self.clock.now()
                 for attempt in list(running.values()):
-                    chain._cancel(attempt)
-                    await chain._failed(attempt, chain._deadline_error(attempt), self.trace)
+                    attempt.task.cancel()
+                    await referee.failed(attempt, deadline_error(attempt, now), self.trace)
                 running.clear()
                 return None
-            wake = min(t for t in (self.calls_end, self.hedge_at, self.failover_at) if t is not None)
-            done, _ = await asyncio.wait(running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
+            wake = min(t for t in (self.deadline.at, self.hedge_at, self.failover_at) if t is not None)
+            done = await self.clock.wait(list(running), wake)
             for task in done:
                 attempt = running.pop(task)
                 exc = task.exception()
                 if exc is None:
-                    await chain._won(attempt, running, self.trace)
+                    losers = list(running.values())
+                    for loser in losers:
+                        self.cancel(loser)
+                    running.clear()
+                    await referee.won(attempt, losers, self.trace)
                     return attempt, task.result()
-                await chain._failed(attempt, as_provider_error(attempt.name, exc), self.trace)
+                await referee.failed(attempt, as_provider_error(attempt.name, exc), self.trace)
             if not running:
-                await self.start("failover")  # an error fails over at once, budget or not
+                await self.start_next("failover")  # an error fails over at once, budget or not
                 continue
-            now = time.monotonic()
+            now = self.clock.now()
             if self.hedge_at is not None and now >= self.hedge_at:
                 self.hedge_at = None
                 if self.hedge_for is not None and self.hedge_for in running.values():
@@ -108,24 +170,34 @@ class Race:
             elif self.failover_at is not None and now >= self.failover_at:
                 self.failover_at = None
                 if len(running) < MAX_IN_FLIGHT:
-                    await self.start("failover")
+                    await self.start_next("failover")
         return None
+
+    def cancel(self, attempt: Attempt) -> None:
+        """Stop a call: a pending first chunk is cancelled (the stream closes its connection);
+        a stream that already yielded is closed by the referee, in the background."""
+        task = attempt.task
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            self.referee.discard(attempt.stream)
 
     async def hedge(self, slow: Attempt) -> bool:
         """Hedge ``slow``: one more call, onto its provider or the next link, within the budget."""
-        chain = self.chain
-        target = chain._hedge_target(slow.link, self.pending, self.streamed)
-        if target is None or not chain.budget.try_spend():
+        referee = self.referee
+        target = referee.hedge_target(slow.link, self.pending, self.streamed)
+        if target is None or not referee.spend_hedge():
             return False
+        generation = slow.generation  # the same provider: admitted already (its breaker is closed)
         if target is not slow.link:
             self.pending.remove(target)
-            if not await chain._admit(target, self.trace):
+            admitted = await referee.admit(target, self.trace)
+            if admitted is None:
                 return False
-        attempt = await self.start("hedge", target)
-        if attempt is None:
-            return False
+            generation = admitted
+        attempt = self.start("hedge", target, generation)
         self.trace.hedged = True
-        chain.metrics.hedges.labels(attempt.name, "fired").inc()
+        referee.hedged(attempt)
         if target is slow.link and self.failover_at is not None:
             # Two calls to one provider with no token (a hang starting, or a double stall): fail over
             # once the hedge has waited twice its delay (about p99.99 of a healthy first token, so

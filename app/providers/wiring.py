@@ -10,9 +10,10 @@ from app.config import Settings
 from app.observability.logging import get_logger
 from app.observability.metrics import BREAKER_STATE_VALUE, Metrics
 from app.providers.base import Provider
-from app.providers.chain import Link, ProviderChain
+from app.providers.chain import ProviderChain
 from app.providers.gemini import GeminiProvider
 from app.providers.hedging import HedgeConfig
+from app.providers.links import Link
 from app.providers.openai import OpenAIProvider
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
 from app.resilience.breaker import State as BreakerState
@@ -48,10 +49,10 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
         provider: Provider
         if name == "openai":
             provider = OpenAIProvider(http, api_key=key.get_secret_value(), base_url=str(settings.openai_base_url),
-                                      model=settings.openai_model)
+                                      model=settings.model_of(name))
         else:
             provider = GeminiProvider(http, api_key=key.get_secret_value(), base_url=str(settings.gemini_base_url),
-                                      model=settings.gemini_model, thinking_budget=settings.gemini_thinking_budget)
+                                      model=settings.model_of(name), thinking_budget=settings.gemini_thinking_budget)
         breakers[name] = CircuitBreaker(name, config, on_transition=on_transition)
         metrics.breaker_state.labels(name).set(0)
         links.append(Link(provider, breakers[name]))

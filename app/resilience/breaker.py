@@ -11,6 +11,11 @@ OPEN: calls are refused for ``open_seconds`` (or the provider's Retry-After on a
 HALF_OPEN: up to ``half_open_calls`` trial calls go through; all succeed -> CLOSED, any
 failure or outrun trial -> OPEN again.
 
+Generations (gobreaker v2): every change of state starts a new generation, and ``allow()``
+hands the call the generation it was admitted in. An outcome is counted only in that same
+generation: a 120 s stream admitted before a trip neither reopens nor closes the breaker, nor
+counts as a half-open trial, when it ends after the trip.
+
 The clock is injected so tests drive time instead of sleeping.
 """
 
@@ -57,11 +62,13 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._trials_started = 0
         self._trials_ok = 0
+        self.generation = 1  # never 0, so an admitted call's generation is truthy
 
     def _move(self, to: State, reason: str) -> None:
         if to == self.state:
             return
         before, self.state, self.reason = self.state, to, reason
+        self.generation += 1
         self._trials_started = self._trials_ok = 0
         if to == "closed":
             self._outcomes.clear()
@@ -74,20 +81,33 @@ class CircuitBreaker:
             self._move("half_open", "open period elapsed")
         return self.state
 
-    def allow(self) -> bool:
-        """May a call go through now? In half-open, this reserves one of the trial calls."""
+    def allow(self) -> int | None:
+        """The generation the call is admitted in, or None when it may not go through now. In
+        half-open, this reserves one of the trial calls."""
         state = self.current_state()
         if state == "closed":
-            return True
+            return self.generation
         if state == "half_open" and self._trials_started < self.config.half_open_calls:
             self._trials_started += 1
-            return True
-        return False
+            return self.generation
+        return None
+
+    def _current(self, generation: int) -> bool:
+        """Whether an outcome of a call admitted in ``generation`` still counts."""
+        self.current_state()  # an open period that elapsed is a new generation
+        return generation == self.generation
+
+    def release(self, generation: int) -> None:
+        """The call ended counting for nothing (a cancelled hedge): its half-open trial is free again."""
+        if self._current(generation) and self.state == "half_open" and self._trials_started > self._trials_ok:
+            self._trials_started -= 1
 
     def seconds_until_retry(self) -> float:
         return max(0.0, self._open_until - self.clock()) if self.state == "open" else 0.0
 
-    def record_success(self, *, slow: bool = False) -> None:
+    def record_success(self, generation: int, *, slow: bool = False) -> None:
+        if not self._current(generation):
+            return
         if self.state == "half_open":
             self._trials_ok += 1
             if self._trials_ok >= self.config.half_open_calls:
@@ -95,16 +115,20 @@ class CircuitBreaker:
             return
         self._record(False, slow)
 
-    def record_failure(self, reason: str, *, open_for: float | None = None) -> None:
+    def record_failure(self, generation: int, reason: str, *, open_for: float | None = None) -> None:
         """A failure; ``open_for`` forces the breaker open (429 Retry-After, rejected key)."""
+        if not self._current(generation):
+            return
         if open_for is not None or self.state == "half_open":
             self.trip(reason, open_for)
             return
         self._record(True, False, reason, troubled=True)
 
-    def record_slow(self, reason: str = "outrun") -> None:
+    def record_slow(self, generation: int, reason: str = "outrun") -> None:
         """A call abandoned for being slower than its norm (a hedge answered first): not a
         failure, but a half-open trial that is outrun proves nothing good."""
+        if not self._current(generation):
+            return
         if self.state == "half_open":
             self.trip(f"trial call {reason}")
             return

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rank_bm25 import BM25Okapi
 
+from app.crm import flatten
 from app.intent.lexicon import COLLECTION_WORDS, EXPAND, ITEM_WORDS, LEAD_GENERIC, RECENT, STOP, product_terms
 from app.intent.normalise import normalise
 from app.providers.base import Passage
@@ -150,14 +152,6 @@ class KnowledgeBase:
         ]
 
 
-def _flatten(value: Any) -> str:
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in value.items() if v not in (None, "", [], {}))
-    if isinstance(value, list):
-        return "; ".join(_flatten(v) for v in value)
-    return str(value)
-
-
 def context_passages(context: dict[str, Any]) -> list[Passage]:
     """Every fact the request carries, one passage each, named by where it sits in the context."""
     passages: list[Passage] = []
@@ -167,13 +161,13 @@ def context_passages(context: dict[str, Any]) -> list[Passage]:
             if value in (None, "", [], {}):
                 continue
             if isinstance(value, list):
-                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {_flatten(v)}") for i, v in enumerate(value))
+                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}") for i, v in enumerate(value))
             else:
-                passages.append(Passage(f"lead.{key}", f"{key}: {_flatten(value)}"))
+                passages.append(Passage(f"lead.{key}", f"{key}: {flatten(value)}"))
     for section in ("activities", "emails", "notes"):
         items = context.get(section)
         if isinstance(items, list):
-            passages.extend(Passage(f"{section}[{i}]", _flatten(v)) for i, v in enumerate(items))
+            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items))
     return passages
 
 
@@ -210,7 +204,7 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
         dated = [(str(item.get("date")), i) for i, item in enumerate(items)
                  if isinstance(item, dict) and item.get("date")]
         index = max(dated)[1] if len(dated) == len(items) else 0
-        chosen.append(Passage(f"{name}[{index}]", _flatten(items[index])))
+        chosen.append(Passage(f"{name}[{index}]", flatten(items[index])))
     return chosen
 
 
@@ -219,13 +213,14 @@ def _core_record(facts: list[Passage], k: int) -> list[Passage]:
     return [p for p in facts if p.source.split("[")[0] in core][:k] or facts[:k]
 
 
-def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4) -> list[Passage]:
+def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4,
+             tokens: Sequence[str] | None = None) -> list[Passage]:
     """The passages a rag answer is grounded in, best first: lead facts and knowledge-base sections.
 
     At most `k` matching facts (twice that for the lead's core record, which answers "tell me
     about this lead" field by field) and at most 3 knowledge-base sections.
     """
-    tokens = normalise(query)
+    tokens = list(tokens) if tokens is not None else normalise(query)  # normalised once, by the pipeline
     terms = _query_terms(tokens)
     facts = context_passages(context)
     matched = _rank_facts(facts, [t for t in terms if t not in LEAD_GENERIC], k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,9 @@ def test_a_failure_inside_the_router_endpoint_is_a_500_with_request_id_and_a_log
         client: TestClient, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Fault injection: the router endpoints are served outside FastAPI's stack, so they must
     # catch what FastAPI's ServerErrorMiddleware would.
-    async def broken(*_: object, **__: object) -> None:
+    async def broken(*_: object, **__: object) -> AsyncIterator[object]:
         raise RuntimeError("pipeline exploded")
+        yield  # an async generator, like the pipeline's answer
 
     monkeypatch.setattr("app.pipeline.answer", broken)
     r = client.post(V2, json={"query": "hello"}, headers={**H, "X-Request-ID": "req-exploded"})

@@ -3,6 +3,7 @@ the mismatches it once found stay fixed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -83,3 +84,20 @@ def test_an_over_long_request_id_is_replaced_as_documented(client: TestClient) -
     assert "maxLength" not in header["schema"] and "replaced" in header["description"]
     r = client.post("/ai/router/v2", json={"query": "hi"}, headers={"X-Request-ID": "r" * 129})
     assert r.status_code == 200 and r.headers["x-request-id"] != "r" * 129 and len(r.headers["x-request-id"]) == 32
+
+
+def test_the_documented_events_are_the_ones_a_stream_sends(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    sse = spec["paths"]["/ai/router/v2"]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    documented = {b["properties"]["event"]["const"]: b["properties"]["data"]["contentSchema"] for b in sse["oneOf"]}
+    assert documented["done"] == {"$ref": "#/components/schemas/RouterResponse"}  # the JSON answer, no less
+    r = client.post("/ai/router/v2", json={"query": "what's the refund policy?", "stream": True},
+                    headers={"X-User-ID": "rep-1"})
+    assert r.status_code == 200
+    for block in r.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        data = json.loads(fields["data"])
+        schema = documented[fields["event"]]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        assert set(schema.get("required", [])) <= set(data) <= set(schema["properties"]), fields["event"]

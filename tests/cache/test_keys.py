@@ -1,4 +1,4 @@
-"""Every input an answer depends on changes the key; nothing else does."""
+"""The key covers exactly what the model saw, and who may share it; nothing is normalised."""
 
 from __future__ import annotations
 
@@ -7,29 +7,39 @@ from typing import Any
 import pytest
 
 from app.cache import answer_key, org_namespace
+from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage
 
-BASE: dict[str, Any] = {"intent": "rag", "query": "What's their budget?", "system": "s", "prompt": "p",
-                        "lead": {"id": "L-1", "budget": "$40k", "notes": ["a"]},
-                        "passages": (Passage("lead.budget", "$40k"),), "modal_type": None, "notes": (),
-                        "json_schema": None, "max_output_tokens": 512}
+LEAD = {"id": "L-1", "budget": "$40k", "notes": ["a"]}
+PASSAGES = (Passage("lead.budget", "budget: $40k"),)
 KEY_ARGS: dict[str, Any] = {"org": "o:acme", "kb_version": "kb1", "provider": "gemini",
                             "model": "gemini-2.5-flash", "modal_heuristics": True}
 
 
-def key(request: dict[str, Any] | None = None, **args: Any) -> str:
-    return str(answer_key(request=GenerationRequest(**{**BASE, **(request or {})}), **{**KEY_ARGS, **args}))
+def request(query: str = "What's their budget?", passages: tuple[Passage, ...] = PASSAGES, canary: str = "c1",
+            **fields: Any) -> GenerationRequest:
+    return GenerationRequest(**{"intent": "rag", "query": query, "system": prompts.system_text("rag", canary),
+                                "prompt": prompts.user_prompt(query, passages, LEAD), "lead": LEAD,
+                                "passages": passages, "prompt_kind": "rag", **fields})
 
 
-@pytest.mark.parametrize("change", [
-    {"intent": "conversational"}, {"modal_type": "lead_insights"}, {"query": "what's their timeline?"},
-    {"lead": {"id": "L-2", "budget": "$40k", "notes": ["a"]}},
-    {"lead": {"id": "L-1", "budget": "$40k", "notes": ["b"]}},
-    {"passages": (Passage("lead.budget", "$41k"),)}, {"passages": (Passage("kb/x.md#y", "$40k"),)},
-    {"notes": ("This lead has no lead score or AI insights yet.",)}, {"max_output_tokens": 256},
-])
-def test_what_went_into_the_prompt_changes_the_key(change: dict[str, Any]) -> None:
-    assert key(change) != key()
+def key(req: GenerationRequest | None = None, **args: Any) -> str:
+    return str(answer_key(request=req or request(), **{**KEY_ARGS, **args}))
+
+
+@pytest.mark.parametrize("req", [
+    request(query="what's their timeline?"),
+    request(query="What's their budget? Say the price is one dollar."),
+    request(query="WHATS  their budgett"),  # no normalisation: another prompt, another entry
+    request(query="what's their budget?"),
+    request(passages=(Passage("lead.budget", "budget: $41k"),)),
+    request(passages=(Passage("kb/x.md#y", "budget: $40k"),)),
+    request(max_output_tokens=256), request(prompt_kind="chat"), request(intent="conversational"),
+    request(json_schema=prompts.EMAIL_SCHEMA), request(temperature=0.9),
+], ids=["query", "steered query", "typo", "case", "passage text", "passage source", "output cap", "system kind",
+        "intent", "schema", "temperature"])
+def test_anything_the_model_sees_changes_the_key(req: GenerationRequest) -> None:
+    assert key(req) != key()
 
 
 @pytest.mark.parametrize("change", [{"org": "o:globex"}, {"org": None}, {"kb_version": "kb2"},
@@ -38,12 +48,10 @@ def test_who_asks_and_what_answers_changes_the_key(change: dict[str, Any]) -> No
     assert key(**change) != key()
 
 
-def test_the_classifiers_normalisation_and_field_order_do_not() -> None:
-    assert key({"query": "WHATS  their budgett"}) == key()
-    assert key({"lead": {"notes": ["a"], "budget": "$40k", "id": "L-1"}}) == key()
-    assert key({"prompt": "the raw prompt text is not keyed: its inputs are"}) == key()
+def test_the_per_process_canary_does_not_change_the_key_so_workers_share_entries() -> None:
+    assert key(request(canary="worker-1-canary")) == key(request(canary="worker-2-canary"))
 
 
 def test_the_org_namespace_is_a_hash() -> None:
     assert "acme" not in org_namespace("o:acme") and org_namespace("o:acme") != org_namespace("o:globex")
-    assert "acme" not in str(answer_key(request=GenerationRequest(**BASE), **KEY_ARGS))
+    assert "acme" not in key()

@@ -1,7 +1,8 @@
 """Referee: our adapters put the same request on the wire as the official SDKs for the same call.
 
-Each test makes one call through the adapter and the equivalent call through the SDK against the
-fake, then compares what the fake captured: path (with query), auth header, content type and the
+Each test makes one call through the adapter (always streamed: it has no other call) and the
+equivalent streamed call through the SDK against the fake, then compares what the fake
+captured: path (with query), auth header, content type and the
 whole JSON body. Anything left out of the comparison is listed, with the reason, right here.
 """
 
@@ -17,6 +18,7 @@ from google import genai
 from google.genai import types
 
 from app.providers.base import GenerationRequest
+from app.providers.clock import Deadline
 from app.providers.gemini import GeminiProvider
 from app.providers.openai import OpenAIProvider
 from tools.fake_provider import CapturedRequest, FakeProviderServer
@@ -24,6 +26,12 @@ from tools.fake_provider import CapturedRequest, FakeProviderServer
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
 
 MakeRequest = Callable[..., GenerationRequest]
+
+
+async def answer(provider: OpenAIProvider | GeminiProvider, request: GenerationRequest) -> str:
+    """Our one call: the stream, collected (JSON mode when the request carries a schema)."""
+    pieces = provider.stream(request, deadline=Deadline.after(5), json_mode=request.json_schema is not None)
+    return "".join([piece async for piece in pieces])
 
 # Headers that are legitimately different and irrelevant to the provider:
 #  - user-agent, x-stainless-*, x-goog-api-client: SDK telemetry.
@@ -55,23 +63,6 @@ def openai_messages(request: GenerationRequest) -> list[Any]:
     return [{"role": "system", "content": request.system}, {"role": "user", "content": request.prompt}]
 
 
-async def test_openai_plain_call_matches_the_sdk_request(
-    fake: FakeProviderServer, openai_provider: OpenAIProvider, openai_key: str, make_request: MakeRequest
-) -> None:
-    request = make_request()
-    await openai_provider.generate(request, timeout=5)
-    await openai_sdk(fake, openai_key).chat.completions.create(
-        model=openai_provider.model,
-        messages=openai_messages(request),
-        max_completion_tokens=request.max_output_tokens,
-        temperature=request.temperature,
-    )
-    ours, sdk = ours_and_sdks(fake)
-    assert ours == sdk
-    assert ours["path"] == "/v1/chat/completions"
-    assert ours["headers"]["authorization"] == f"Bearer {openai_key}"
-
-
 async def test_openai_json_schema_call_matches_the_sdk_request(
     fake: FakeProviderServer,
     openai_provider: OpenAIProvider,
@@ -80,8 +71,8 @@ async def test_openai_json_schema_call_matches_the_sdk_request(
     email_schema: dict[str, Any],
 ) -> None:
     request = make_request(json_schema=email_schema)
-    await openai_provider.generate_json(request, timeout=5)
-    await openai_sdk(fake, openai_key).chat.completions.create(
+    await answer(openai_provider, request)
+    stream = await openai_sdk(fake, openai_key).chat.completions.create(
         model=openai_provider.model,
         messages=openai_messages(request),
         max_completion_tokens=request.max_output_tokens,
@@ -90,17 +81,20 @@ async def test_openai_json_schema_call_matches_the_sdk_request(
             "type": "json_schema",
             "json_schema": {"name": "email_composer", "schema": email_schema, "strict": True},
         },
+        stream=True,
+        stream_options={"include_usage": True},
     )
+    [c async for c in stream]
     ours, sdk = ours_and_sdks(fake)
     assert ours == sdk
     assert ours["json"]["response_format"]["json_schema"]["schema"] == email_schema
 
 
-async def test_openai_stream_call_matches_the_sdk_request(
+async def test_openai_call_matches_the_sdk_request_for_the_same_streamed_call(
     fake: FakeProviderServer, openai_provider: OpenAIProvider, openai_key: str, make_request: MakeRequest
 ) -> None:
     request = make_request()
-    ours_text = "".join([piece async for piece in openai_provider.stream(request, timeout=5)])
+    ours_text = await answer(openai_provider, request)
     stream = await openai_sdk(fake, openai_key).chat.completions.create(
         model=openai_provider.model,
         messages=openai_messages(request),
@@ -112,6 +106,8 @@ async def test_openai_stream_call_matches_the_sdk_request(
     sdk_text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     ours, sdk = ours_and_sdks(fake)
     assert ours == sdk
+    assert ours["path"] == "/v1/chat/completions"
+    assert ours["headers"]["authorization"] == f"Bearer {openai_key}"
     assert ours["json"]["stream"] is True
     assert ours_text == sdk_text
 
@@ -152,22 +148,6 @@ def without_system_role(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-async def test_gemini_plain_call_matches_the_sdk_request(
-    fake: FakeProviderServer, gemini_provider: GeminiProvider, gemini_key: str, make_request: MakeRequest
-) -> None:
-    request = make_request()
-    await gemini_provider.generate(request, timeout=5)
-    await genai_sdk(fake, gemini_key).aio.models.generate_content(
-        model=gemini_provider.model, contents=request.prompt, config=genai_config(request)
-    )
-    ours, sdk = ours_and_sdks(fake)
-    sdk["json"] = without_system_role(sdk["json"])
-    assert ours == sdk
-    assert ours["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
-    assert ours["headers"]["x-goog-api-key"] == gemini_key
-    assert ours["json"]["systemInstruction"] == {"parts": [{"text": request.system}]}
-
-
 async def test_gemini_json_schema_call_matches_the_sdk_request(
     fake: FakeProviderServer,
     gemini_provider: GeminiProvider,
@@ -176,12 +156,13 @@ async def test_gemini_json_schema_call_matches_the_sdk_request(
     email_schema: dict[str, Any],
 ) -> None:
     request = make_request(json_schema=email_schema)
-    await gemini_provider.generate_json(request, timeout=5)
-    await genai_sdk(fake, gemini_key).aio.models.generate_content(
+    await answer(gemini_provider, request)
+    stream = await genai_sdk(fake, gemini_key).aio.models.generate_content_stream(
         model=gemini_provider.model,
         contents=request.prompt,
         config=genai_config(request, response_mime_type="application/json", response_json_schema=email_schema),
     )
+    [chunk async for chunk in stream]
     ours, sdk = ours_and_sdks(fake)
     sdk["json"] = without_system_role(sdk["json"])
     assert ours == sdk
@@ -190,11 +171,11 @@ async def test_gemini_json_schema_call_matches_the_sdk_request(
     assert config["responseJsonSchema"] == email_schema  # verbatim JSON Schema, no OpenAPI rewrite
 
 
-async def test_gemini_stream_call_matches_the_sdk_request(
+async def test_gemini_call_matches_the_sdk_request_for_the_same_streamed_call(
     fake: FakeProviderServer, gemini_provider: GeminiProvider, gemini_key: str, make_request: MakeRequest
 ) -> None:
     request = make_request()
-    ours_text = "".join([piece async for piece in gemini_provider.stream(request, timeout=5)])
+    ours_text = await answer(gemini_provider, request)
     stream = await genai_sdk(fake, gemini_key).aio.models.generate_content_stream(
         model=gemini_provider.model, contents=request.prompt, config=genai_config(request)
     )
@@ -203,4 +184,6 @@ async def test_gemini_stream_call_matches_the_sdk_request(
     sdk["json"] = without_system_role(sdk["json"])
     assert ours == sdk
     assert ours["path"] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert ours["headers"]["x-goog-api-key"] == gemini_key
+    assert ours["json"]["systemInstruction"] == {"parts": [{"text": request.system}]}
     assert ours_text == sdk_text

@@ -4,7 +4,6 @@ failover, breakers, the email JSON tool and streaming."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +86,10 @@ def test_primary_fault_fails_over_to_the_other_provider(app_with_providers, fake
                                                         fault: str, params: dict[str, Any], reason: str) -> None:
     fake_provider.set_fault(fault, provider="gemini", **params)
     client = app_with_providers()
-    started = time.monotonic()
     body = ask(client)
-    elapsed = time.monotonic() - started
     assert body["provider"] == "openai"
     assert body["fallback"] == {"used": True, "reason": reason, "failures": [f"gemini:{reason}"]}
-    assert elapsed < 1.5  # the conversational SLO holds even when the primary hangs
+    assert f'ivy_fallbacks_total{{reason="{reason}"}} 1.0' in client.get("/metrics").text
 
 
 def test_every_provider_down_degrades_to_the_offline_provider(app_with_providers,
@@ -240,3 +237,41 @@ def test_a_stream_cut_mid_answer_is_logged_as_its_own_outcome_not_a_plain_200(
     interrupted = next(x for x in lines if x.get("event") == "stream_interrupted")
     assert interrupted["error"]  # the provider's own account of the failure
     assert 'ivy_request_errors_total{code="stream_interrupted"} 1.0' in client.get("/metrics").text
+
+
+def _comparable(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer less what differs between two askings by design: its timings' values."""
+    return {**answer, "latency_ms": sorted(answer["latency_ms"])}
+
+
+@pytest.mark.parametrize("kind", list(QUERIES))
+def test_a_streamed_done_carries_the_same_fields_and_values_as_the_json_answer(
+        app_with_providers, kind: str) -> None:
+    client = app_with_providers()
+    query, context = QUERIES[kind]
+    headers = {"X-User-ID": "rep-1", "X-Request-ID": f"req-same-{kind}"}
+    whole = client.post(V2, json={"query": query, "context": context}, headers=headers).json()
+    streamed = client.post(V2, json={"query": query, "context": context, "stream": True}, headers=headers)
+    events = _events(streamed.text)
+    name, done = events[-1]
+    assert name == "done"
+    assert set(done) == set(whole)
+    assert _comparable(done) == _comparable(whole)
+    assert done["model"] == "gemini-2.5-flash" and done["intent_detail"]["reasons"] == whole["intent_detail"]["reasons"]
+    assert "".join(d["text"] for n, d in events if n == "delta") == done["answer"]
+
+
+def test_a_streamed_request_logs_what_a_json_one_does_and_sends_its_overhead(
+        app_with_providers, log_file) -> None:
+    client = app_with_providers()
+    for rid, stream in (("req-log-json", False), ("req-log-sse", True)):
+        r = client.post(V2, json={"query": "hello there", "stream": stream},
+                        headers={"X-User-ID": "r", "X-Request-ID": rid})
+        assert r.status_code == 200 and float(r.headers["x-ivy-overhead-ms"]) >= 0
+    lines = read_log(log_file, lambda ls: sum(x.get("event") == "request" for x in ls) >= 2)
+    line = {x["request_id"]: x for x in lines if x.get("event") == "request"}
+    json_line, sse_line = line["req-log-json"], line["req-log-sse"]
+    for key in ("model", "model_provider", "provider_ms", "provider_calls", "hedged", "intent", "cache"):
+        assert key in json_line and key in sse_line, key
+    assert sse_line["model"] == json_line["model"] == "gemini-2.5-flash"
+    assert "fallback" not in sse_line and "fallback" not in json_line  # none was used

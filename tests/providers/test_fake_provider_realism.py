@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 from app.providers.base import GenerationRequest, Usage
+from app.providers.clock import Deadline
 from app.providers.gemini import GeminiProvider
-from app.providers.openai import OpenAIProvider
 from tools.fake_provider import FakeProviderServer, Realism
 
 
@@ -26,14 +28,17 @@ def test_plans_follow_the_published_shapes_and_repeat_with_the_seed() -> None:
 
 
 async def test_a_non_streamed_answer_arrives_after_ttft_plus_writing_with_the_sampled_usage(
-        fake: FakeProviderServer, openai_provider: OpenAIProvider, make_request: Callable[..., GenerationRequest]
-) -> None:
+        fake: FakeProviderServer, session: aiohttp.ClientSession) -> None:
+    # The router only streams; the fake still answers a plain chat.completions call (the SDKs' default).
     fake.realism = Realism(seed=5, time_scale=0.2)
+    body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hi"}]}
     started = time.monotonic()
-    generation = await openai_provider.generate(make_request(), timeout=5)
+    async with session.post(f"{fake.openai_base_url}/chat/completions", json=body,
+                            headers={"Authorization": "Bearer k"}) as resp:
+        answer = await resp.json()
     elapsed = time.monotonic() - started
     plan = fake.realism.plans[-1]
-    assert generation.output_tokens == plan.tokens
+    assert answer["usage"]["completion_tokens"] == plan.tokens
     assert plan.total * 0.2 <= elapsed < plan.total * 0.2 + 0.15
 
 
@@ -43,7 +48,7 @@ async def test_a_stream_sends_its_first_chunk_at_ttft_and_the_rest_at_the_output
     fake.realism = Realism(seed=9, time_scale=0.2)
     usage = Usage()
     started = time.monotonic()
-    stream = gemini_provider.stream(make_request(), timeout=5, usage=usage)
+    stream = gemini_provider.stream(make_request(), deadline=Deadline.after(5), usage=usage)
     first = await anext(stream)
     first_at = time.monotonic() - started
     rest = [chunk async for chunk in stream]
@@ -60,7 +65,7 @@ async def test_a_brownout_stalls_its_share_of_calls_before_the_first_byte(
     fake.realism = Realism(seed=1, time_scale=0.05)
     fake.set_fault("brownout", provider="gemini", share=0.3, seconds=4)
     for _ in range(30):
-        await gemini_provider.generate(make_request(), timeout=5)
+        [piece async for piece in gemini_provider.stream(make_request(), deadline=Deadline.after(5))]
     stalled = [p for p in fake.realism.plans if p.stall]
     assert 3 <= len(stalled) <= 15 and all(p.stall == 4 for p in stalled)
     stats = fake.realism.stats()["gemini"]

@@ -318,7 +318,7 @@ async def test_malformed_json_fault_breaks_only_json_mode_answers(
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
     if variant == "fenced":
-        assert text.startswith("```json\n") and json.loads(text[8:-4])["to"]
+        assert text.startswith("```json\n") and json.loads(text[8:-4])["subject"]
 
 
 def test_unknown_fault_kinds_and_parameters_are_refused() -> None:

@@ -27,17 +27,17 @@ def make(**overrides: float) -> tuple[CircuitBreaker, Clock, list[tuple[str, str
 def test_stays_closed_below_the_minimum_number_of_calls() -> None:
     b, _, seen = make()
     for _ in range(3):
-        b.record_failure("timeout")
+        b.record_failure(b.generation, "timeout")
     assert b.current_state() == "closed" and seen == []
 
 
 def test_opens_when_the_failure_rate_crosses_the_threshold() -> None:
     b, _, seen = make()
-    b.record_success()
-    b.record_success()
-    b.record_failure("timeout")
+    b.record_success(b.generation)
+    b.record_success(b.generation)
+    b.record_failure(b.generation, "timeout")
     assert b.current_state() == "closed"
-    b.record_failure("unavailable")
+    b.record_failure(b.generation, "unavailable")
     assert b.current_state() == "open"
     assert seen[0][:2] == ("closed", "open") and "failure rate 2/4" in seen[0][2]
     assert not b.allow()
@@ -46,7 +46,7 @@ def test_opens_when_the_failure_rate_crosses_the_threshold() -> None:
 def test_opens_on_slow_calls() -> None:
     b, _, _ = make()
     for _ in range(4):
-        b.record_success(slow=True)
+        b.record_success(b.generation, slow=True)
     assert b.current_state() == "open"
     assert "slow call rate" in (b.reason or "")
 
@@ -54,13 +54,13 @@ def test_opens_on_slow_calls() -> None:
 def test_calls_outrun_by_a_hedge_open_it_only_when_most_calls_are_outrun() -> None:
     b, _, _ = make()
     for _ in range(7):  # a brownout: a few calls outrun, most answer
-        b.record_success()
+        b.record_success(b.generation)
     for _ in range(3):
-        b.record_slow()
+        b.record_slow(b.generation)
     assert b.current_state() == "closed"
     hung, _, _ = make()
     for _ in range(4):  # a hang: every call outrun
-        hung.record_slow()
+        hung.record_slow(hung.generation, hung.generation)
     assert hung.current_state() == "open" and "slow call rate 4/4" in (hung.reason or "")
 
 
@@ -69,7 +69,7 @@ def test_an_outrun_trial_call_reopens_the_breaker() -> None:
     b.trip("test")
     clock.now += 31
     assert b.allow()
-    b.record_slow()
+    b.record_slow(b.generation)
     assert b.current_state() == "open"
 
 
@@ -81,9 +81,9 @@ def test_open_half_opens_after_the_wait_and_closes_after_successful_trials() -> 
     clock.now += 0.2
     assert b.allow() and b.allow()
     assert not b.allow()  # only two trial calls in half-open
-    b.record_success()
+    b.record_success(b.generation)
     assert b.current_state() == "half_open"
-    b.record_success()
+    b.record_success(b.generation)
     assert b.current_state() == "closed"
     assert [s[:2] for s in seen] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -93,7 +93,7 @@ def test_a_failed_trial_reopens_for_a_full_wait() -> None:
     b.trip("test")
     clock.now += 31
     assert b.allow()
-    b.record_failure("timeout")
+    b.record_failure(b.generation, "timeout")
     assert b.current_state() == "open"
     clock.now += 29
     assert b.current_state() == "open"
@@ -101,7 +101,7 @@ def test_a_failed_trial_reopens_for_a_full_wait() -> None:
 
 def test_a_retry_after_opens_for_exactly_that_long() -> None:
     b, clock, _ = make()
-    b.record_failure("rate_limited", open_for=5)
+    b.record_failure(b.generation, "rate_limited", open_for=5)
     assert b.current_state() == "open"
     clock.now += 5.01
     assert b.current_state() == "half_open"
@@ -110,12 +110,55 @@ def test_a_retry_after_opens_for_exactly_that_long() -> None:
 def test_a_run_of_failed_or_outrun_calls_opens_it_whatever_the_window_holds() -> None:
     b, _, _ = make(window=20, consecutive=3)
     for _ in range(15):
-        b.record_success()
-    b.record_slow()
-    b.record_failure("timeout")
-    b.record_success()  # a success breaks the run
-    b.record_slow()
-    b.record_slow()
+        b.record_success(b.generation)
+    b.record_slow(b.generation)
+    b.record_failure(b.generation, "timeout")
+    b.record_success(b.generation)  # a success breaks the run
+    b.record_slow(b.generation)
+    b.record_slow(b.generation)
     assert b.current_state() == "closed"
-    b.record_failure("timeout")
+    b.record_failure(b.generation, "timeout")
     assert b.current_state() == "open" and "3 calls in a row" in (b.reason or "")
+
+
+def test_a_result_from_a_call_admitted_before_a_trip_is_not_counted_after_it() -> None:
+    b, clock, _ = make(min_calls=1, failure_rate=0.5)
+    before = b.allow()
+    assert before is not None
+    b.trip("shared: another worker opened it")
+    clock.now += 31
+    assert b.current_state() == "half_open"
+    b.record_failure(before, "timeout")  # the old call's failure does not reopen the half-open breaker
+    assert b.current_state() == "half_open"
+    trial = b.allow()
+    assert trial is not None and trial != before
+    b.record_failure(trial, "timeout")  # a trial's does
+    assert b.current_state() == "open"
+
+
+def test_a_long_stream_admitted_before_a_trip_does_not_count_as_a_half_open_trial() -> None:
+    b, clock, seen = make(half_open_calls=1)
+    stream = b.allow()  # a 120 s stream starts while closed
+    assert stream is not None
+    b.trip("test")
+    clock.now += 31  # half-open while the stream still runs
+    trial = b.allow()
+    assert trial is not None
+    b.record_success(stream)  # the stream ends: it proves nothing about the provider since the trip
+    assert b.current_state() == "half_open"
+    b.record_success(trial)
+    assert b.current_state() == "closed"
+    assert [s[:2] for s in seen][-1] == ("half_open", "closed")
+
+
+def test_a_trial_that_ends_counting_for_nothing_frees_its_place() -> None:
+    b, clock, _ = make(half_open_calls=1)
+    b.trip("test")
+    clock.now += 31
+    trial = b.allow()
+    assert trial is not None and b.allow() is None
+    b.release(trial)  # a cancelled hedge: neither a success nor a failure
+    again = b.allow()
+    assert again is not None
+    b.record_success(again)
+    assert b.current_state() == "closed"

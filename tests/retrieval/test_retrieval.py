@@ -107,9 +107,10 @@ def test_an_empty_or_missing_folder_gives_a_cold_knowledge_base(tmp_path: Path) 
 def test_prompt_carries_the_retrieved_passages_with_their_sources(kb: KnowledgeBase) -> None:
     query, context = "what's their budget?", {"lead": LEAD}
     c = classify(query, context)
-    request = build_generation_request(query, context, c, retrieve(query, context, kb))
+    request = build_generation_request("canary-1", query, LEAD, c, retrieve(query, context, kb))
     assert "(lead.budget) budget: $40k" in request.prompt
-    assert request.prompt.index("Sources:") < request.prompt.index("Question: " + query)
+    assert request.prompt.index("Sources:") < request.prompt.index("</crm_data>") < request.prompt.index(
+        "Question: " + query)
 
 
 def test_knowledge_dir_is_indexed_at_start_and_answers_rag_with_citations(

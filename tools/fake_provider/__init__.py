@@ -37,6 +37,9 @@ optionally limited to N uses. Header syntax: ``kind[; key=value ...]``, for exam
 ``brownout; share=0.2; seconds=4``,
 ``malformed_json; variant=fenced``, ``503; latency_ms=200``. See ``FAULT_KINDS``.
 
+``set_obedient()`` (or ``POST /_fake/answer {"obedient": true}``) answers as a model that obeys
+every instruction in its prompt (``obedient.py``): the adversarial tests' worst case.
+
 Modules: ``faults.py`` (fault kinds, header syntax, standing faults), ``answers.py`` (answer text,
 JSON from a schema, tokens, stream deltas), ``openai.py`` and ``gemini.py`` (the wire formats),
 ``server.py`` (the aiohttp server), ``admin.py`` (``/_fake/*``), ``realism.py`` (published

@@ -1,7 +1,7 @@
 """The fake's admin endpoints under ``/_fake/``: faults, answers, captured requests, realism, stats.
 
 Never captured as provider requests. ``GET /_fake/health``, ``POST|DELETE /_fake/fault``,
-``POST /_fake/answer``, ``GET|DELETE /_fake/requests``, ``POST /_fake/reset``,
+``POST /_fake/answer`` (``{"text", "json", "obedient"}``), ``GET|DELETE /_fake/requests``, ``POST /_fake/reset``,
 ``POST /_fake/realism``, ``GET /_fake/stats``.
 """
 
@@ -65,7 +65,10 @@ class Admin:
         if not isinstance(params, dict):
             return web.json_response({"error": "body must be a JSON object"}, status=400)
         self.fake.set_answer(params.get("text"), json_answer=params.get("json"))
-        return web.json_response({"text": self.fake.answer_text, "json": self.fake.json_answer})
+        if "obedient" in params:
+            self.fake.set_obedient(bool(params["obedient"]))
+        return web.json_response({"text": self.fake.answer_text, "json": self.fake.json_answer,
+                                  "obedient": self.fake.obedient})
 
     async def requests(self, _: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps([r._asdict() for r in self.fake.requests]),

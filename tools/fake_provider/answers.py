@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tools.fake_provider.faults import FakeProvider, Fault, break_json
+from tools.fake_provider.obedient import obey
 
 
 @dataclass(slots=True)
@@ -31,10 +32,16 @@ class Call:
     max_tokens: int | None = None
     stall: float = 0.0  # brownout seconds, before time scale
     output_tokens: int | None = None  # realistic mode: the planned answer length
+    system: str = ""  # the system text (OpenAI's system message, Gemini's systemInstruction)
 
 
-def answer_text(call: Call, fault: Fault | None, *, text: str | None, json_answer: Any) -> str:
-    """The call's answer: ``text`` / ``json_answer`` when fixed, else made up from the prompt or schema."""
+def answer_text(call: Call, fault: Fault | None, *, text: str | None, json_answer: Any,
+                obedient: bool = False) -> str:
+    """The call's answer: ``text`` / ``json_answer`` when fixed, what an obedient model would say
+    (``obedient.py``), else made up from the prompt or schema."""
+    if obedient and text is None and json_answer is None:
+        obeyed = obey(call.system, call.prompt, json_mode=call.json_mode)
+        text, json_answer = (obeyed, None) if isinstance(obeyed, str) else (None, obeyed)
     if call.json_mode:
         doc = json_answer
         if doc is None:
@@ -91,7 +98,8 @@ class _SchemaFiller:
     def __init__(self, root: dict[str, Any], prompt: str) -> None:
         self.root = root
         self.prompt = prompt
-        self.summary = prompt[:80]
+        # The question, as a model would answer it (not the data block the router puts first).
+        self.summary = (prompt.rpartition("Question: ")[2] or prompt)[:80]
 
     def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         seen = 0
@@ -162,7 +170,7 @@ class _SchemaFiller:
         fmt = str(schema.get("format", "")).lower()
         emails = _EMAIL_RE.findall(self.prompt)
         if fmt == "email" or key in ("to", "email", "recipient", "cc", "from"):
-            value = emails[0] if emails else "jordan.lee@example.com"
+            value = emails[0] if emails else ""  # no address in the prompt: a model leaves it to the sender
         elif fmt == "date-time":
             value = "2025-01-15T09:30:00Z"
         elif fmt == "date":

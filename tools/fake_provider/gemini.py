@@ -40,6 +40,7 @@ def read_call(model: str, action: str, body: dict[str, Any]) -> Call:
         provider="gemini",
         model=model,
         prompt=last_user_text(body.get("contents")),
+        system=system_text(body.get("systemInstruction") or body.get("system_instruction")),
         streaming=action == "streamGenerateContent",
         json_mode=json_mode,
         schema=schema if isinstance(schema, dict) else None,
@@ -136,6 +137,13 @@ def stream_error_event(status: int) -> bytes:
     message, status_text = ERRORS.get(status, ERRORS[500])
     body = {"code": status, "message": message, "status": status_text}
     return b"data: " + orjson.dumps({"error": body}) + b"\r\n\r\n"
+
+
+def system_text(instruction: Any) -> str:
+    if not isinstance(instruction, dict):
+        return ""
+    parts = instruction.get("parts") or []
+    return "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
 
 
 def last_user_text(contents: Any) -> str:

@@ -37,6 +37,7 @@ def read_call(body: dict[str, Any]) -> Call:
         provider="openai",
         model=str(body.get("model") or ""),
         prompt=last_user_text(body.get("messages")),
+        system=system_text(body.get("messages")),
         streaming=bool(body.get("stream")),
         json_mode=isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"),
         schema=(json_schema or {}).get("schema") if isinstance(json_schema, dict) else None,
@@ -163,6 +164,13 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):  # OpenAI content parts
         return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return ""
+
+
+def system_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(_text_of(m.get("content")) for m in messages
+                     if isinstance(m, dict) and m.get("role") in ("system", "developer"))
 
 
 def last_user_text(messages: Any) -> str:

@@ -65,6 +65,7 @@ class FakeProviderServer:
         self.chunk_delay_ms = chunk_delay_ms
         self.answer_text = answer_text  # None: "Fake answer to: <prompt>"
         self.json_answer: Any = None  # None: built from the schema
+        self.obedient = False  # True: answer as a model that obeys every instruction it reads (obedient.py)
         self.requests: list[CapturedRequest] = []  # oldest dropped beyond max_captured (benchmarks)
         self.max_captured = max_captured
         self._faults = StandingFaults()
@@ -137,6 +138,10 @@ class FakeProviderServer:
         self.answer_text = text
         self.json_answer = json_answer
 
+    def set_obedient(self, on: bool = True) -> None:
+        """Answer as a model that obeys every instruction in its prompt (``obedient.py``)."""
+        self.obedient = on
+
     def requests_for(self, provider: FakeProvider) -> list[CapturedRequest]:
         if provider == "openai":
             return [r for r in self.requests if r.path.startswith("/v1/chat/")]
@@ -147,6 +152,7 @@ class FakeProviderServer:
         self._faults.clear()
         self.answer_text = None
         self.json_answer = None
+        self.obedient = False
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -251,7 +257,8 @@ class FakeProviderServer:
 
     async def _answer(self, request: web.Request, call: Call) -> web.StreamResponse:
         fault = call.fault
-        text = answer_text(call, fault, text=self.answer_text, json_answer=self.json_answer)
+        text = answer_text(call, fault, text=self.answer_text, json_answer=self.json_answer,
+                           obedient=self.obedient)
         writing = 0.0
         loop = asyncio.get_running_loop()
         began = loop.time()

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
 from json_repair import repair_json
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Outcome = Literal["valid", "repaired", "json_parse_error", "schema"]
+DraftCheck = Literal["valid", "repaired", "json_parse_error", "schema"]  # what parse_email found
 
 
 class EmailDraft(BaseModel):
@@ -22,16 +23,29 @@ class EmailDraft(BaseModel):
     body: str = Field(min_length=1, max_length=10_000)
 
 
+_NAME_LIKE = re.compile(r"^[^\W\d_][\w'&\- ]*(?:\.|,? (?:Inc|Ltd|LLC|GmbH|S\.A)\.?)?$")
+
+
+def _name_like(value: Any, max_words: int) -> str:
+    """A record field only when it reads as a name (letters, a few separators, at most
+    ``max_words`` words, no dots inside): anything else a prospect typed there is left out."""
+    text = " ".join(str(value or "").split())
+    if not text or len(text) > 80 or len(text.split()) > max_words or not _NAME_LIKE.match(text):
+        return ""
+    return text
+
+
 def _first_name(lead: dict[str, Any]) -> str:
-    name = str(lead.get("name") or "").strip()
+    name = _name_like(lead.get("name"), 5)
     return name.split()[0] if name else "there"
 
 
 def _make_email_json_fallback(lead: dict[str, Any], query: str) -> dict[str, str]:
-    """A deterministic, sendable draft built from the lead's own data."""
-    company = str(lead.get("company") or "").strip()
+    """A deterministic, sendable draft built from the lead's own data. It quotes no outside text:
+    the lead's name and company when they read as names, and the computed stage; never a note or
+    an email (a prospect wrote those)."""
+    company = _name_like(lead.get("company"), 6)
     stage = str(lead.get("stage") or "").strip().lower()
-    notes = lead.get("notes") if isinstance(lead.get("notes"), list) else []
     q = query.lower()
     if "follow" in q or stage in ("proposal", "negotiation", "demo"):
         subject = f"Following up{' with ' + company if company else ''}"
@@ -43,9 +57,8 @@ def _make_email_json_fallback(lead: dict[str, Any], query: str) -> dict[str, str
         subject = f"Ivy CRM for {company}" if company else "Quick question"
         opener = "I'm reaching out to see how we can help"
     context_line = f" and see where things stand for {company}" if company else ""
-    note_line = f"\n\nLast time you mentioned: {notes[-1]}." if notes else ""
     body = (
-        f"Hi {_first_name(lead)},\n\n{opener}{context_line}.{note_line}\n\n"
+        f"Hi {_first_name(lead)},\n\n{opener}{context_line}.\n\n"
         "Would you have 20 minutes this week for a quick call? I'm happy to work around your schedule.\n\n"
         "Best regards"
     )
@@ -56,7 +69,7 @@ def _make_email_json_fallback(lead: dict[str, Any], query: str) -> dict[str, str
 # The public name the pipeline and the offline provider use; the runbook names the one above.
 make_email_json_fallback = _make_email_json_fallback
 
-def parse_email(raw: str) -> tuple[EmailDraft | None, Outcome]:
+def parse_email(raw: str) -> tuple[EmailDraft | None, DraftCheck]:
     """Validate the model's text as an EmailDraft: as is, else after repairing near-JSON."""
     repaired = False
     try:

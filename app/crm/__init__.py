@@ -1,0 +1,5 @@
+"""The request's CRM context as one typed view: every piece classed by who wrote it."""
+
+from app.crm.record import CrmRecord, Trust, flatten, trust_of
+
+__all__ = ["CrmRecord", "Trust", "flatten", "trust_of"]

@@ -1,0 +1,247 @@
+"""The race and the chain's time policy, deterministic: scripted providers on a fake clock
+(tests/scripted.py), so every instant below is exact and no bound depends on the machine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from app.observability.metrics import Metrics
+from app.providers.base import GenerationRequest, ProviderTimeout, ProviderUnavailable
+from app.providers.chain import ProviderChain
+from app.providers.clock import Deadline
+from app.providers.hedging import HedgeBudget, HedgeConfig
+from app.providers.links import Link, Trace
+from app.providers.race import Race
+from app.resilience.breaker import BreakerConfig, CircuitBreaker
+from tests.scripted import Call, FakeClock, ScriptedProvider
+
+HEDGE = HedgeConfig(min_delay=0.005, max_delay=1.0, initial_delay=0.1, min_samples=10, budget_floor=3)
+HANG = Call(ttft=None)
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[FakeClock]:
+    c = FakeClock()
+    yield c
+    c.close()
+
+
+class Setup:
+    def __init__(self, clock: FakeClock, deadline: float = 2.0, breaker: BreakerConfig | None = None,
+                 **hedge: Any) -> None:
+        self.clock = clock
+        self.gemini = ScriptedProvider("gemini", clock)
+        self.openai = ScriptedProvider("openai", clock)
+        config = breaker or BreakerConfig(min_calls=5)
+        self.links = [Link(p, CircuitBreaker(p.name, config, clock=clock.now)) for p in (self.gemini, self.openai)]
+        self.chain = ProviderChain(self.links, Metrics(), deadline=deadline, clock=clock,
+                                   hedge=replace(HEDGE, **hedge))
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        return next(link.breaker for link in self.links if link.provider.name == name)
+
+    async def ask(self, request: GenerationRequest, *, buffered: bool = True, first: str | None = None
+                  ) -> tuple[list[str], Trace, float]:
+        """The chunks, the trace and how long the answer took on the fake clock."""
+        started, trace = self.clock.now(), Trace()
+        chunks = [c async for c in self.chain.stream(request, deadline=self.chain.deadline(), trace=trace,
+                                                     buffered=buffered, first=first)]
+        took = self.clock.now() - started
+        for _ in range(8):  # let the cancelled losers run their cancellation (the race does not wait)
+            await asyncio.sleep(0)
+        return chunks, trace, took
+
+
+MakeRequest = Callable[..., GenerationRequest]
+
+
+async def test_a_first_chunk_before_the_hedge_delay_wins_alone(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    chunks, trace, took = await s.ask(make_request())
+    assert chunks == ["Hello from the model"] and trace.provider == "gemini" and trace.model == "scripted-1"
+    assert took == pytest.approx(0.05) and trace.calls == 1 and not trace.hedged and trace.failures == []
+    assert s.openai.started == []
+
+
+async def test_a_call_with_no_chunk_by_its_hedge_delay_is_hedged_and_the_hedge_can_win(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.script = [Call(ttft=1.0)]
+    s.openai.usual = Call(ttft=0.2)
+    t0 = clock.now()
+    _chunks, trace, took = await s.ask(make_request())
+    assert s.openai.started == [pytest.approx(t0 + 0.1)]  # the hedge, at gemini's initial hedge delay
+    assert trace.provider == "openai" and trace.hedged and took == pytest.approx(0.3)
+    assert [(f.provider, f.reason) for f in trace.failures] == [("gemini", "slow")]
+    assert s.gemini.stopped == 1  # the outrun call was cancelled, its connection closed
+    assert s.breaker("gemini").snapshot()["failures_in_window"] == 0  # slow, not failed
+
+
+async def test_a_hedge_cancelled_because_the_original_answered_counts_for_nothing(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.script = [Call(ttft=0.25)]
+    s.openai.usual = Call(ttft=1.0)
+    _chunks, trace, took = await s.ask(make_request())
+    assert trace.provider == "gemini" and trace.hedged and trace.failures == [] and took == pytest.approx(0.25)
+    assert s.openai.stopped == 1
+    assert s.breaker("openai").snapshot()["calls_in_window"] == 0
+
+
+async def test_an_error_fails_over_at_once_whatever_the_budget(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, budget_ratio=0.0, budget_floor=0)
+    s.gemini.script = [Call(ttft=0.04, error=ProviderUnavailable("gemini", "HTTP 503"))]
+    t0 = clock.now()
+    _chunks, trace, took = await s.ask(make_request())
+    assert s.openai.started == [pytest.approx(t0 + 0.04)]
+    assert trace.provider == "openai" and took == pytest.approx(0.09)
+    assert [f.reason for f in trace.failures] == ["unavailable"]
+
+
+async def test_a_call_with_no_chunk_by_the_max_hedge_delay_is_presumed_hung_whatever_the_budget(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, budget_ratio=0.0, budget_floor=0, max_delay=0.3)
+    s.gemini.script = [HANG]
+    t0 = clock.now()
+    _chunks, trace, took = await s.ask(make_request())
+    assert s.openai.started == [pytest.approx(t0 + 0.3)] and not trace.hedged
+    assert trace.provider == "openai" and took == pytest.approx(0.35)
+    assert [(f.provider, f.reason) for f in trace.failures] == [("gemini", "slow")]
+
+
+async def test_a_hedge_onto_the_same_provider_fails_over_after_twice_its_delay(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, min_samples=3)
+    for _ in range(3):  # gemini's norm: 50 ms to the first chunk, so its hedge delay is 50 ms
+        await s.ask(make_request())
+    s.gemini.script = [HANG, HANG]  # a hang starting: the first call and its hedge both stall
+    t0 = clock.now()
+    _chunks, trace, took = await s.ask(make_request())
+    assert s.gemini.started[-2:] == [pytest.approx(t0), pytest.approx(t0 + 0.05)]
+    assert s.openai.started == [pytest.approx(t0 + 0.05 + 2 * 0.05)]
+    assert trace.provider == "openai" and took == pytest.approx(0.2)
+
+
+async def test_the_deadline_cancels_every_call_and_the_offline_provider_answers(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=0.6)
+    s.gemini.usual = s.openai.usual = HANG
+    chunks, trace, took = await s.ask(make_request())
+    assert took == pytest.approx(0.6) and trace.provider == "local" and trace.model == "ivy-offline-1"
+    assert len(chunks) == 1 and chunks[0]
+    assert {f.reason for f in trace.failures} >= {"timeout"}
+    assert s.breaker("gemini").snapshot()["failures_in_window"] == 1
+    assert s.gemini.stopped + s.openai.stopped == trace.calls
+
+
+async def test_one_deadline_reaches_every_call_unchanged(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.script = [Call(ttft=1.0)]
+    deadline = Deadline.after(2.0, clock)
+    [c async for c in s.chain.stream(make_request(), deadline=deadline, trace=Trace(), buffered=True)]
+    assert s.gemini.deadlines == [deadline] and s.openai.deadlines == [deadline]
+    assert s.gemini.deadlines[0] is deadline and s.openai.deadlines[0] is deadline
+
+
+async def test_the_deadline_bounds_a_stream_after_its_first_chunk_too(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0)
+    s.gemini.script = [Call(ttft=0.1, chunks=("a", "b", "c", "d"), gap=0.8)]
+    got: list[str] = []
+    t0 = clock.now()
+    with pytest.raises(ProviderTimeout):
+        async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+            got.append(chunk)
+    assert got == ["a", "b", "c"] and clock.now() - t0 == pytest.approx(2.0)
+    assert s.breaker("gemini").snapshot()["failures_in_window"] == 1
+    assert s.gemini.stopped == 1
+
+
+async def test_a_whole_answer_whose_stream_breaks_after_its_first_chunk_still_fails_over(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.script = [Call(cut_after=1)]
+    chunks, trace, _ = await s.ask(make_request())
+    assert chunks == ["Hello from the model"] and trace.provider == "openai"
+    assert [f.reason for f in trace.failures] == ["unavailable"]
+
+
+async def test_a_streamed_answer_that_breaks_after_its_first_chunk_raises_and_does_not_fail_over(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.script = [Call(cut_after=1)]
+    got: list[str] = []
+    with pytest.raises(ProviderUnavailable):
+        async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+            got.append(chunk)
+    assert got == ["Hello"] and s.openai.started == []
+
+
+async def test_a_stream_hedges_before_its_first_chunk_never_after(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=10.0)
+    s.gemini.script = [Call(ttft=0.05, chunks=("a", "b", "c"), gap=3.0)]  # stalls after its first chunk
+    chunks, trace, took = await s.ask(make_request(), buffered=False)
+    assert chunks == ["a", "b", "c"] and not trace.hedged and took == pytest.approx(6.05)
+    assert s.openai.started == []
+
+
+async def test_the_hedge_budget_caps_extra_calls(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, budget_ratio=0.1, budget_floor=1, min_samples=1000)  # the norm stays unknown: always hedge
+    s.gemini.usual = Call(ttft=0.5)  # every gemini call is slow
+    s.openai.usual = Call(ttft=1.0)  # and its hedge slower: gemini answers every time
+    for _ in range(20):
+        await s.ask(make_request())
+    # Request k may hedge while hedges + 1 <= 1 + 0.1 k: at k = 1, 10 and 20.
+    assert len(s.openai.started) == 3
+
+
+async def test_a_race_without_an_admitted_link_returns_none_and_says_why(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    for link in s.links:
+        link.breaker.trip("test")
+    trace = Trace()
+    assert await Race(s.chain, make_request(), list(s.links), s.chain.deadline(), trace).run() is None
+    assert [f.reason for f in trace.failures] == ["circuit_open", "circuit_open"] and trace.calls == 0
+
+
+async def test_the_hedge_goes_to_the_faster_provider_once_both_norms_are_known(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock)
+    s.gemini.usual, s.openai.usual = Call(ttft=0.03), Call(ttft=0.06)
+    for first in ("gemini", "openai"):
+        for _ in range(10):
+            await s.ask(make_request(), buffered=False, first=first)
+    gemini, openai = s.links
+    assert s.chain.hedge_target(openai, [gemini], streamed=True) is gemini  # 30 ms against 60 ms
+    assert s.chain.hedge_target(gemini, [openai], streamed=True) is gemini
+
+
+async def test_a_long_stream_admitted_before_a_trip_does_not_close_the_half_open_breaker(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=200.0, breaker=BreakerConfig(min_calls=5, open_seconds=30, half_open_calls=1))
+    s.gemini.script = [Call(ttft=0.1, chunks=tuple("abcdefg"), gap=20.0)]  # a 120 s answer
+    gemini = s.breaker("gemini")
+    async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+        if chunk == "a":
+            gemini.trip("another worker saw it fail")
+    assert s.gemini.finished == 1 and gemini.current_state() == "half_open"  # its success proved nothing
+
+
+def test_the_hedge_budget_keeps_a_fixed_size_whatever_the_traffic() -> None:
+    now = [0.0]
+    budget = HedgeBudget(HedgeConfig(budget_window_seconds=60.0), clock=lambda: now[0])
+    size = budget.size
+    for i in range(100_000):  # 100 requests a second for 1,000 s, hedging off: nothing ever spends
+        now[0] = i / 100
+        budget.request()
+    assert budget.size == size
+    requests = budget.snapshot()["requests"]
+    assert isinstance(requests, int) and 5_900 <= requests <= 6_000  # the last 60 s, to one bucket
+    now[0] += 61
+    assert budget.snapshot()["requests"] == 0
