@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from app import pipeline
 from app.api.asgi import IvyAPI, assemble
@@ -23,12 +24,15 @@ from app.api.services import SERVICES, ApiServices
 from app.api.serving import watch_server
 from app.config import ConfigError, Settings, load_settings
 from app.gc_tuning import tune_gc
-from app.observability.logging import configure_logging, shutdown_logging
+from app.observability.logging import configure_logging, get_logger, shutdown_logging
 from app.observability.redaction import register_secrets
+from app.observability.tracing import build_tracing
 from app.state import running_state
 
 
-def create_app(settings: Settings | None = None) -> IvyAPI:
+def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> IvyAPI:
+    """The app. `span_exporter` receives the spans instead of OTLP, tracing on whatever the settings
+    say (the tests' in-memory exporter)."""
     if settings is None:
         try:
             settings = load_settings()
@@ -42,19 +46,26 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         configure_logging(resolved.ivy_log_file, level=resolved.ivy_log_level,
                           max_bytes=resolved.ivy_log_max_bytes, backups=resolved.ivy_log_backups)
+        tracing = build_tracing(resolved, span_exporter)
+        if tracing is not None:
+            get_logger().info("tracing_started", endpoint=resolved.otel_traces_endpoint or "in-process exporter",
+                              service_name=resolved.otel_service_name, sampler=resolved.otel_traces_sampler,
+                              sampler_arg=resolved.otel_traces_sampler_arg)
         try:
             async with running_state(resolved) as state, contextlib.AsyncExitStack() as stack:
                 auth = Authenticator(resolved, state.http) if resolved.ivy_auth_mode == "jwt" else None
                 if auth is not None:
                     await auth.start()
                     stack.push_async_callback(auth.aclose)
-                services = ApiServices(auth=auth)
+                services = ApiServices(auth=auth, tracing=tracing)
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
                 await stack.enter_async_context(_background(pipeline.warm_cache(state)))
                 stack.callback(tune_gc(resolved.ivy_gc_gen0_threshold))
                 yield {"ivy": state, SERVICES: services}
         finally:
+            if tracing is not None:
+                tracing.shutdown()  # after the last request: what it traced is flushed (bounded)
             shutdown_logging()
 
     return assemble(resolved, lifespan)

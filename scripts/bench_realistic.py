@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 
 from app.providers.hedging import percentile
-from tools.bench.servers import Server, wait_ready
+from tools.bench.servers import Server, realistic_fake, wait_ready
 from tools.ports import free_port
 
 # The router and the simulator are child processes for the length of the run (tools/bench/servers.py,
@@ -358,12 +358,7 @@ def render_repeated(rows: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[t
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    fake_port = free_port()
-    fake_base = f"http://127.0.0.1:{fake_port}"
-    fake = Server("fake-provider", [sys.executable, "-m", "tools.fake_provider", "--port", str(fake_port),
-                                    "--realistic", "--seed", str(args.seed), "--time-scale", str(args.time_scale)],
-                  env=dict(os.environ), port=fake_port,
-                  log=Path(tempfile.mkdtemp(prefix="ivy-realistic-fake-")) / "fake.log").start()
+    fake, fake_base = realistic_fake(args.seed, args.time_scale)
     rows: list[tuple[str, dict[str, Any]]] = []
     checks: dict[str, list[tuple[str, bool]]] = {}
     deadline = float(dict(args.router_env).get("IVY_REQUEST_DEADLINE_SECONDS", 8.0))

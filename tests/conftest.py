@@ -24,6 +24,8 @@ _ENV_VARS = (
     "ACTIVE_MODEL", "GEMINI_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "GEMINI_BASE_URL", "REDIS_URL",
     "IVY_MODAL_HEURISTICS", "IVY_ORGANIC_ENABLED", "AI_RATE_LIMIT_PER_MIN", "AI_ORG_RATE_LIMIT_PER_MIN",
     "AI_RATE_LIMIT_BURST", "AI_RATE_LIMIT_FAIL_OPEN", "IVY_LOG_FILE", "GEMINI_MODEL", "OPENAI_MODEL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SDK_DISABLED",
 )
 
 
@@ -54,10 +56,12 @@ def make_settings(log_file: Path) -> Callable[..., Settings]:
 def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
-    def make(address: str | None = None, **overrides: Any) -> TestClient:
-        """A client of the app on ``overrides``; ``address`` is the peer the app sees (default testclient's)."""
+    def make(address: str | None = None, span_exporter: Any = None, **overrides: Any) -> TestClient:
+        """A client of the app on ``overrides``; ``address`` is the peer the app sees (default testclient's);
+        ``span_exporter`` receives the app's spans (tracing on)."""
         extra: dict[str, Any] = {"client": (address, 50000)} if address else {}
-        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False, **extra)
+        client = TestClient(create_app(make_settings(**overrides), span_exporter=span_exporter),
+                            raise_server_exceptions=False, **extra)
         client.__enter__()
         clients.append(client)
         return client

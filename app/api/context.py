@@ -23,7 +23,7 @@ CTX = "ctx"
 # A stream that began as a 200 and ended with `event: error`: the log line's `outcome` for each code.
 _FAILED_OUTCOME = {"provider_stream_interrupted": "stream_interrupted", "shutting_down": "shutting_down"}
 # Fields that go on the request's log line when set (after the ones every line has).
-_OPTIONAL = ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage", "bucket", "error_code",
+_OPTIONAL = ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage", "bucket", "code",
              "retry_after", "outcome", "cache")
 
 
@@ -42,7 +42,7 @@ class RequestContext:
     provider_calls: int | None = None
     usage: dict[str, int | None] | None = None  # not "*_tokens": the log redactor blanks names with "token"
     bucket: str | None = None
-    error_code: str | None = None
+    code: str | None = None  # error.code of the response; not "error_code": `grep -i error` is for errors
     retry_after: int | None = None
     cache: str | None = None  # hit | miss | bypass (the answer cache)
     outcome: str | None = None  # a stream that began as a 200 and ended otherwise

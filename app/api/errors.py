@@ -124,7 +124,7 @@ def render(exc: BaseException, ctx: RequestContext | None) -> tuple[IvyError, by
     """The one place an error becomes a response body; records it on the request's context."""
     error = as_ivy_error(exc)
     if ctx is not None:
-        ctx.error_code = error.code
+        ctx.code = error.code
         bucket, retry = error.details.get("bucket"), error.details.get("retry_after")
         ctx.bucket = bucket if isinstance(bucket, str) else ctx.bucket
         ctx.retry_after = retry if isinstance(retry, int) else ctx.retry_after

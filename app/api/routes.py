@@ -13,12 +13,18 @@ from app import __version__
 from app.api.deps import IvyState
 from app.api.responses import FastJSONResponse
 from app.observability.slo import SLO_P95_MS
+from app.state import State
 
 router = APIRouter()
 
 @router.get("/health", summary="Can the service answer? (runbook: database connectivity)")
 async def health(state: IvyState) -> FastJSONResponse:
     backend = state.limiter.backend
+    if state.settings.redis_url is None:
+        # Nothing to connect to: the limiter (and the answer cache) run in this process. Said as
+        # such, not as a Redis that answered.
+        redis: dict[str, object] = {"configured": False, "ok": None, "latency_ms": None, "backend": backend}
+        return FastJSONResponse({"status": "ok", "checks": {"redis": redis}})
     try:
         latency: float | None = round(await state.limiter.ping(), 2)
         ok = True
@@ -33,16 +39,28 @@ async def health(state: IvyState) -> FastJSONResponse:
     can_answer = ok or state.settings.ai_rate_limit_fail_open
     body = {
         "status": "degraded" if degraded else "ok",
-        "checks": {"redis": {"ok": ok, "latency_ms": latency, "backend": backend}},
+        "checks": {"redis": {"configured": True, "ok": ok, "latency_ms": latency, "backend": backend}},
     }
     return FastJSONResponse(body, status_code=200 if can_answer else 503)
+
+
+def degraded_reasons(state: State) -> list[str]:
+    """Why the router's answers are not the models' right now (empty: they are)."""
+    remote = [link.provider.name for link in state.chain.ordered(state.flags.current.active_model)]
+    if not remote:
+        return ["no provider key set (GEMINI_API_KEY, OPENAI_API_KEY): every answer is the offline provider's"]
+    if all(state.breakers[name].state == "open" for name in remote):
+        return ["every provider's circuit breaker is open: answers are the offline provider's until one half-opens"]
+    return []
 
 
 @router.get("/ai/router/health", summary="What on-call looks at: latency per intent, breakers, flags, limits")
 async def router_health(state: IvyState) -> FastJSONResponse:
     s = state.settings
+    reasons = degraded_reasons(state)
     return FastJSONResponse({
-        "status": "ok",
+        "status": "degraded" if reasons else "ok",
+        "degraded_reasons": reasons,
         "version": __version__,
         "uptime_seconds": round(time.time() - state.started_at, 1),
         "latency": state.latency.snapshot(),

@@ -1,5 +1,5 @@
 """What only the HTTP layer needs, created in the lifespan next to the core's `State`: the token
-checker and the shutdown drain. The router endpoints find it in the lifespan state."""
+checker, the shutdown drain and the request spans' tracer. The router endpoints find it in the lifespan state."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.types import Scope
 
 from app.api.auth import Authenticator
 from app.api.serving import Drain
+from app.observability.tracing import Tracing
 
 SERVICES = "ivy_api"
 
@@ -17,6 +18,7 @@ SERVICES = "ivy_api"
 class ApiServices:
     auth: Authenticator | None = None  # None: IVY_AUTH_MODE=off (nothing to do per request)
     drain: Drain = field(default_factory=Drain)
+    tracing: Tracing | None = None  # None: no OTLP endpoint (nothing to do per request)
 
 
 def services_of(scope: Scope) -> ApiServices:

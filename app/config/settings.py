@@ -11,7 +11,7 @@ import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -133,6 +133,23 @@ class Settings(BaseSettings):
     ivy_header_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
     ivy_body_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
 
+    # --- Traces (OpenTelemetry, app/observability/tracing.py): the standard OTEL_* names ---------
+    # Off unless an endpoint is set. The base endpoint gets /v1/traces appended; the traces one is used as is.
+    otel_exporter_otlp_endpoint: AnyHttpUrl | None = None
+    otel_exporter_otlp_traces_endpoint: AnyHttpUrl | None = None
+    # `name=value,name2=value2` (values percent-decoded): they carry the backend's credentials.
+    otel_exporter_otlp_headers: SecretStr | None = None
+    otel_exporter_otlp_traces_headers: SecretStr | None = None
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"  # grpc is not shipped
+    otel_exporter_otlp_traces_protocol: Literal["http/protobuf"] = "http/protobuf"
+    otel_exporter_otlp_timeout: int = Field(default=10_000, ge=100, le=60_000)  # ms, per export
+    otel_service_name: str = Field(default="ivy-router", min_length=1, max_length=200)
+    otel_resource_attributes: str = ""
+    otel_traces_sampler: Literal["always_on", "always_off", "traceidratio", "parentbased_always_on",
+                                 "parentbased_always_off", "parentbased_traceidratio"] = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0.0, le=1.0)  # the ratio of the *traceidratio samplers
+    otel_sdk_disabled: bool = False
+
     @field_validator("ivy_jwt_secret", "ivy_jwt_jwks_url", "ivy_jwt_issuer", "ivy_jwt_audience", mode="before")
     @classmethod
     def _auth_empty_is_unset(cls, value: object) -> object:
@@ -172,7 +189,37 @@ class Settings(BaseSettings):
                                                  self.ivy_jwt_secret) if s is not None]
         if self.redis_url and (password := urlsplit(self.redis_url).password):
             values.append(password)
+        values += [v for v in self.otel_headers().values() if v]
         return values
+
+    @property
+    def otel_traces_endpoint(self) -> str | None:
+        """Where spans go (OTLP/HTTP), or None: tracing off."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otel_exporter_otlp_traces_endpoint is not None:
+            return str(self.otel_exporter_otlp_traces_endpoint)
+        if self.otel_exporter_otlp_endpoint is not None:
+            return str(self.otel_exporter_otlp_endpoint).rstrip("/") + "/v1/traces"
+        return None
+
+    def otel_headers(self) -> dict[str, str]:
+        """The OTLP request headers: OTEL_EXPORTER_OTLP_TRACES_HEADERS if set, else OTEL_EXPORTER_OTLP_HEADERS."""
+        raw = self.otel_exporter_otlp_traces_headers or self.otel_exporter_otlp_headers
+        return _key_values(raw.get_secret_value(), "") if raw is not None else {}
+
+    def otel_resource_attributes_map(self) -> dict[str, str]:
+        return _key_values(self.otel_resource_attributes, "")
+
+    @model_validator(mode="after")
+    def _check_otel_lists(self) -> Settings:
+        # Said without the values: headers carry credentials.
+        for name in ("otel_exporter_otlp_headers", "otel_exporter_otlp_traces_headers"):
+            secret = getattr(self, name)
+            if secret is not None:
+                _key_values(secret.get_secret_value(), name.upper())
+        _key_values(self.otel_resource_attributes, "OTEL_RESOURCE_ATTRIBUTES")
+        return self
 
     @field_validator("ivy_log_level", mode="before")
     @classmethod
@@ -180,7 +227,8 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator("gemini_api_key", "openai_api_key", "ivy_admin_token", "redis_url", "ai_rate_limit_burst",
-                     mode="before")
+                     "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint", "otel_exporter_otlp_headers",
+                     "otel_exporter_otlp_traces_headers", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `export OPENAI_API_KEY=` is how people unset a key in a shell; treat it as absent.
@@ -242,6 +290,25 @@ def link_domains(value: str) -> tuple[str, ...]:
         if not _DOMAIN.match(domain):
             raise ValueError(f"{domain!r} is not a host name (e.g. ivycrm.com)")
     return domains
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
+def _key_values(spec: str, variable: str) -> dict[str, str]:
+    """``"a=1,b=x%20y"`` -> {"a": "1", "b": "x y"} (the OTEL_* list format). ValueError names the
+    variable and the entry's position, never a value."""
+    out: dict[str, str] = {}
+    for number, entry in enumerate(spec.split(","), 1):
+        if not entry.strip():
+            continue
+        name, sep, value = entry.partition("=")
+        name = name.strip()
+        if not sep or not _HEADER_NAME.match(name) or not value.strip():
+            raise ValueError(f"{variable}: entry {number} is not name=value (name a header/attribute token, "
+                             "value not empty)")
+        out[name] = unquote(value.strip())
+    return out
 
 
 def trusted_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -26,7 +26,9 @@ import orjson
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from app.observability import greppable
 from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments
+from app.observability.tracing import add_trace_ids
 
 LOGGER_NAME = "ivy"
 
@@ -92,7 +94,8 @@ def _filter_stdlib_handlers() -> None:
 
 
 def _dumps(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+    # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
+    return greppable.guard(obj, orjson.dumps(obj, default=str).decode())
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
@@ -235,6 +238,7 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
         processors=[
             _drop_below_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            add_trace_ids,
             structlog.processors.format_exc_info,
             redact_secrets,
             structlog.processors.JSONRenderer(serializer=_dumps),

@@ -35,7 +35,8 @@ async def latency_summaries(latency: LatencyView, interval: float) -> None:
         last_total = int(str(total))
         intents = snap["intents"]
         assert isinstance(intents, dict)
-        log.info("latency_summary", window_seconds=snap["window_seconds"], error_rate=snap["error_rate"],
+        # share_5xx is /ai/router/health's latency.error_rate: not "error_rate" on a healthy line (`grep -i error`).
+        log.info("latency_summary", window_seconds=snap["window_seconds"], share_5xx=snap["error_rate"],
                  scope=snap["scope"],
                  **{f"{i}_{k}": v for i, d in intents.items() for k, v in d.items() if k.startswith("p")})
         for intent, slo in SLO_P95_MS.items():

@@ -113,7 +113,7 @@ def test_bad_requests_are_logged_with_their_status(client: TestClient, log_file:
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-malformed" for x in ls))
     line = next(x for x in lines if x.get("request_id") == "req-malformed")
     assert line["status"] == 400
-    assert line["error_code"] == "invalid_json"
+    assert line["code"] == "invalid_json"
 
 
 def test_a_failure_inside_the_router_endpoint_is_a_500_with_request_id_and_a_logged_traceback(

@@ -8,6 +8,7 @@ import re
 from fastapi.testclient import TestClient
 
 from tests.conftest import LEAD, LEAD_NO_SCORE
+from tools.ports import free_port
 
 V2 = "/ai/router/v2"
 
@@ -111,10 +112,32 @@ def test_v1_without_the_trailing_slash_answers_instead_of_redirecting(client: Te
     assert set(r.json()) == {"request_id", "response", "intent", "provider", "model"}
 
 
-def test_health_reports_the_memory_limiter_when_no_redis_is_configured(client: TestClient) -> None:
+def test_health_says_a_redis_that_is_not_configured_is_not_configured_and_stays_200(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"redis": {"ok": True, "latency_ms": 0.0, "backend": "memory"}}}
+    assert r.json() == {"status": "ok", "checks": {"redis": {"configured": False, "ok": None, "latency_ms": None,
+                                                             "backend": "memory"}}}
+
+
+def test_router_health_says_degraded_with_the_reason_while_only_the_offline_provider_answers(
+        client: TestClient) -> None:
+    body = client.get("/ai/router/health").json()
+    assert body["status"] == "degraded"
+    assert body["providers"]["chain"] == ["local"]
+    assert len(body["degraded_reasons"]) == 1 and "GEMINI_API_KEY" in body["degraded_reasons"][0]
+    assert client.get("/health").status_code == 200
+
+
+def test_router_health_is_ok_with_a_provider_and_degraded_once_its_breaker_opens(make_client) -> None:
+    client = make_client(gemini_api_key="demo-key-for-health", gemini_base_url=f"http://127.0.0.1:{free_port()}",
+                         ivy_breaker_min_calls=1, ivy_breaker_consecutive=1)
+    body = client.get("/ai/router/health").json()
+    assert (body["status"], body["degraded_reasons"], body["providers"]["chain"]) == ("ok", [], ["gemini", "local"])
+    assert ask(client, "hello").json()["provider"] == "local"  # nobody listens there: the breaker opens
+    body = client.get("/ai/router/health").json()
+    assert body["providers"]["circuit_breakers"]["gemini"]["state"] == "open"
+    assert body["status"] == "degraded" and "circuit breaker is open" in body["degraded_reasons"][0]
+    assert client.get("/health").status_code == 200
 
 
 def test_router_health_shows_latency_per_intent_breakers_flags_and_limits(client: TestClient) -> None:

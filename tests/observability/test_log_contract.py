@@ -75,6 +75,17 @@ def test_latency_summary_carries_p95_and_p99_and_warns_on_an_slo_breach(make_cli
     assert 2500.0 < breach["p95_ms"] <= 3000.0  # interpolated in the 2.5-3 s bucket, as PromQL would
 
 
+def test_latency_summary_resolves_cache_hits_of_one_to_two_ms(make_client, log_file: Path) -> None:
+    client = make_client(ivy_latency_summary_seconds=0.1)
+    client.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-1"})
+    state = client.app_state["ivy"]
+    for ms in (1.1, 1.3, 1.4, 1.5, 1.6, 1.8, 1.9) * 10:  # answers from the cache
+        state.metrics.request_latency.labels("v2", "rag", "gemini").observe(ms / 1000)
+    lines = read_log(log_file, lambda ls: any("rag_p50_ms" in x for x in ls if x["event"] == "latency_summary"))
+    summary = next(x for x in lines if x["event"] == "latency_summary" and "rag_p50_ms" in x)
+    assert 1.0 <= summary["rag_p50_ms"] <= 2.0 and summary["rag_p95_ms"] <= 2.0  # was 12.5 and 23.8 (first edge 25 ms)
+
+
 def test_api_keys_and_authorization_never_reach_logs_or_responses(make_client, log_file: Path) -> None:
     openai_key = "sk-test-KNOWNSECRET-0123456789abcdef"
     gemini_key = "AIzaKNOWNSECRETgeminikey0123456789"

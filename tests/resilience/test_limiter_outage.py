@@ -22,7 +22,8 @@ def test_redis_stopped_mid_run_fails_open_degrades_health_and_recovers(make_clie
     with RedisProcess() as server:
         client = make_client(redis_url=server.url, ai_rate_limit_per_min=3)
         assert [ask(client).status_code for _ in range(4)] == [200, 200, 200, 429]
-        assert client.get("/health").json()["checks"]["redis"]["backend"] == "redis"
+        redis_check = client.get("/health").json()["checks"]["redis"]
+        assert (redis_check["configured"], redis_check["ok"], redis_check["backend"]) == (True, True, "redis")
 
         server.stop()
         started = time.monotonic()
@@ -33,7 +34,8 @@ def test_redis_stopped_mid_run_fails_open_degrades_health_and_recovers(make_clie
         health = client.get("/health")
         assert health.status_code == 200
         assert health.json()["status"] == "degraded"
-        assert health.json()["checks"]["redis"] == {"ok": False, "latency_ms": None, "backend": "redis"}
+        assert health.json()["checks"]["redis"] == {"configured": True, "ok": False, "latency_ms": None,
+                                                    "backend": "redis"}
         metrics = client.get("/metrics").text
         assert 'ivy_ratelimit_backend_errors_total{action="fail_open",backend="redis"} 20.0' in metrics
         assert 'ivy_ratelimit_backend_up{backend="redis"} 0.0' in metrics

@@ -10,6 +10,8 @@ import re
 import resource
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tools.bench import ROOT
+from tools.ports import free_port
 
 CHAT_BODY = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hello there"}]}
 # Environment the servers must not inherit from the caller's shell (the bench sets what it needs).
@@ -134,6 +137,16 @@ def check_chat(server: Server, timeout: float, path: str = "/v1/chat/completions
     content = payload["choices"][0]["message"]["content"]
     if not content:
         raise RuntimeError(f"{server.name}: empty answer {data[:200]!r}")
+
+
+def realistic_fake(seed: int, time_scale: float) -> tuple[Server, str]:
+    """The fake provider in realistic mode, started: (its Server, its base URL)."""
+    port = free_port()
+    fake = Server("fake-provider", [sys.executable, "-m", "tools.fake_provider", "--port", str(port), "--realistic",
+                                    "--seed", str(seed), "--time-scale", str(time_scale)],
+                  env=dict(os.environ), port=port,
+                  log=Path(tempfile.mkdtemp(prefix="ivy-realistic-fake-")) / "fake.log").start()
+    return fake, f"http://127.0.0.1:{port}"
 
 
 def child_env(**extra: str) -> dict[str, str]:

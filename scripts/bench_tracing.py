@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""What tracing costs: the router's CPU per request with tracing off and on (100% sampling,
+exporting over OTLP/HTTP to a local receiver), at realistic latency.
+
+    flock /tmp/ivy-bench.lock python scripts/bench_tracing.py [--runs 3] [--requests 400] [--time-scale 0.2]
+
+The router (uvicorn, one worker, no Redis, answer cache off so every request reaches a provider)
+runs in front of the fake provider in realistic mode (bench_realistic.py's mix: greetings, lead
+and knowledge-base questions, drafts, insights; real answer lengths and speeds, scaled by
+--time-scale). Modes, each a fresh router, interleaved run by run:
+
+- `base`: this commit's code before tracing (`--base-ref`, default the merge base with main),
+  extracted with `git archive` and served by the same venv: what "off" is measured against;
+- `off`: no OTLP endpoint;
+- `on`: OTEL_EXPORTER_OTLP_ENDPOINT at a receiver in this process (it decodes every export with
+  opentelemetry-proto and counts the spans), sampler parentbased_always_on.
+
+CPU per request = the router process's CPU time (every thread's, /proc/PID/task/*/schedstat) over
+the requests and the batch processor's export delay after them (so exporting is counted), less
+what the same router spent idle over an equal window just before. Prints the medians of
+--runs runs and on-minus-off, off-minus-base. Also times, in this process, the code the off path
+added per request (the log line's grep guard, the trace-id processor, request-id drawing).
+Loopback only; bounded in count and time. A benchmark: it measures, it never fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+import _repo_root  # noqa: F401  (puts the repository's root on sys.path, for tools.*)
+import aiohttp
+import orjson
+from aiohttp import web
+from bench_realistic import fire, wait_up
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tools.bench.servers import Server, realistic_fake
+from tools.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT_WAIT_SECONDS = 6.5  # past the batch span processor's 5 s schedule delay
+
+
+class Receiver:
+    """A minimal OTLP/HTTP traces receiver: decodes each export, counts its spans."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.port = free_port()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        message = ExportTraceServiceRequest.FromString(await request.read())
+        self.spans += sum(len(s.spans) for r in message.resource_spans for s in r.scope_spans)
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/traces", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        return runner
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of the process (event loop, log writer, span exporter), in ns
+    resolution (/proc/PID/task/*/schedstat; /proc/PID/stat counts 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def base_tree(ref: str) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="ivy-bench-base-"))
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+async def one_run(mode: str, args: argparse.Namespace, fake_base: str, receiver: Receiver, base: Path,
+                  session: aiohttp.ClientSession) -> dict[str, Any]:
+    port = free_port()
+    logdir = Path(tempfile.mkdtemp(prefix=f"ivy-bench-tracing-{mode}-"))
+    env = {**os.environ, "GEMINI_API_KEY": "bench-gemini-key-000000", "OPENAI_API_KEY": "bench-openai-key-000000",
+           "GEMINI_BASE_URL": fake_base, "OPENAI_BASE_URL": f"{fake_base}/v1", "AI_RATE_LIMIT_PER_MIN": "1000000",
+           "AI_ORG_RATE_LIMIT_PER_MIN": "1000000", "IVY_LOG_FILE": str(logdir / "ai_router.log"),
+           "IVY_CACHE_ENABLED": "false", "IVY_CACHE_WARMUP_PER_MIN": "0"}
+    for name in [k for k in env if k.startswith("OTEL_") or k == "REDIS_URL"]:
+        env.pop(name)
+    if mode == "on":
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+                   OTEL_TRACES_SAMPLER="parentbased_always_on")
+    router = Server(f"router-{mode}", [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                                       "--log-level", "warning"], env=env, port=port, log=logdir / "uvicorn.log",
+                    cwd=base if mode == "base" else ROOT).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_up(router, "/health")
+        await fire(session, url, 30, args.concurrency, False, seed=1)  # warm
+        await asyncio.sleep(EXPORT_WAIT_SECONDS)  # the warm-up's spans exported before the count starts
+        # What the idle router spends (its background loops), to subtract from the loaded window.
+        idle_from, idle_cpu = time.monotonic(), cpu_seconds(router.pid)
+        await asyncio.sleep(EXPORT_WAIT_SECONDS)
+        idle_rate = (cpu_seconds(router.pid) - idle_cpu) / (time.monotonic() - idle_from)
+        spans_before, cpu_before, started = receiver.spans, cpu_seconds(router.pid), time.monotonic()
+        samples = await fire(session, url, args.requests, args.concurrency, False, seed=args.seed)
+        wall = time.monotonic() - started
+        await asyncio.sleep(EXPORT_WAIT_SECONDS)
+        cpu = cpu_seconds(router.pid) - cpu_before - idle_rate * (time.monotonic() - started)
+    finally:
+        router.stop()
+    ok = sum(s.status == 200 for s in samples)
+    real = sum(s.provider in ("gemini", "openai") for s in samples)
+    return {"mode": mode, "us_per_request": cpu / len(samples) * 1e6, "ok": ok, "real": real, "wall": wall,
+            "spans": receiver.spans - spans_before}
+
+
+def report_runs(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    medians = {mode: statistics.median(r["us_per_request"] for r in results if r["mode"] == mode)
+               for mode in ("base", "off", "on")}
+    print(f"router CPU per request, median of {args.runs} runs ({args.requests} requests at {args.concurrency} "
+          f"concurrent, realistic mode, time scale {args.time_scale}):")
+    for mode, value in medians.items():
+        runs = ", ".join(f"{r['us_per_request']:.0f}" for r in results if r["mode"] == mode)
+        print(f"  {mode:4}  {value:7.1f} us   (runs: {runs})")
+    print(f"  tracing on - off:   {medians['on'] - medians['off']:+.1f} us/request")
+    print(f"  off - base:         {medians['off'] - medians['base']:+.1f} us/request")
+
+
+def off_path_ns() -> dict[str, float]:
+    """ns per call of what the off path added to a request, timed here (one request writes one line)."""
+    from app.api.middleware import new_request_id
+    from app.observability.greppable import guard
+    from app.observability.tracing import add_trace_ids
+
+    event = {"request_id": new_request_id(), "method": "POST", "path": "/ai/router/v2", "status": 200,
+             "latency_ms": 812.44, "user_id": "rep-12", "org_id": "acme", "intent": "rag", "model_provider": "gemini",
+             "model": "gemini-2.5-flash", "provider_ms": 790.1, "hedged": False, "provider_calls": 1,
+             "usage": {"input": 611, "output": 87}, "cache": "miss", "event": "request", "level": "INFO",
+             "ts": "2026-12-02T05:00:00.123456Z"}
+    line = orjson.dumps(event).decode()
+    n = 200_000
+    return {
+        "grep guard (a line without either token)": timeit.timeit(lambda: guard(event, line), number=n) / n * 1e9,
+        "trace ids processor (tracing off)": timeit.timeit(lambda: add_trace_ids(None, "info", event),
+                                                           number=n) / n * 1e9,
+        "request id without 429": timeit.timeit(new_request_id, number=n) / n * 1e9,
+        "request id, plain hex (before)": timeit.timeit(lambda: os.urandom(16).hex(), number=n) / n * 1e9,
+    }
+
+
+def on_path_us() -> dict[str, float]:
+    """us per request of the span work itself, timed here: the server span opened, attributed and
+    ended (the SDK), and its OTLP protobuf encoding (the exporter thread, per span of a full batch)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from app.config import Settings
+    from app.observability.tracing import build_tracing
+
+    class Keep(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    keep = Keep()
+    tracing = build_tracing(Settings(_env_file=None), keep)
+    assert tracing is not None
+    headers = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+    attributes: dict[str, Any] = {  # what app/api/middleware.py's _end_span sets on an answered request
+        "ivy.intent": "rag", "ivy.provider": "gemini", "ivy.cache": "miss", "ivy.user_id": "rep-12",
+        "ivy.org_id": "acme", "ivy.fallback": None, "ivy.bucket": None, "ivy.code": None, "ivy.outcome": None}
+
+    def request() -> None:
+        tracing.start_request("POST", "/ai/router/v2", headers).end(200, attributes)
+
+    n = 20_000
+    span_us = timeit.timeit(request, number=n) / n * 1e6
+    batch = keep.spans[:512]
+    encode_us = timeit.timeit(lambda: encode_spans(batch).SerializePartialToString(), number=20) / 20 / 512 * 1e6
+    tracing.shutdown()
+    return {"server span opened, attributed, ended (SDK)": span_us, "OTLP encoding, per span": encode_us}
+
+
+def traced_cpu_us(receiver_port: int, n: int = 2000) -> dict[str, float]:
+    """CPU per request of the whole traced path in one process, every thread counted
+    (time.process_time): the server span opened, one request log line written inside it (structlog,
+    trace ids, the file writer), the span ended, and its batch exported over OTLP/HTTP to the
+    receiver (another process), against the same loop without tracing."""
+    from app.config import Settings
+    from app.observability.logging import configure_logging, get_logger, shutdown_logging
+    from app.observability.tracing import build_tracing
+
+    settings = Settings(_env_file=None, otel_exporter_otlp_endpoint=f"http://127.0.0.1:{receiver_port}")
+    log_dir = Path(tempfile.mkdtemp(prefix="ivy-bench-tracing-log-"))
+    console, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115  (the writer's console copy)
+    configure_logging(log_dir / "ai_router.log", max_bytes=0, backups=0)
+    log = get_logger()
+    headers = [(b"content-type", b"application/json")]
+    fields: dict[str, Any] = {"request_id": "5d2c0f4e1b7a4c6e9d8f0a1b2c3d4e5f", "method": "POST",
+                              "path": "/ai/router/v2", "status": 200, "latency_ms": 812.44, "user_id": "rep-12",
+                              "org_id": "acme", "intent": "rag", "model_provider": "gemini", "cache": "miss"}
+    attributes: dict[str, Any] = {"ivy.intent": "rag", "ivy.provider": "gemini", "ivy.cache": "miss",
+                                  "ivy.user_id": "rep-12", "ivy.org_id": "acme"}
+    results = {}
+    try:
+        for mode in ("off", "on", "off", "on"):
+            tracing = build_tracing(settings) if mode == "on" else None
+            started = time.process_time()
+            for _ in range(n):
+                span = tracing.start_request("POST", "/ai/router/v2", headers) if tracing is not None else None
+                log.info("request", **fields)
+                if span is not None:
+                    span.end(200, attributes)
+            if tracing is not None:
+                tracing.provider.force_flush()  # every span encoded and sent before the clock stops
+            cpu = (time.process_time() - started) / n * 1e6
+            if tracing is not None:
+                tracing.shutdown()
+            results[mode] = min(results.get(mode, cpu), cpu)  # the quieter of two passes
+    finally:
+        shutdown_logging()
+        sys.stderr.close()
+        sys.stderr = console
+    return {"request line, tracing off": results["off"], "request line, tracing on, exported": results["on"],
+            "added by tracing": results["on"] - results["off"]}
+
+
+def receive(port: int) -> None:
+    """`--receive PORT`: run the OTLP receiver alone (the in-process measurement's, in its own process)."""
+    async def serve() -> None:
+        receiver = Receiver()
+        receiver.port = port
+        await receiver.start()
+        await asyncio.sleep(3600)
+
+    asyncio.run(serve())
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    base = base_tree(args.base_ref)
+    fake, fake_base = realistic_fake(args.seed, args.time_scale)
+    receiver = Receiver()
+    runner = await receiver.start()
+    results: list[dict[str, Any]] = []
+    try:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=100)) as session:
+            await wait_up(fake, "/_fake/health")
+            for run in range(args.runs):
+                for mode in ("base", "off", "on"):
+                    result = await one_run(mode, args, fake_base, receiver, base, session)
+                    results.append(result)
+                    print(f"run {run + 1} {mode}: {result['us_per_request']:.0f} us/request CPU, "
+                          f"{result['ok']}/{args.requests} ok, {result['real']} from a model, "
+                          f"{result['spans']} spans received, {result['wall']:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        fake.stop()
+        await runner.cleanup()
+    if results:
+        report_runs(results, args)
+
+
+def in_process_figures() -> None:
+    print("what the off path added, per call (this process):")
+    for what, ns in off_path_ns().items():
+        print(f"  {what:45} {ns:7.0f} ns")
+    print("the span work of one traced request (this process):")
+    for what, us in on_path_us().items():
+        print(f"  {what:45} {us:7.1f} us")
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, __file__, "--receive", str(port)], cwd=ROOT)
+    try:
+        time.sleep(2)
+        print("the traced path in one process, every thread's CPU (receiver in another process):")
+        for what, us in traced_cpu_us(port).items():
+            print(f"  {what:45} {us:7.1f} us")
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    reference = timeit.timeit(lambda: sum(range(1000)), number=20_000) / 20_000 * 1e6
+    print(f"machine reference: sum(range(1000)) {reference:.1f} us (a current x86 core: ~8 us)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--time-scale", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--base-ref", default=None, help="git ref of the code before tracing (default: merge base "
+                                                          "with main)")
+    parser.add_argument("--receive", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--micro-only", action="store_true", help="only the in-process measurements")
+    args = parser.parse_args()
+    if args.receive is not None:
+        receive(args.receive)
+        return
+    if args.base_ref is None:
+        args.base_ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+    if not args.micro_only:
+        asyncio.run(main_async(args))
+    in_process_figures()
+
+
+if __name__ == "__main__":
+    main()
