@@ -45,9 +45,9 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noq
 from pydantic import ValidationError  # noqa: E402
 
 from app.config import ConfigError, Settings  # noqa: E402
+from app.drafts.email import EmailDraft  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.observability.logging import configure_logging, get_logger, shutdown_logging  # noqa: E402
-from app.drafts.email import EmailDraft  # noqa: E402
 
 SCRIPTS = ROOT / "scripts"
 DEFAULT_CASES = SCRIPTS / "eval_data"  # every *.jsonl in it
