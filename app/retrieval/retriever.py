@@ -23,7 +23,7 @@ from typing import Any
 from rank_bm25 import BM25Okapi
 
 from app.intent.lexicon import COLLECTION_WORDS, EXPAND, ITEM_WORDS, LEAD_GENERIC, RECENT, STOP, product_terms
-from app.intent.normalise import normalise
+from app.intent.normalise import MAX_CONTEXT_CHARS, MAX_CONTEXT_VALUES, normalise
 from app.providers.base import Passage
 
 # The lead's record answering "tell me about this lead", field by field.
@@ -37,6 +37,15 @@ KB_MIN_MATCH = 0.45
 KB_MIN_MATCH_BESIDE_LEAD = 2.3
 # Sections far below the best one are noise for the prompt, whatever their absolute score.
 KB_RELATIVE_CUTOFF = 0.4
+
+# The context is written by outsiders and may be anything up to the 64 KiB body limit; these (and
+# MAX_CONTEXT_VALUES values walked, MAX_CONTEXT_CHARS characters indexed) bound one request's work
+# far above what a CRM record holds (the eval's largest: 19 passages, 966 characters, 18 query
+# terms). The first of each are kept, in the context's order.
+MAX_LIST_ITEMS = 50  # items of one list (a lead's list field, activities, emails, notes)
+MAX_PASSAGES = 200  # passages per request
+MAX_PASSAGE_CHARS = 4096  # one passage's text, in the prompt too (a long email is 2-3 KiB)
+MAX_QUERY_TERMS = 64  # query terms scored (BM25 scans every document once per term)
 
 
 def _stem(word: str) -> str:
@@ -56,10 +65,8 @@ def _terms(text: str) -> list[str]:
     return [_stem(w) for w in normalise(text) if w not in STOP]
 
 
-
-
 def _query_terms(tokens: list[str]) -> list[str]:
-    terms = [_stem(w) for w in tokens if w not in STOP]
+    terms = [_stem(w) for w in tokens if w not in STOP][:MAX_QUERY_TERMS]
     if "how" in tokens and "much" in tokens:
         terms += ["price", "cost"]
     return terms + [x for t in terms for x in EXPAND.get(t, ())]
@@ -150,43 +157,87 @@ class KnowledgeBase:
         ]
 
 
-def _flatten(value: Any) -> str:
-    if isinstance(value, dict):
-        return "; ".join(f"{k}: {_flatten(v)}" for k, v in value.items() if v not in (None, "", [], {}))
-    if isinstance(value, list):
-        return "; ".join(_flatten(v) for v in value)
-    return str(value)
+class _Flatten:
+    """Values as text ("key: value; key: value", list items joined by "; "), empty values left
+    out, each cut at MAX_PASSAGE_CHARS; one per request, walking MAX_CONTEXT_VALUES values in all
+    (the walk stops at either bound, so a wide or deep context costs no more). Methods, not nested
+    functions: a recursive closure is a reference cycle per call, garbage only the GC frees (50,000
+    objects and a 45 ms collection every few hundred requests)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_CONTEXT_VALUES
+        self._parts: list[str] = []
+        self._size = 0
+
+    def __call__(self, value: Any) -> str:
+        self._parts, self._size = [], 0
+        self._walk(value)
+        return "".join(self._parts)[:MAX_PASSAGE_CHARS]
+
+    def _emit(self, text: str) -> None:
+        self._parts.append(text)
+        self._size += len(text)
+
+    def _walk(self, node: Any) -> None:
+        self.left -= 1
+        if isinstance(node, dict):
+            first = True
+            for key, item in node.items():
+                if self._size >= MAX_PASSAGE_CHARS or self.left <= 0:
+                    return
+                if item not in (None, "", [], {}):
+                    self._emit(f"{key}: " if first else f"; {key}: ")
+                    first = False
+                    self._walk(item)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                if self._size >= MAX_PASSAGE_CHARS or self.left <= 0:
+                    return
+                if i:
+                    self._emit("; ")
+                self._walk(item)
+        else:
+            self._emit(str(node)[:MAX_PASSAGE_CHARS])
 
 
 def context_passages(context: dict[str, Any]) -> list[Passage]:
-    """Every fact the request carries, one passage each, named by where it sits in the context."""
+    """Every fact the request carries, one passage each, named by where it sits in the context
+    (at most MAX_LIST_ITEMS of a list and MAX_PASSAGES in all)."""
     passages: list[Passage] = []
+    flatten = _Flatten()
     lead = context.get("lead")
     if isinstance(lead, dict):
         for key, value in lead.items():
+            if len(passages) >= MAX_PASSAGES or flatten.left <= 0:
+                break
             if value in (None, "", [], {}):
                 continue
             if isinstance(value, list):
-                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {_flatten(v)}") for i, v in enumerate(value))
+                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}")
+                                for i, v in enumerate(value[:MAX_LIST_ITEMS]))
             else:
-                passages.append(Passage(f"lead.{key}", f"{key}: {_flatten(value)}"))
+                passages.append(Passage(f"lead.{key}", f"{key}: {flatten(value)}"))
     for section in ("activities", "emails", "notes"):
         items = context.get(section)
-        if isinstance(items, list):
-            passages.extend(Passage(f"{section}[{i}]", _flatten(v)) for i, v in enumerate(items))
-    return passages
+        if isinstance(items, list) and len(passages) < MAX_PASSAGES and flatten.left > 0:
+            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items[:MAX_LIST_ITEMS]))
+    return passages[:MAX_PASSAGES]
 
 
-def _fact_terms(passage: Passage) -> list[str]:
+def _fact_terms(passage: Passage, text: str) -> list[str]:
     name = passage.source.split("[")[0]
     label = ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
-    return _terms(label + " " + passage.text)
+    return _terms(label + " " + text)
 
 
 def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]:
     if not facts or not terms:
         return []
-    scores = BM25Okapi([_fact_terms(p) for p in facts]).get_scores(terms)
+    documents, left = [], MAX_CONTEXT_CHARS
+    for p in facts:  # each passage indexed by its label and what is left of the request's budget
+        documents.append(_fact_terms(p, p.text[:left]))
+        left = max(0, left - len(p.text))
+    scores = BM25Okapi(documents).get_scores(terms)
     ranked = sorted(range(len(facts)), key=lambda i: scores[i], reverse=True)
     return [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
 
@@ -207,10 +258,11 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
         items = context.get(name)
         if not (words & nouns) or not isinstance(items, list) or not items:
             continue
+        items = items[:MAX_LIST_ITEMS]  # the items context_passages indexes
         dated = [(str(item.get("date")), i) for i, item in enumerate(items)
                  if isinstance(item, dict) and item.get("date")]
         index = max(dated)[1] if len(dated) == len(items) else 0
-        chosen.append(Passage(f"{name}[{index}]", _flatten(items[index])))
+        chosen.append(Passage(f"{name}[{index}]", _Flatten()(items[index])))
     return chosen
 
 
