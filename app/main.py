@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from app import pipeline
 from app.api.asgi import IvyAPI, assemble
 from app.api.auth import Authenticator
+from app.api.peers import own_forwarded_headers
 from app.api.services import SERVICES, ApiServices
 from app.api.serving import watch_server
 from app.config import ConfigError, Settings, load_settings
@@ -44,11 +45,12 @@ def create_app(settings: Settings | None = None) -> IvyAPI:
                           max_bytes=resolved.ivy_log_max_bytes, backups=resolved.ivy_log_backups)
         try:
             async with running_state(resolved) as state, contextlib.AsyncExitStack() as stack:
-                auth = Authenticator(resolved, state.http) if resolved.ivy_auth_mode == "jwt" else None
+                peers = own_forwarded_headers(resolved)
+                auth = Authenticator(resolved, state.http, peers=peers) if resolved.ivy_auth_mode == "jwt" else None
                 if auth is not None:
                     await auth.start()
                     stack.push_async_callback(auth.aclose)
-                services = ApiServices(auth=auth)
+                services = ApiServices(auth=auth, peers=peers)
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
                 await stack.enter_async_context(_background(pipeline.warm_cache(state)))

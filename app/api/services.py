@@ -1,5 +1,5 @@
 """What only the HTTP layer needs, created in the lifespan next to the core's `State`: the token
-checker and the shutdown drain. The router endpoints find it in the lifespan state."""
+checker, who the peer is, and the shutdown drain. The router endpoints find it in the lifespan state."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from starlette.types import Scope
 
 from app.api.auth import Authenticator
+from app.api.peers import Peers
 from app.api.serving import Drain
 
 SERVICES = "ivy_api"
@@ -16,6 +17,7 @@ SERVICES = "ivy_api"
 @dataclass(slots=True)
 class ApiServices:
     auth: Authenticator | None = None  # None: IVY_AUTH_MODE=off (nothing to do per request)
+    peers: Peers = field(default_factory=lambda: Peers((), raw=False))
     drain: Drain = field(default_factory=Drain)
 
 

@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     ivy_jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     # Who may still say who they are with X-User-ID in jwt mode; "none" (or empty in the environment): no one.
     ivy_auth_trusted_cidrs: str = "127.0.0.0/8,::1"
+    # The reverse proxies whose X-Forwarded-For counts (their own address is the socket's peer); "none": no one.
+    ivy_trusted_proxies: str = "none"
     ivy_shutdown_timeout_seconds: float = Field(default=3.0, ge=1, le=60)
     ivy_header_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
     ivy_body_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
@@ -131,7 +133,7 @@ class Settings(BaseSettings):
     def _auth_empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("ivy_auth_trusted_cidrs", mode="after")
+    @field_validator("ivy_auth_trusted_cidrs", "ivy_trusted_proxies", mode="after")
     @classmethod
     def _check_cidrs(cls, value: str) -> str:
         trusted_networks(value)  # raises ValueError naming the bad entry
@@ -148,6 +150,10 @@ class Settings(BaseSettings):
     @property
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return trusted_networks(self.ivy_auth_trusted_cidrs)
+
+    @property
+    def trusted_proxies(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return trusted_networks(self.ivy_trusted_proxies)
 
     def secret_values(self) -> list[str]:
         """Every configured secret (SECRET_FIELDS), for redaction: provider keys, admin token, JWT secret,
