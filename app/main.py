@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from app import pipeline
 from app.api.asgi import IvyAPI, assemble
 from app.api.auth import Authenticator
+from app.api.peers import own_forwarded_headers
 from app.api.services import SERVICES, ApiServices
 from app.api.serving import watch_server
 from app.config import ConfigError, Settings, load_settings
@@ -53,11 +54,12 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
                               sampler_arg=resolved.otel_traces_sampler_arg)
         try:
             async with running_state(resolved) as state, contextlib.AsyncExitStack() as stack:
-                auth = Authenticator(resolved, state.http) if resolved.ivy_auth_mode == "jwt" else None
+                peers = own_forwarded_headers(resolved)
+                auth = Authenticator(resolved, state.http, peers=peers) if resolved.ivy_auth_mode == "jwt" else None
                 if auth is not None:
                     await auth.start()
                     stack.push_async_callback(auth.aclose)
-                services = ApiServices(auth=auth, tracing=tracing)
+                services = ApiServices(auth=auth, peers=peers, tracing=tracing)
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
                 await stack.enter_async_context(_background(pipeline.warm_cache(state)))

@@ -44,6 +44,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from app import config  # noqa: E402
 from app.config import ConfigError, Settings  # noqa: E402
 from app.drafts.email import EmailDraft  # noqa: E402
 from app.main import create_app  # noqa: E402
@@ -438,7 +439,7 @@ def _resolve(path: Path) -> Path:
 
 
 def load_settings(env_file: Path | None = ROOT / ".env", **overrides: Any) -> Settings:
-    settings = Settings(_env_file=env_file, **overrides)
+    settings = config.load_settings(env_file, **overrides)  # ConfigError: one line, never a secret's value
     return settings.model_copy(update={
         "ivy_log_file": _resolve(settings.ivy_log_file), "ivy_knowledge_dir": _resolve(settings.ivy_knowledge_dir),
     })

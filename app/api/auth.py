@@ -5,7 +5,9 @@ X-User-ID names, as before. With ``jwt``, the router endpoints need ``Authorizat
 <token>``: HS256 signed with IVY_JWT_SECRET, or RS256/ES256 signed by a key from
 IVY_JWT_JWKS_URL. The user is ``sub``, the org the IVY_JWT_ORG_CLAIM claim. Callers from
 IVY_AUTH_TRUSTED_CIDRS (the loopback addresses by default: the runbook's curls on the host)
-may still go without a token and name themselves with X-User-ID.
+may still go without a token and name themselves with X-User-ID: the socket's peer, or the client
+a proxy in IVY_TRUSTED_PROXIES forwards for, never an address a forwarding header merely claims
+(`peers.py`).
 
 Verified tokens are remembered until they expire (bounded), so a frontend sending the same
 token on every request pays for the signature check once. The token never reaches a log line
@@ -26,6 +28,7 @@ import jwt
 from starlette.types import Scope
 
 from app.api.errors import IvyError
+from app.api.peers import Peers
 from app.config import Settings
 from app.observability.logging import get_logger
 
@@ -157,8 +160,10 @@ class JWKSCache:
 class Authenticator:
     MAX_REMEMBERED = 10_000
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession | None = None, *,
+                 peers: Peers | None = None) -> None:
         self.mode = settings.ivy_auth_mode
+        self.peers = peers or Peers(settings.trusted_proxies, raw=False)
         self.trusted: tuple[IPv4Network | IPv6Network, ...] = settings.trusted_networks
         self._trust: dict[str, bool] = {}
         self.secret = settings.ivy_jwt_secret.get_secret_value() if settings.ivy_jwt_secret else None
@@ -205,8 +210,8 @@ class Authenticator:
                 authorization = value
                 break
         if authorization is None:
-            client = scope.get("client")
-            if self.trusts(client[0] if client else None):
+            peer = self.peers.of(scope)  # the socket's peer, or the client our proxies forwarded for
+            if peer.vouched and self.trusts(peer.address):
                 return None
             raise AuthError("this endpoint needs 'Authorization: Bearer <token>'", "missing_token")
         scheme, _, token = authorization.decode("latin-1").strip().partition(" ")

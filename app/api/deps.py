@@ -12,6 +12,7 @@ from starlette.types import Scope
 from app.api.auth import Identity, check_headers_agree
 from app.api.context import context_of
 from app.api.errors import ValidationFailed
+from app.api.services import services_of
 from app.domain import Caller
 from app.observability.logging import get_logger
 from app.observability.redaction import printable
@@ -68,7 +69,7 @@ def caller_from(scope: Scope, state: State, identity: Identity | None = None) ->
     user_id = printable(x_user_id.strip()[:128]) if x_user_id and user_key else None
     org_id = printable(x_org_id.strip()[:128]) if x_org_id and org_key else None
     if user_key is None:
-        client = scope["client"][0] if scope.get("client") else "unknown"
+        client = services_of(scope).peers.of(scope).address or "unknown"
         user_key = normalise_id(client, kind="ip") or "ip:unknown"
         if state.missing_user_warned.ready(time.monotonic(), user_key):
             log.warning("missing_user_id", client=client, path=scope["path"],

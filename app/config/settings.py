@@ -10,7 +10,7 @@ import os
 import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -33,8 +33,8 @@ class Settings(BaseSettings):
 
     # Providers
     active_model: RemoteProvider = "gemini"
-    gemini_api_key: SecretStr | None = None
-    openai_api_key: SecretStr | None = None
+    gemini_api_key: SecretStr | None = Field(default=None, max_length=4096)
+    openai_api_key: SecretStr | None = Field(default=None, max_length=4096)
     gemini_base_url: AnyHttpUrl = AnyHttpUrl("https://generativelanguage.googleapis.com")
     openai_base_url: AnyHttpUrl = AnyHttpUrl("https://api.openai.com/v1")
     gemini_model: str = Field(default="gemini-2.5-flash", min_length=1)
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     ivy_eval_reports_dir: Path = REPO_ROOT / "scripts" / "eval_reports"
 
     # Admin: runtime flag changes (PUT /admin/flags); the endpoint is off while unset.
-    ivy_admin_token: SecretStr | None = Field(default=None, min_length=16)
+    ivy_admin_token: SecretStr | None = Field(default=None, min_length=16, max_length=4096)
 
     # Runtime: the young-generation threshold of CPython's cyclic GC (700 by default; see app/main.py).
     ivy_gc_gen0_threshold: int = Field(default=50_000, ge=700, le=10_000_000)
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
 
     # --- Caller identity, slow clients and shutdown (README "Identity and shutdown") -----------
     ivy_auth_mode: Literal["off", "jwt"] = "off"
-    ivy_jwt_secret: SecretStr | None = Field(default=None, min_length=32)  # HS256: RFC 7518 wants 256 bits
+    ivy_jwt_secret: SecretStr | None = Field(default=None, min_length=32, max_length=4096)  # HS256: RFC 7518: 256 bits
     ivy_jwt_jwks_url: AnyHttpUrl | None = None  # RS256 / ES256 keys
     ivy_jwt_issuer: str | None = None
     ivy_jwt_audience: str | None = None
@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     ivy_jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     # Who may still say who they are with X-User-ID in jwt mode; "none" (or empty in the environment): no one.
     ivy_auth_trusted_cidrs: str = "127.0.0.0/8,::1"
+    # The reverse proxies whose X-Forwarded-For counts (their own address is the socket's peer); "none": no one.
+    ivy_trusted_proxies: str = "none"
     ivy_shutdown_timeout_seconds: float = Field(default=3.0, ge=1, le=60)
     ivy_header_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
     ivy_body_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
@@ -161,7 +163,7 @@ class Settings(BaseSettings):
         link_domains(value)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("ivy_auth_trusted_cidrs", mode="after")
+    @field_validator("ivy_auth_trusted_cidrs", "ivy_trusted_proxies", mode="after")
     @classmethod
     def _check_cidrs(cls, value: str) -> str:
         trusted_networks(value)  # raises ValueError naming the bad entry
@@ -183,10 +185,15 @@ class Settings(BaseSettings):
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         return trusted_networks(self.ivy_auth_trusted_cidrs)
 
+    @property
+    def trusted_proxies(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return trusted_networks(self.ivy_trusted_proxies)
+
     def secret_values(self) -> list[str]:
-        """Every configured secret, for redaction: provider keys, admin token, JWT secret, Redis password."""
-        values = [s.get_secret_value() for s in (self.gemini_api_key, self.openai_api_key, self.ivy_admin_token,
-                                                 self.ivy_jwt_secret) if s is not None]
+        """Every configured secret (SECRET_FIELDS), for redaction: provider keys, admin token, JWT secret,
+        the Redis password."""
+        fields = [getattr(self, name) for name in sorted(SECRET_FIELDS)]
+        values = [v.get_secret_value() for v in fields if isinstance(v, SecretStr)]
         if self.redis_url and (password := urlsplit(self.redis_url).password):
             values.append(password)
         values += [v for v in self.otel_headers().values() if v]
@@ -234,11 +241,34 @@ class Settings(BaseSettings):
         # `export OPENAI_API_KEY=` is how people unset a key in a shell; treat it as absent.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @model_validator(mode="after")
-    def _check_redis_scheme(self) -> Settings:
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
-        return self
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            _ = urlsplit(value).port  # a port that is not a number, or a broken [IPv6] host, raises
+        except ValueError:
+            raise ValueError("is not a valid URL (scheme://[user:password@]host[:port][/db])") from None
+        return value
+
+    @field_validator("gemini_api_key", "openai_api_key", "ivy_admin_token", mode="after")
+    @classmethod
+    def _check_header_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Sent in an HTTP header (or typed into one with curl): a pasted space or line break is a mistake.
+        if value is not None and not _HEADER_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must be printable ASCII with no spaces or line breaks (it goes in an HTTP header)")
+        return value
+
+    @field_validator("ivy_jwt_secret", mode="after")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else ""
+        if secret != secret.strip() or not secret.isprintable():
+            raise ValueError("must not start or end with a space, nor hold a line break or control character")
+        return value
 
     @model_validator(mode="after")
     def _check_hedge_delays(self) -> Settings:
@@ -264,20 +294,39 @@ class Settings(BaseSettings):
         return self.gemini_model if provider == "gemini" else self.openai_model
 
 
+# The fields that hold secrets (REDIS_URL: its password). A configuration error names the variable
+# and the rule it breaks, never the value; a test holds every SecretStr field to being listed here.
+SECRET_FIELDS = frozenset({"gemini_api_key", "openai_api_key", "ivy_admin_token", "ivy_jwt_secret", "redis_url"})
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+
 _ALLOWED = {
     "bool_parsing": "allowed: true or false",
     "literal_error": None,  # pydantic already lists the allowed values
 }
 
 
-def _describe(error: dict[str, object]) -> str:
+def _describe(error: dict[str, Any]) -> str:
     loc = error.get("loc") or ()
-    name = str(loc[0]).upper() if isinstance(loc, tuple) and loc else "configuration"
+    field = str(loc[0]) if isinstance(loc, tuple) and loc else ""
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if field in SECRET_FIELDS:
+        return f"{field.upper()}: {_secret_rule(error, msg)}"
     value = error.get("input")
-    msg = str(error.get("msg", "invalid value"))
     hint = _ALLOWED.get(str(error.get("type")))
     shown = "" if isinstance(value, dict) else f"={value!r}"
-    return f"{name}{shown}: {msg}" + (f" ({hint})" if hint else "")
+    return f"{field.upper() or 'configuration'}{shown}: {msg}" + (f" ({hint})" if hint else "")
+
+
+def _secret_rule(error: dict[str, Any], msg: str) -> str:
+    """The rule a secret broke, in words that hold no part of it (its length at most)."""
+    ctx = error.get("ctx") or {}
+    if error.get("type") in ("too_short", "string_too_short"):
+        return f"must be at least {ctx.get('min_length')} characters (it has {ctx.get('actual_length', 'fewer')})"
+    if error.get("type") in ("too_long", "string_too_long"):
+        return f"must be at most {ctx.get('max_length')} characters (it has {ctx.get('actual_length', 'more')})"
+    if error.get("type") in ("string_type", "value_error"):
+        return msg  # pydantic's "Input should be a valid string", or one of the validators' rules above
+    return f"invalid value ({error.get('type')})"
 
 
 _DOMAIN = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z0-9\-]{2,63}$")
@@ -326,10 +375,11 @@ def trusted_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(networks)
 
 
-def load_settings() -> Settings:
-    """Build Settings or raise ConfigError with one line naming each bad variable."""
+def load_settings(env_file: Path | str | None = ".env", **values: Any) -> Settings:
+    """Build Settings (from the environment, `env_file` and `values`) or raise ConfigError with one
+    line naming each bad variable and never a secret's value."""
     try:
-        return Settings()
+        return Settings(_env_file=env_file, **values)
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(e)) for e in exc.errors(include_url=False))
         raise ConfigError(f"invalid configuration: {problems}") from None

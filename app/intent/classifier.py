@@ -119,13 +119,17 @@ def _name_words(value: str) -> frozenset[str]:
     return frozenset(w for w in normalise(value) if len(w) > 2 and w not in GENERIC_LEAD_WORDS)
 
 
+# A name or company longer than this is not one: the cache above must not hold 64 KiB keys.
+MAX_NAME_CHARS = 200
+
+
 def _lead_names(lead: dict[str, Any]) -> frozenset[str]:
     """The lead's own words (first/last name, company), so "who is dana" reads as being about the lead."""
     words: frozenset[str] = frozenset()
     for key in ("name", "firstName", "lastName", "company"):
         value = lead.get(key)
         if isinstance(value, str):
-            words |= _name_words(value)
+            words |= _name_words(value[:MAX_NAME_CHARS])
     return words
 
 

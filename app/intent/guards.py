@@ -40,6 +40,7 @@ from app.intent.lexicon import (
     STRICT_COMPOSE_VERBS,
     THANKS,
 )
+from app.intent.normalise import MAX_CONTEXT_CHARS, MAX_CONTEXT_VALUES
 
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override) (?:all |any |the |your |my |every )?"
@@ -129,14 +130,23 @@ def cannot_act(body: list[str] | None, names: frozenset[str]) -> bool:
     return False
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
+def _strings(values: list[Any]) -> list[str]:
+    """The strings in `values`, nested dicts and lists walked depth first in order, within
+    MAX_CONTEXT_VALUES values and MAX_CONTEXT_CHARS characters (the context is outsiders' text)."""
+    found: list[str] = []
+    size = visits = 0
+    stack = values[::-1]
+    while stack and visits < MAX_CONTEXT_VALUES and size < MAX_CONTEXT_CHARS:
+        value = stack.pop()
+        visits += 1
+        if isinstance(value, str):
+            found.append(value[:MAX_CONTEXT_CHARS - size])
+            size += len(found[-1])
+        elif isinstance(value, dict):
+            stack.extend(reversed(value.values()))
+        elif isinstance(value, list):
+            stack.extend(reversed(value))
+    return found
 
 
 def context_names(words: set[str], context: dict[str, Any]) -> frozenset[str]:
@@ -148,10 +158,7 @@ def context_names(words: set[str], context: dict[str, Any]) -> frozenset[str]:
 
 def _context_terms(context: dict[str, Any]) -> frozenset[str]:
     lead = context.get("lead")
-    values: list[str] = []
-    if isinstance(lead, dict):
-        values += _strings({k: v for k, v in lead.items() if k not in ("id", "email")})
-    for key in ("activities", "emails", "notes"):
-        values += _strings(context.get(key))
-    found = {w.lower() for text in values for w in _CAPITALISED.findall(text)}
+    values: list[Any] = [v for k, v in lead.items() if k not in ("id", "email")] if isinstance(lead, dict) else []
+    values += [context.get(key) for key in ("activities", "emails", "notes")]
+    found = {w.lower() for text in _strings(values) for w in _CAPITALISED.findall(text)}
     return frozenset(found)

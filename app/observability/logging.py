@@ -77,7 +77,8 @@ class _RedactingFilter(logging.Filter):
         if record.exc_info:
             message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
             record.exc_info, record.exc_text = None, None
-        record.msg, record.args = redact_fragments(message), ()
+        # A traceback keeps its own lines; what came from outside cannot add Unicode ones.
+        record.msg, record.args = _escape_line_breaks(redact_fragments(message)), ()
         return True
 
 
@@ -93,9 +94,25 @@ def _filter_stdlib_handlers() -> None:
             handler.addFilter(_REDACTING_FILTER)
 
 
+# JSON escapes every control character (\n, \r, \v, \f, \x1c-\x1e among them) but not these three,
+# which str.splitlines() and many log tools also read as line breaks: escaped here, in the one
+# place every line is rendered, so no field of any line can split it.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def _escape_line_breaks(text: str) -> str:
+    """``text`` with U+0085, U+2028 and U+2029 written as JSON escapes (a fast path for ASCII)."""
+    if text.isascii():
+        return text
+    for raw, escaped in _LINE_BREAKS:
+        if raw in text:
+            text = text.replace(raw, escaped)
+    return text
+
+
 def _dumps(obj: Any, **_: Any) -> str:
     # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
-    return greppable.guard(obj, orjson.dumps(obj, default=str).decode())
+    return greppable.guard(obj, _escape_line_breaks(orjson.dumps(obj, default=str).decode()))
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}

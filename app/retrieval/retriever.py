@@ -23,9 +23,10 @@ from typing import Any
 
 from rank_bm25 import BM25Okapi
 
-from app.crm import flatten
+from app.crm import Flatten
+from app.crm.record import MAX_VALUE_CHARS
 from app.intent.lexicon import COLLECTION_WORDS, EXPAND, ITEM_WORDS, LEAD_GENERIC, RECENT, STOP, product_terms
-from app.intent.normalise import normalise
+from app.intent.normalise import MAX_CONTEXT_CHARS, normalise
 from app.providers.base import Passage
 
 # The lead's record answering "tell me about this lead", field by field.
@@ -39,6 +40,15 @@ KB_MIN_MATCH = 0.45
 KB_MIN_MATCH_BESIDE_LEAD = 2.3
 # Sections far below the best one are noise for the prompt, whatever their absolute score.
 KB_RELATIVE_CUTOFF = 0.4
+
+# The context is written by outsiders and may be anything up to the 64 KiB body limit; these (and
+# MAX_CONTEXT_VALUES values walked, MAX_CONTEXT_CHARS characters indexed) bound one request's work
+# far above what a CRM record holds (the eval's largest: 19 passages, 966 characters, 18 query
+# terms). The first of each are kept, in the context's order.
+MAX_LIST_ITEMS = 50  # items of one list (a lead's list field, activities, emails, notes)
+MAX_PASSAGES = 200  # passages per request
+MAX_PASSAGE_CHARS = MAX_VALUE_CHARS  # one passage's text (app/crm/record.py)
+MAX_QUERY_TERMS = 64  # query terms scored (BM25 scans every document once per term)
 
 
 def _stem(word: str) -> str:
@@ -58,10 +68,8 @@ def _terms(text: str) -> list[str]:
     return [_stem(w) for w in normalise(text) if w not in STOP]
 
 
-
-
 def _query_terms(tokens: list[str]) -> list[str]:
-    terms = [_stem(w) for w in tokens if w not in STOP]
+    terms = [_stem(w) for w in tokens if w not in STOP][:MAX_QUERY_TERMS]
     if "how" in tokens and "much" in tokens:
         terms += ["price", "cost"]
     return terms + [x for t in terms for x in EXPAND.get(t, ())]
@@ -153,34 +161,43 @@ class KnowledgeBase:
 
 
 def context_passages(context: dict[str, Any]) -> list[Passage]:
-    """Every fact the request carries, one passage each, named by where it sits in the context."""
+    """Every fact the request carries, one passage each, named by where it sits in the context
+    (at most MAX_LIST_ITEMS of a list and MAX_PASSAGES in all)."""
     passages: list[Passage] = []
+    flatten = Flatten()
     lead = context.get("lead")
     if isinstance(lead, dict):
         for key, value in lead.items():
+            if len(passages) >= MAX_PASSAGES or flatten.left <= 0:
+                break
             if value in (None, "", [], {}):
                 continue
             if isinstance(value, list):
-                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}") for i, v in enumerate(value))
+                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}")
+                                for i, v in enumerate(value[:MAX_LIST_ITEMS]))
             else:
                 passages.append(Passage(f"lead.{key}", f"{key}: {flatten(value)}"))
     for section in ("activities", "emails", "notes"):
         items = context.get(section)
-        if isinstance(items, list):
-            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items))
-    return passages
+        if isinstance(items, list) and len(passages) < MAX_PASSAGES and flatten.left > 0:
+            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items[:MAX_LIST_ITEMS]))
+    return passages[:MAX_PASSAGES]
 
 
-def _fact_terms(passage: Passage) -> list[str]:
+def _fact_terms(passage: Passage, text: str) -> list[str]:
     name = passage.source.split("[")[0]
     label = ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
-    return _terms(label + " " + passage.text)
+    return _terms(label + " " + text)
 
 
 def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]:
     if not facts or not terms:
         return []
-    scores = BM25Okapi([_fact_terms(p) for p in facts]).get_scores(terms)
+    documents, left = [], MAX_CONTEXT_CHARS
+    for p in facts:  # each passage indexed by its label and what is left of the request's budget
+        documents.append(_fact_terms(p, p.text[:left]))
+        left = max(0, left - len(p.text))
+    scores = BM25Okapi(documents).get_scores(terms)
     ranked = sorted(range(len(facts)), key=lambda i: scores[i], reverse=True)
     return [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
 
@@ -201,10 +218,11 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
         items = context.get(name)
         if not (words & nouns) or not isinstance(items, list) or not items:
             continue
+        items = items[:MAX_LIST_ITEMS]  # the items context_passages indexes
         dated = [(str(item.get("date")), i) for i, item in enumerate(items)
                  if isinstance(item, dict) and item.get("date")]
         index = max(dated)[1] if len(dated) == len(items) else 0
-        chosen.append(Passage(f"{name}[{index}]", flatten(items[index])))
+        chosen.append(Passage(f"{name}[{index}]", Flatten()(items[index])))
     return chosen
 
 

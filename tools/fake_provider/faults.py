@@ -18,7 +18,8 @@ FakeProvider = Literal["openai", "gemini"]
 FAULT_KINDS: dict[str, str] = {
     "latency": "answer normally after latency_ms (alias param: ms)",
     "rate_limit": "429 with Retry-After (OpenAI: header; Gemini: RetryInfo in the body); param retry_after",
-    "http_error": "an error status with the provider's real error body; param status (500, 503, 401, ...)",
+    "http_error": "an error status with the provider's real error body; param status (500, 503, 401, ...), "
+                  "message (the body's error message instead of the real one's)",
     "bad_key": "the provider's real 'invalid key' answer (OpenAI 401; Gemini 400 API_KEY_INVALID)",
     "hang": "hold the request for `seconds` (default 30) or until the server stops, then answer",
     "brownout": "a `share` of calls (default 0.2) stall `seconds` (default 4, times the realistic time scale) "
@@ -41,6 +42,7 @@ _MALFORMED_VARIANTS = ("trailing_comma", "truncated", "fenced")
 class Fault:
     kind: str
     status: int | None = None  # http_error
+    message: str | None = None  # http_error: the error body's message (None: the provider's own)
     retry_after: float = 1.0  # rate_limit
     latency_ms: int = 0  # any kind
     seconds: float = 30.0  # hang
@@ -78,7 +80,7 @@ def make_fault(kind: str, **params: Any) -> Fault:
     conv: dict[str, Callable[[Any], Any]] = {
         "status": int, "retry_after": float, "latency_ms": int, "seconds": float, "after": int,
         "variant": str, "times": lambda v: None if v is None else int(v), "provider": lambda v: v or None,
-        "share": float,
+        "share": float, "message": str,
     }
     unknown = set(params) - set(conv)
     if unknown:

@@ -227,7 +227,7 @@ class FakeProviderServer:
             return openai.rate_limited(call, shown) if call.provider == "openai" else gemini.rate_limited(shown)
         if fault.kind == "http_error":
             assert fault.status is not None
-            return self._error(call.provider, fault.status)
+            return self._error(call.provider, fault.status, message=fault.message)
         if fault.kind == "bad_key":
             return openai.bad_key(request) if call.provider == "openai" else gemini.bad_key(request)
         if fault.kind == "brownout":
