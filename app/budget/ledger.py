@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import app.budget.estimate as estimate
-from app.budget.store import BudgetStore, Reservation
-from app.config.budget_limits import Limit, seconds_left
+from app.budget.store import BudgetStore, Override, Reservation
+from app.config.budget_limits import Limit, period_id, seconds_left
 from app.config.prices import NANO_PER_USD, Price, PriceTable
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
@@ -113,6 +113,62 @@ class Budgets:
     def tab(self, org: str | None, system: str, prompt: str, cap: int, intent: str) -> Tab:
         return Tab(self, org if self.enabled else None, estimate.upper_bound(system, prompt),
                    estimate.likely(system, prompt), cap, intent)
+
+    # --- what on-call and finance see, and the per-org overrides (app/api/admin.py) ------------------
+
+    async def set_override(self, org: str, org_id: str, limit: Limit, set_by: str) -> dict[str, object]:
+        assert self.store is not None
+        await self.store.set_override(org, Override(org_id, limit, set_by, time.time()))
+        log.warning("budget_changed", org_id=org_id, set_by=set_by, **limit.describe())
+        return await self.org_row(org, Override(org_id, limit, set_by, time.time()))
+
+    async def delete_override(self, org: str, org_id: str, set_by: str) -> bool:
+        assert self.store is not None
+        deleted = await self.store.delete_override(org)
+        log.warning("budget_reset", org_id=org_id, set_by=set_by, deleted=deleted,
+                    default=self.default.describe() if self.default else None)
+        return deleted
+
+    async def org_row(self, org: str, override: Override | None) -> dict[str, object]:
+        """One org's limit, spend and reservations in its current period."""
+        assert self.store is not None
+        limit = override.limit if override is not None else self.default
+        if limit is None:
+            return {"org_key": org, "limit": None}
+        pid = period_id(limit.period)
+        spent, reserved = await self.store.spend(org, limit, pid)
+        return {"org_key": org, "org_id": override.org_id if override else None, **limit.describe(),
+                "period_id": pid, "spent": limit.shown(spent), "reserved": limit.shown(reserved),
+                "used": round(spent / limit.amount, 4), "resets_in_seconds": round(seconds_left(limit.period)),
+                "set_by": override.set_by if override else None,
+                "set_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(override.set_at)) if override else None}
+
+    async def snapshot(self, top: int = 10) -> dict[str, object]:
+        """GET /admin/budgets: the policy, every override with its spend, and the top spenders."""
+        info: dict[str, object] = {
+            "enabled": self.enabled, "backend": self.store.backend if self.store else None,
+            "default": self.default.describe() if self.default else None, "exhausted": self.exhausted,
+            "soft_threshold": self.soft_permille / 1000, "fail_open": self.fail_open,
+            "store_failures": self.store_failures}
+        if self.store is None:
+            return info
+        overrides = await self.store.overrides()
+        info["orgs"] = [await self.org_row(org, o) for org, o in overrides.items()]
+        kinds = {(o.limit.unit, o.limit.period) for o in overrides.values()}
+        if self.default is not None:
+            kinds.add((self.default.unit, self.default.period))
+        spenders = []
+        for unit, period in sorted(kinds):
+            pid = period_id(period)
+            for org, amount in await self.store.top(unit, period, pid, top):
+                limit = overrides[org].limit if org in overrides else self.default
+                row: dict[str, object] = {"org_key": org, "unit": unit, "period": period, "period_id": pid,
+                                          "spent": Limit(1, unit, period).shown(amount)}
+                if limit is not None and (limit.unit, limit.period) == (unit, period):
+                    row["used"] = round(amount / limit.amount, 4)
+                spenders.append(row)
+        info["top_spenders"] = spenders
+        return info
 
     def store_failed(self, exc: Exception, op: str) -> None:
         self.store_failures += 1
