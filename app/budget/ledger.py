@@ -196,9 +196,10 @@ class Tab:
     def _worst(self, prices: list[Price | None]) -> tuple[int, int]:
         """The worst case of one call, in nano-USD (-1: a price is unknown) and in tokens."""
         tokens = self.prompt_upper + self.cap
-        if not prices or any(p is None for p in prices):
+        known = [p for p in prices if p is not None]
+        if not known:  # a model without a price: its calls are counted in tokens, not against a USD budget
             return -1, tokens
-        return max(p.input * self.prompt_upper + p.output * self.cap for p in prices if p is not None), tokens
+        return max(p.input * self.prompt_upper + p.output * self.cap for p in known), tokens
 
     async def prepay(self, models: list[str]) -> Refusal | None:
         """Reserve the first call before anything is sent (at the dearest of ``models``, whichever
