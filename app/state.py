@@ -109,6 +109,8 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
              budgets=(budgets.store.backend if budgets.store is not None else "off"))
     await warm_limiter(state.limiter, metrics, fail_open=settings.ai_rate_limit_fail_open)
     tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds))]
+    if budgets.store is not None:
+        tasks.append(asyncio.create_task(budgets.run()))
     if redis is not None:
         with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
             await state.flags.refresh()
