@@ -75,7 +75,12 @@ class BudgetStore(Protocol):
         ...
 
 
-def _keys(org: str, pid: str) -> tuple[str, str]:
+def limit_key(org: str) -> str:
+    return f"ivy:budget:{{{org}}}:limit"
+
+
+def period_keys(org: str, pid: str) -> tuple[str, str]:
+    """An org's period hash and its holds; the ``{org}`` hash tag puts all of an org's keys in one slot."""
     base = f"ivy:budget:{{{org}}}:{pid}"
     return base, base + ":holds"
 
@@ -105,7 +110,7 @@ class RedisBudgetStore:
                       ttl_ms: int) -> Reservation:
         now = time.time()
         day, month = period_id("day", now), period_id("month", now)
-        keys = [f"ivy:budget:{{{org}}}:limit", *_keys(org, day), *_keys(org, month)]
+        keys = [limit_key(org), *period_keys(org, day), *period_keys(org, month)]
         args: list[str | int] = ["reserve", default.amount if default else -1, default.unit if default else "",
                 default.period if default else "", usd, tokens, hold_id, ttl_ms, KEY_TTL_SECONDS]
         raw = await self.script(keys=keys, args=args)
@@ -121,7 +126,7 @@ class RedisBudgetStore:
                      soft_permille: int) -> Settled:
         member = f"{hold_id}:{reserved}"
         spent, left, crossed = await self.script(
-            keys=list(_keys(org, pid)),
+            keys=list(period_keys(org, pid)),
             args=["settle", member, reserved, actual, limit.amount, soft_permille, KEY_TTL_SECONDS])
         if actual:
             key = f"{_top_key(limit.unit, limit.period, pid)}\n{org}"
@@ -149,7 +154,7 @@ class RedisBudgetStore:
     async def set_override(self, org: str, override: Override) -> None:
         limit = override.limit
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(f"ivy:budget:{{{org}}}:limit", mapping={
+            pipe.hset(limit_key(org), mapping={
                 "amount": limit.amount, "unit": limit.unit, "period": limit.period, "org_id": override.org_id,
                 "set_by": override.set_by, "set_at": override.set_at})
             pipe.sadd(ORGS_KEY, org)
@@ -157,7 +162,7 @@ class RedisBudgetStore:
 
     async def delete_override(self, org: str) -> bool:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(f"ivy:budget:{{{org}}}:limit")
+            pipe.delete(limit_key(org))
             pipe.srem(ORGS_KEY, org)
             replies = await pipe.execute()
         return bool(replies[0])
@@ -168,7 +173,7 @@ class RedisBudgetStore:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for org in orgs:
-                pipe.hgetall(f"ivy:budget:{{{org}}}:limit")
+                pipe.hgetall(limit_key(org))
             rows = await pipe.execute()
         found = {}
         for org, row in zip(orgs, rows, strict=True):
@@ -181,7 +186,7 @@ class RedisBudgetStore:
         return found
 
     async def spend(self, org: str, limit: Limit, pid: str) -> tuple[int, int]:
-        values = await self.redis.hmget(_keys(org, pid)[0], ["spent", "reserved"])
+        values = await self.redis.hmget(period_keys(org, pid)[0], ["spent", "reserved"])
         return int(values[0] or 0), int(values[1] or 0)
 
     async def top(self, unit: Unit, period: Period, pid: str, n: int) -> list[tuple[str, int]]:
