@@ -64,6 +64,11 @@ log = get_logger()
 NO_PROVIDER = LinkFailure("none", "no_provider_configured")
 
 
+def _track(races: list[Race], race: Race) -> Race:
+    races.append(race)
+    return race
+
+
 class ProviderChain:
     """The links, their norms and the hedge budget; the `Referee` of every race (race.py)."""
 
@@ -111,38 +116,43 @@ class ProviderChain:
         an error or the deadline raises a ProviderError). The offline provider answers when no
         remote call can, in one piece. Every call is settled against ``tab`` at its outcome (a
         request left half-way settles what it started, by estimate)."""
-        self.budget.request()
-        pending = list(self.ordered(first))
         tab = tab or self.budgets.tab(None, request.system, request.prompt, request.max_output_tokens,
                                       request.intent)
-        race: Race | None = None
+        races: list[Race] = []  # this request's rounds (at most one per link)
         try:
-            while (won := await (race := Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
-                                              streamed=not buffered)).run()) is not None:
-                attempt, chunk = won
-                if buffered:
-                    parts = [chunk]
-                    try:
-                        async with deadline.timeout():
-                            parts.extend([piece async for piece in attempt.stream])
-                    except ProviderError as exc:
-                        await self.failed(attempt, exc, trace)
-                        continue
-                    except TimeoutError:
-                        await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
-                        break
-                    await self.answered(attempt, request, trace)
-                    yield "".join(parts)
-                    return
-                yield chunk
-                async for piece in self._rest(attempt, deadline, trace):
-                    yield piece
-                await self.answered(attempt, request, trace)
-                return
-            self.exhausted(trace)
-            yield self.local.answer(request, json_mode=json_mode)
+            async for piece in self._races(request, deadline, trace, first, json_mode, buffered, tab, races):
+                yield piece
         finally:
-            await self._settle_left(race, trace, tab)
+            await self._settle_left(races[-1] if races else None, trace, tab)
+
+    async def _races(self, request: GenerationRequest, deadline: Deadline, trace: Trace, first: str | None,
+                     json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncIterator[str]:
+        self.budget.request()
+        pending = list(self.ordered(first))
+        while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
+                                               streamed=not buffered)).run()) is not None:
+            attempt, chunk = won
+            if buffered:
+                parts = [chunk]
+                try:
+                    async with deadline.timeout():
+                        parts.extend([piece async for piece in attempt.stream])
+                except ProviderError as exc:
+                    await self.failed(attempt, exc, trace)
+                    continue
+                except TimeoutError:
+                    await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
+                    break
+                await self.answered(attempt, request, trace)
+                yield "".join(parts)
+                return
+            yield chunk
+            async for piece in self._rest(attempt, deadline, trace):
+                yield piece
+            await self.answered(attempt, request, trace)
+            return
+        self.exhausted(trace)
+        yield self.local.answer(request, json_mode=json_mode)
 
     async def _settle_left(self, race: Race | None, trace: Trace, tab: Tab) -> None:
         """The request went away mid-race or mid-answer: bill what its calls consumed."""
