@@ -14,7 +14,8 @@ Events, in order, for every answer (JSON, stream, modal, cache hit, the warm-up)
 Errors::
 
     DomainError            the request cannot be answered as asked (no HTTP status here)
-    └── RateLimitExceeded  a token bucket refused (bucket, retry_after, the rate-limit fields)
+    ├── RateLimitExceeded  a token bucket refused (bucket, retry_after, the rate-limit fields)
+    └── BudgetExhausted    the org's budget refused (IVY_BUDGET_EXHAUSTED=refuse; retry_after: the period's end)
 """
 
 from __future__ import annotations
@@ -61,6 +62,44 @@ class RateLimitExceeded(DomainError):
         self.fields = fields  # RateLimit / X-RateLimit-* values, for the response's headers
 
 
+class BudgetExhausted(DomainError):
+    code = "budget_exhausted"
+
+    def __init__(self, message: str, *, reason: str, retry_after: int, fields: dict[str, str]) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.code = reason  # budget_exhausted, or budget_unavailable (the store failed closed)
+        self.retry_after = retry_after
+        self.fields = fields
+
+
+class CallUsage(BaseModel):
+    provider: str
+    model: str
+    role: str = Field(description="first, hedge or failover")
+    input_tokens: int
+    cached_input_tokens: int = 0
+    output_tokens: int
+    cost_usd: float | None = Field(description="null: the model has no price (README 'Cost and budgets')")
+    estimated: bool = Field(description="the call stopped before the provider reported its usage: estimated "
+                            "(prompt ~4 characters a token, output by the characters received)")
+
+
+class Saved(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+
+class UsageInfo(BaseModel):
+    """What the answer cost: every call the providers bill (hedges and failovers included)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = Field(default=0.0, description="null when a call's model has no price")
+    calls: list[CallUsage] = Field(default_factory=list)
+    saved: Saved | None = Field(default=None, description="a cache hit: what the cached answer cost when made")
+
+
 class Modal(BaseModel):
     type: ModalType
     payload: dict[str, Any]
@@ -105,6 +144,7 @@ class RouterResponse(BaseModel):
         default="miss", description="hit: served from the answer cache; miss: generated (and stored if "
         "cacheable); bypass: the cache was not used (Cache-Control: no-cache, an email draft, cache off or down).")
     safety: Safety = Field(default_factory=Safety)
+    usage: UsageInfo = Field(default_factory=UsageInfo)
 
 
 

@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.budget import NANO_PER_USD, Tab
 from app.cache import CachedAnswer, CacheKey, Recipe, answer_key
 from app.config.runtime_flags import Flags
 from app.crm import CrmRecord
 from app.domain import (
+    BudgetExhausted,
     Caller,
+    CallUsage,
     Citation,
     Delta,
     Done,
@@ -33,6 +36,8 @@ from app.domain import (
     RateLimitExceeded,
     RouterResponse,
     Safety,
+    Saved,
+    UsageInfo,
 )
 from app.drafts.email import make_email_json_fallback, parse_email
 from app.intent.classifier import Classification, classify, lead_has_insights
@@ -207,7 +212,7 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     `done.answer` is the refusal. ``warmup_key`` makes it the warm-up's refresh of that entry: no
     rate limit, no lookup, nothing yielded unless the request still builds exactly that key.
 
-    RateLimitExceeded is raised before Meta, so a streamed 429 is still a real 429."""
+    RateLimitExceeded and BudgetExhausted are raised before Meta, so a streamed 429 is still a real 429."""
     timer = Timer()
     deadline = state.chain.deadline()
     warmup = warmup_key is not None
@@ -223,6 +228,7 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     else:
         key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
                                              use_cache=use_cache)
+    tab = None if hit is not None else await budget(state, None if warmup else caller, p, rate_headers)
     timer.lap("cache")
     c = p.c
     yield Meta(caller.request_id, c.intent, c.modal_type, cache, rate_headers, timer.elapsed_ms())
@@ -230,15 +236,16 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
         yield Delta(hit.answer)
         hit_trace = Trace(provider=hit.provider, model=hit.model)
         record_safety(state, p.report)
-        yield Done(respond(caller, p, flags, timer, hit.answer, cache="hit", trace=hit_trace), hit_trace,
-                   safety=p.report)
+        response = respond(caller, p, flags, timer, hit.answer, cache="hit", trace=hit_trace,
+                           saved=saved(state, hit))
+        yield Done(response, hit_trace, safety=p.report)
         return
     trace = Trace()
     piecewise = stream and c.intent != "modal"  # a modal's payload is one JSON document: nothing to stream
     shown = None if c.modal_type == "email_composer" else p.guard.text_filter()  # a draft is checked whole
     parts: list[str] = []
     try:
-        async for piece in generate(state, p.request, flags, deadline, trace, buffered=not piecewise):
+        async for piece in generate(state, p.request, flags, deadline, trace, buffered=not piecewise, tab=tab):
             if shown is not None:
                 piece = shown.feed(piece)
             parts.append(piece)
@@ -349,14 +356,51 @@ async def warm_cache(state: State) -> None:
 # --- generate, the tool, the response ------------------------------------------------------------
 
 def generate(state: State, request: GenerationRequest, flags: Flags, deadline: Deadline, trace: Trace, *,
-             buffered: bool) -> AsyncIterator[str]:
+             buffered: bool, tab: Tab | None = None) -> AsyncIterator[str]:
     """The chain's answer (app/providers/chain.py): the draft as JSON text for the email composer."""
     return state.chain.stream(request, deadline=deadline, trace=trace, first=flags.active_model,
-                              json_mode=request.modal_type == "email_composer", buffered=buffered)
+                              json_mode=request.modal_type == "email_composer", buffered=buffered, tab=tab)
 
 
-def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, cache: CacheStatus, trace: Trace
-            ) -> RouterResponse:
+# --- cost and budgets (app/budget/) ----------------------------------------------------------------
+
+async def budget(state: State, caller: Caller | None, p: Plan, rate_headers: dict[str, str]) -> Tab:
+    """The request's tab, its first call reserved against the org's budget (the warm-up's, caller
+    None, is billed but not budgeted). Exhausted: a 429 (IVY_BUDGET_EXHAUSTED=refuse) or the
+    offline answer (offline: every call of the tab is refused, `fallback.reason` says why)."""
+    request = p.request
+    tab = state.budgets.tab(caller.org_key if caller is not None else None, request.system, request.prompt,
+                            request.max_output_tokens, request.intent)
+    refusal = await tab.prepay([link.provider.model for link in state.chain.links])
+    if refusal is not None and state.budgets.exhausted == "refuse":
+        retry = int(retry_after_header(refusal.retry_after))
+        raise BudgetExhausted(f"{refusal.reason.replace('_', ' ')} for this org; retry in {retry}s",
+                              reason=refusal.reason, retry_after=retry, fields=rate_headers)
+    return tab
+
+
+def usage_of(trace: Trace, saved: Saved | None = None) -> UsageInfo:
+    """What the answer's calls cost (every billed call, hedges and failovers included)."""
+    bills = trace.bills
+    costs = [b.cost for b in bills]
+    return UsageInfo(
+        input_tokens=sum(b.input_tokens for b in bills), output_tokens=sum(b.output_tokens for b in bills),
+        cost_usd=None if None in costs else sum(c or 0 for c in costs) / NANO_PER_USD,
+        calls=[CallUsage(provider=b.provider, model=b.model, role=b.role, input_tokens=b.input_tokens,
+                         cached_input_tokens=b.cached_tokens, output_tokens=b.output_tokens, cost_usd=b.cost_usd,
+                         estimated=b.estimated) for b in bills],
+        saved=saved)
+
+
+def saved(state: State, hit: CachedAnswer) -> Saved:
+    """What a cache hit did not spend: the entry's own usage at its model's price."""
+    price = state.budgets.price(hit.model)
+    cost = None if price is None else price.cost(hit.input_tokens, hit.output_tokens) / NANO_PER_USD
+    return Saved(input_tokens=hit.input_tokens, output_tokens=hit.output_tokens, cost_usd=cost)
+
+
+def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, cache: CacheStatus, trace: Trace,
+            saved: Saved | None = None) -> RouterResponse:
     """The one builder of an answer, from a generation or a cache ``hit`` (never a draft: those
     are not cached): a JSON response and a stream's `done` are this same object."""
     c, request = p.c, p.request
@@ -384,6 +428,7 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
         latency_ms=timer.total(),
         cache=cache,
         safety=Safety(flags=list(p.report.flags)),
+        usage=usage_of(trace, saved),
     )
 
 

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 
 from app import __version__
+from app.budget import Budgets, build_budgets
 from app.cache import AnswerCache, Warmer, build_cache
 from app.config import Settings
 from app.config.runtime_flags import RuntimeFlags
@@ -67,6 +68,7 @@ class State:
     warmer: Warmer
     canary: str  # in every system text, per process: an answer holding it leaked the prompt
     output_policy: OutputPolicy
+    budgets: Budgets
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: Throttle = field(default_factory=lambda: Throttle(60.0))
@@ -83,7 +85,8 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
     )
     redis = build_redis(settings)
-    chain, breakers = build_chain(settings, http, metrics, redis)
+    budgets = build_budgets(settings, redis, metrics)
+    chain, breakers = build_chain(settings, http, metrics, redis, budgets)
     cache, warmer = build_cache(settings, redis, metrics)
     kb = KnowledgeBase.from_folder(settings.ivy_knowledge_dir)
     canary = new_canary()
@@ -95,16 +98,19 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
         settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
         limiter=limiter, limiter_metrics=metrics.for_limiter(limiter.backend), chain=chain, breakers=breakers,
         kb=kb, http=http, flags=RuntimeFlags(settings, redis), cache=cache, warmer=warmer, canary=canary,
-        output_policy=policy,
+        output_policy=policy, budgets=budgets,
     )
     log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
              model_provider=chain.names[0], limiter_backend=state.limiter.backend,
              modal_heuristics=settings.ivy_modal_heuristics, organic=settings.ivy_organic_enabled,
              rate_limit_per_min=settings.ai_rate_limit_per_min, knowledge_sections=len(state.kb.sections),
              gc_gen0_threshold=settings.ivy_gc_gen0_threshold, auth_mode=settings.ivy_auth_mode,
-             answer_cache=cache.backend.name if cache.enabled else "off")
+             answer_cache=cache.backend.name if cache.enabled else "off",
+             budgets=(budgets.store.backend if budgets.store is not None else "off"))
     await warm_limiter(state.limiter, metrics, fail_open=settings.ai_rate_limit_fail_open)
     tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds))]
+    if budgets.store is not None:
+        tasks.append(asyncio.create_task(budgets.run()))
     if redis is not None:
         with contextlib.suppress(Exception):  # Redis down at start: env flags until it answers
             await state.flags.refresh()

@@ -132,16 +132,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
-    url, server = args.redis_url, None
+    against_redis(args.redis_url, 6390, lambda url: run(url, args.n, args.seconds))
+
+
+def against_redis(url: str, port: int, work: Callable[[str], Awaitable[None]]) -> None:
+    """Run ``work`` against the Redis at ``url``, or a redis-server of its own on ``port`` if none answers."""
+    server = None
     if not asyncio.run(reachable(url)):
-        port = 6390
         server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
                                   stdout=subprocess.DEVNULL)
         time.sleep(0.5)
+        print(f"(no Redis at {url}; started redis-server on :{port})")
         url = f"redis://127.0.0.1:{port}/0"
-        print(f"(no Redis at {args.redis_url}; started redis-server on :{port})")
     try:
-        asyncio.run(run(url, args.n, args.seconds))
+        asyncio.run(work(url))
     finally:
         if server is not None:
             server.terminate()

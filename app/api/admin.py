@@ -1,9 +1,10 @@
-"""Operator endpoints: runtime flags for the whole fleet and answer-cache purges, behind IVY_ADMIN_TOKEN
-(off when unset)."""
+"""Operator endpoints: runtime flags for the whole fleet, answer-cache purges and per-org budgets,
+behind IVY_ADMIN_TOKEN (off when unset)."""
 
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header
@@ -13,6 +14,7 @@ from app.api.deps import IvyState
 from app.api.errors import BadRequest, NotFound, Unauthorized
 from app.api.responses import FastJSONResponse
 from app.api.schemas import ErrorResponse
+from app.config.budget_limits import Limit
 from app.observability.logging import get_logger
 from app.resilience.ratelimit import normalise_id
 
@@ -126,3 +128,52 @@ async def put_cache(body: CachePurge, state: IvyState, _: Admin) -> FastJSONResp
 async def delete_cache(state: IvyState, _: Admin, org_id: str | None = None, set_by: str = "unknown"
                        ) -> FastJSONResponse:
     return await _purge(state, org_id, set_by)
+
+
+class BudgetUpdate(BaseModel):
+    """One org's budget, replacing the default (IVY_BUDGET_DEFAULT) for that org."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    org_id: str = Field(min_length=1, max_length=128, description="As sent in X-Org-ID or the token's org claim.")
+    limit: Decimal = Field(gt=0, le=Decimal(10**15), description="USD (up to 9 decimals) or whole tokens.")
+    unit: Literal["usd", "tokens"]
+    period: Literal["day", "month"] = Field(description="Calendar day or month, UTC.")
+    set_by: str = Field(min_length=1, max_length=100, description="Who sets it (logged, shown).")
+
+
+def _org(state: IvyState, org_id: str | None) -> str:
+    if state.budgets.store is None:
+        raise BadRequest("budgets are off: set IVY_BUDGET_DEFAULT (e.g. '50 usd/month', or 'none' for "
+                         "per-org budgets only)")
+    org_key = normalise_id(org_id, kind="o")
+    if org_key is None:
+        raise BadRequest("org_id is blank")
+    return org_key
+
+
+_BAD_BUDGET: dict[int | str, dict[str, Any]] = {
+    400: {**_ERROR, "description": "Budgets are off, org_id is blank, or the limit is out of range"}}
+
+
+@router.get("/budgets", summary="Per-org budgets: limit, spend and reservations this period; the top spenders")
+async def get_budgets(state: IvyState, _: Admin, top: int = 10) -> FastJSONResponse:
+    return FastJSONResponse(await state.budgets.snapshot(top=min(max(top, 1), 100)))
+
+
+@router.put("/budgets", summary="Set one org's budget (every worker and host at its next call)", responses=_BAD_BUDGET)
+async def put_budget(body: BudgetUpdate, state: IvyState, _: Admin) -> FastJSONResponse:
+    org_key = _org(state, body.org_id)
+    try:
+        limit = Limit.make(body.limit, body.unit, body.period)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return FastJSONResponse(await state.budgets.set_override(org_key, body.org_id, limit, body.set_by))
+
+
+@router.delete("/budgets", summary="Back to the default budget for one org", responses=_BAD_BUDGET)
+async def delete_budget(state: IvyState, _: Admin, org_id: str | None = None, set_by: str = "unknown"
+                        ) -> FastJSONResponse:
+    org_key = _org(state, org_id)
+    deleted = await state.budgets.delete_override(org_key, org_id or "", set_by[:100])
+    return FastJSONResponse({"deleted": deleted, "org_id": org_id})

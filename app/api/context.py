@@ -40,7 +40,8 @@ class RequestContext:
     overhead_ms: float | None = None  # sent back as x-ivy-overhead-ms (see `record`)
     hedged: bool | None = None
     provider_calls: int | None = None
-    usage: dict[str, int | None] | None = None  # not "*_tokens": the log redactor blanks names with "token"
+    # not "*_tokens": the log redactor blanks names with "token"
+    usage: dict[str, int | float | None] | None = None
     bucket: str | None = None
     code: str | None = None  # error.code of the response; not "error_code": `grep -i error` is for errors
     retry_after: int | None = None
@@ -64,6 +65,7 @@ class RequestContext:
             self._chain_did(event.trace)
             self.safety = event.safety
             self.intent, self.fallback, self.model = response.intent, response.fallback.reason, response.model
+            self._billed(response.usage.cost_usd, response.usage.saved.cost_usd if response.usage.saved else None)
             generate = response.latency_ms.get("generate")
             self.provider_ms = generate
             self.overhead_ms = round(response.latency_ms["total"] - (generate or 0.0), 3)
@@ -82,8 +84,19 @@ class RequestContext:
         self.provider = trace.provider
         self.hedged = trace.hedged
         self.provider_calls = trace.calls
-        if trace.input_tokens is not None or trace.output_tokens is not None:
+        if trace.bills:  # every billed call: hedges, failovers, a stream cut short
+            self.usage = {"input": sum(b.input_tokens for b in trace.bills),
+                          "output": sum(b.output_tokens for b in trace.bills), "calls": len(trace.bills),
+                          "estimated": sum(b.estimated for b in trace.bills)}
+        elif trace.input_tokens is not None or trace.output_tokens is not None:
             self.usage = {"input": trace.input_tokens, "output": trace.output_tokens}
+
+    def _billed(self, cost_usd: float | None, saved_usd: float | None) -> None:
+        """The answer's cost on the log line (USD, null: a model without a price), or what a hit saved."""
+        if saved_usd is not None:
+            self.usage = {**(self.usage or {}), "saved_usd": saved_usd}
+        elif self.usage is not None:
+            self.usage["cost_usd"] = cost_usd
 
     def log_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"user_id": self.user_id, "org_id": self.org_id,

@@ -8,7 +8,8 @@ code; `as_ivy_error` maps them (and anything else) to this tree::
     IvyError (500 internal_error)
     ├── BadRequest (400) ── InvalidJSON
     ├── Unauthorized (401), NotFound (404), MethodNotAllowed (405), PayloadTooLarge (413)
-    ├── UnsupportedMediaType (415), ValidationFailed (422), RateLimited (429) <- RateLimitExceeded
+    ├── UnsupportedMediaType (415), ValidationFailed (422), RateLimited (429) <- RateLimitExceeded,
+    │                       BudgetExhausted (code budget_exhausted / budget_unavailable)
     ├── ShuttingDown (503)
     └── auth errors (app/api/auth.py: 401 / 403 / 503)
 """
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.api.context import CTX, RequestContext
-from app.domain import DomainError, RateLimitExceeded
+from app.domain import BudgetExhausted, DomainError, RateLimitExceeded
 from app.observability.logging import get_logger
 from app.resilience.ratelimit import retry_after_header
 
@@ -102,6 +103,11 @@ def as_ivy_error(exc: BaseException) -> IvyError:
     if isinstance(exc, RateLimitExceeded):
         return RateLimited(exc.message, headers={**exc.fields, "Retry-After": retry_after_header(exc.retry_after)},
                            **exc.details)
+    if isinstance(exc, BudgetExhausted):
+        refused = RateLimited(exc.message, headers={**exc.fields, "Retry-After": retry_after_header(exc.retry_after)},
+                              **exc.details)
+        refused.code = exc.code
+        return refused
     if isinstance(exc, DomainError):
         error = BadRequest(exc.message, **exc.details)
         error.code = exc.code

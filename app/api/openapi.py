@@ -29,7 +29,8 @@ _ERROR_STATUSES = {
     "405": "Not a POST", "413": "Body over IVY_MAX_BODY_BYTES",
     "415": "The body is not declared JSON (Content-Type application/json or application/*+json)",
     "422": "A field is missing or invalid (the message names it)",
-    "429": "Rate limited (Retry-After says when to come back)", "500": "Internal error",
+    "429": "Rate limited, or the org's budget is exhausted (error.code budget_exhausted); Retry-After says "
+           "when to come back", "500": "Internal error",
     "503": "IVY_AUTH_MODE=jwt: the token's signing key could not be fetched (auth_unavailable); or the server "
            "was restarting and the request was cut at its shutdown bound (shutting_down)",
 }

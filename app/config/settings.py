@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.config.budget_limits import Limit
+from app.config.prices import PriceFileError, PriceTable
 from app.vocabulary import RemoteProvider
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +94,14 @@ class Settings(BaseSettings):
     ivy_cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)  # in-process backend's LRU bound
     # Provider calls per minute (per worker) spent re-answering the most asked questions; 0: no warm-up.
     ivy_cache_warmup_per_min: int = Field(default=6, ge=0, le=600)
+
+    # Cost and budgets (app/budget/). The price table is package data; a file replaces it.
+    ivy_price_file: Path | None = None
+    # Unset: budgets off (costs are still counted). "none": on, only orgs with an override are limited;
+    # "<amount> usd|tokens/day|month": every org's default.
+    ivy_budget_default: str | None = Field(default=None, max_length=100)
+    ivy_budget_exhausted: Literal["refuse", "offline"] = "refuse"
+    ivy_budget_soft_threshold: float = Field(default=0.8, gt=0, le=1)
 
     # Retrieval
     ivy_knowledge_dir: Path = PACKAGE_DIR / "knowledge"
@@ -228,6 +238,34 @@ class Settings(BaseSettings):
         _key_values(self.otel_resource_attributes, "OTEL_RESOURCE_ATTRIBUTES")
         return self
 
+    @field_validator("ivy_price_file", mode="after")
+    @classmethod
+    def _check_price_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                PriceTable.load(value)  # the table's own parser names the bad entry
+            except OSError as exc:
+                raise ValueError(f"cannot read it: {exc.strerror}") from None
+            except PriceFileError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("ivy_budget_default", mode="after")
+    @classmethod
+    def _check_budget_default(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() != "none":
+            Limit.parse(value)  # raises ValueError saying what is expected
+        return value
+
+    @property
+    def budgets_enabled(self) -> bool:
+        return self.ivy_budget_default is not None
+
+    @property
+    def budget_default(self) -> Limit | None:
+        spec = self.ivy_budget_default
+        return None if spec is None or spec.strip().lower() == "none" else Limit.parse(spec)
+
     @field_validator("ivy_log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -235,7 +273,7 @@ class Settings(BaseSettings):
 
     @field_validator("gemini_api_key", "openai_api_key", "ivy_admin_token", "redis_url", "ai_rate_limit_burst",
                      "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint", "otel_exporter_otlp_headers",
-                     "otel_exporter_otlp_traces_headers", mode="before")
+                     "otel_exporter_otlp_traces_headers", "ivy_price_file", "ivy_budget_default", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `export OPENAI_API_KEY=` is how people unset a key in a shell; treat it as absent.

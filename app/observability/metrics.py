@@ -188,11 +188,41 @@ class Metrics:
             "ivy_cache_warmup_answers", "Warm-up provider calls: refreshed (stored) or not_cached (degraded).",
             ["outcome"], registry=r,
         )
+        self.cost_usd = Counter(
+            "ivy_provider_cost_usd", "What the providers billed, in USD (price table x reported or estimated usage).",
+            ["provider", "model", "intent"], registry=r,
+        )
+        self.estimated_calls = Counter(
+            "ivy_provider_estimated_calls", "Calls billed by estimate: stopped before the provider reported usage.",
+            ["provider"], registry=r,
+        )
+        self.price_unknown = Counter(
+            "ivy_price_unknown", "Calls of a model missing from the price table (cost unknown).", ["model"], registry=r,
+        )
+        self.budget_refusals = Counter(
+            "ivy_budget_refusals", "Provider calls an org's budget refused, by reason (budget_exhausted, "
+            "budget_unavailable: the store failed closed).", ["reason"], registry=r,
+        )
+        self.budget_crossings = Counter(
+            "ivy_budget_threshold_crossings", "Org budgets that crossed a threshold this period (each once per "
+            "org and period, fleet-wide): soft (IVY_BUDGET_SOFT_THRESHOLD) or exhausted.", ["level"], registry=r,
+        )
+        self.budget_store_errors = Counter(
+            "ivy_budget_store_errors", "Budget store failures, by operation and what was done.", ["op", "action"],
+            registry=r,
+        )
+        self.budget_overshoot = Counter(
+            "ivy_budget_overshoot", "Settlements above their reservation (0 by construction).", registry=r,
+        )
         # Children whose labels never change are bound once (a labels() call per request costs a
         # lock and a dict lookup); every series exists from the start too (dashboards, alerts).
         self.cache_request = {status: self.cache_requests.labels(status) for status in get_args(CacheStatus)}
         self.cache_saved_input = self.cache_tokens_saved.labels("input")
         self.cache_saved_output = self.cache_tokens_saved.labels("output")
+        for level in ("soft", "exhausted"):
+            self.budget_crossings.labels(level)
+        for reason in ("budget_exhausted", "budget_unavailable"):
+            self.budget_refusals.labels(reason)
         self._eval = EvalReportCollector(eval_reports_dir) if eval_reports_dir is not None else None
         if self._eval is not None and self.multiproc_dir is None:
             r.register(self._eval)

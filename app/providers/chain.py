@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 
+from app.budget import Budgets, Hold, Tab
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.providers.base import (
@@ -47,6 +48,7 @@ from app.providers.base import (
     ProviderAuthError,
     ProviderError,
     ProviderRateLimited,
+    ProviderTimeout,
 )
 from app.providers.clock import MONOTONIC, Clock, Deadline
 from app.providers.hedging import HedgeBudget, HedgeConfig, LatencyNorm
@@ -62,12 +64,18 @@ log = get_logger()
 NO_PROVIDER = LinkFailure("none", "no_provider_configured")
 
 
+def _track(races: list[Race], race: Race) -> Race:
+    races.append(race)
+    return race
+
+
 class ProviderChain:
     """The links, their norms and the hedge budget; the `Referee` of every race (race.py)."""
 
     def __init__(self, links: list[Link], metrics: Metrics, *, shared: SharedBreakerStore | None = None,
                  local: LocalProvider | None = None, deadline: float = 8.0,
-                 hedge: HedgeConfig | None = None, clock: Clock = MONOTONIC) -> None:
+                 hedge: HedgeConfig | None = None, clock: Clock = MONOTONIC, budgets: Budgets | None = None
+                 ) -> None:
         self.links = links
         self.metrics = metrics
         self.shared = shared
@@ -75,6 +83,7 @@ class ProviderChain:
         self.deadline_seconds = deadline
         self.hedge = hedge or HedgeConfig()
         self.clock = clock
+        self.budgets = budgets or Budgets.off(metrics)  # a request without a tab is billed, not budgeted
         self.norms: dict[str, LatencyNorm] = {link.provider.name: LatencyNorm(self.hedge) for link in links}
         self.budget = HedgeBudget(self.hedge, clock.now)
         # Each winning call's series, bound once per provider (a labels() call per request costs).
@@ -100,16 +109,28 @@ class ProviderChain:
     # --- the one entry point -------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest, *, deadline: Deadline, trace: Trace,
-                     first: str | None = None, json_mode: bool = False, buffered: bool = False
-                     ) -> AsyncIterator[str]:
+                     first: str | None = None, json_mode: bool = False, buffered: bool = False,
+                     tab: Tab | None = None) -> AsyncIterator[str]:
         """The answer's text; ``trace`` says who answered and how. Buffered: one piece, the whole
         answer (a broken stream fails over); unbuffered: chunks as they come (after the first,
         an error or the deadline raises a ProviderError). The offline provider answers when no
-        remote call can, in one piece."""
+        remote call can, in one piece. Every call is settled against ``tab`` at its outcome (a
+        request left half-way settles what it started, by estimate)."""
+        tab = tab or self.budgets.tab(None, request.system, request.prompt, request.max_output_tokens,
+                                      request.intent)
+        races: list[Race] = []  # this request's rounds (at most one per link)
+        try:
+            async for piece in self._races(request, deadline, trace, first, json_mode, buffered, tab, races):
+                yield piece
+        finally:
+            await self._settle_left(races[-1] if races else None, trace, tab)
+
+    async def _races(self, request: GenerationRequest, deadline: Deadline, trace: Trace, first: str | None,
+                     json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncIterator[str]:
         self.budget.request()
         pending = list(self.ordered(first))
-        while (won := await Race(self, request, pending, deadline, trace, json_mode=json_mode,
-                                 streamed=not buffered).run()) is not None:
+        while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
+                                               streamed=not buffered)).run()) is not None:
             attempt, chunk = won
             if buffered:
                 parts = [chunk]
@@ -133,6 +154,16 @@ class ProviderChain:
         self.exhausted(trace)
         yield self.local.answer(request, json_mode=json_mode)
 
+    async def _settle_left(self, race: Race | None, trace: Trace, tab: Tab) -> None:
+        """The request went away mid-race or mid-answer: bill what its calls consumed."""
+        with contextlib.suppress(Exception):
+            for attempt in list(race.running.values()) if race is not None else []:
+                attempt.task.cancel()
+                await self.settle(attempt, trace, stopped=True)
+            if race is not None and race.winner is not None:
+                await self.settle(race.winner, trace, stopped=True)
+            await tab.close()
+
     async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncIterator[str]:
         """The chunks after the first, each within the deadline (a timer cannot span a yield)."""
         stream = attempt.stream
@@ -153,6 +184,8 @@ class ProviderChain:
                 yield piece
         finally:
             await self._close(stream)  # the client went away mid-answer: close the connection now
+            with contextlib.suppress(Exception):
+                await self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
 
     # --- the Referee (app/providers/race.py) ---------------------------------------------------
 
@@ -163,6 +196,28 @@ class ProviderChain:
     @property
     def max_hedge_delay(self) -> float:
         return self.hedge.max_delay
+
+    async def reserve(self, link: Link, tab: Tab | None, trace: Trace) -> Hold | None:
+        tab = tab or self.budgets.tab(None, "", "", 0, "none")  # a race run on its own (tests)
+        hold = await tab.reserve(link.provider.model)
+        if hold is None:
+            reason = tab.refusal.reason if tab.refusal is not None else "budget_exhausted"
+            trace.failures.append(LinkFailure(link.provider.name, reason))
+        return hold
+
+    def release(self, hold: Hold) -> None:
+        if not hold.tab.give_back(hold):
+            self._in_background(hold.tab.unused(hold))
+
+    async def settle(self, attempt: Attempt, trace: Trace, *, stopped: bool) -> None:
+        """Settle a call's reservation to its usage; its bill goes on the trace (app/budget/ledger.py)."""
+        usage, link = attempt.usage, attempt.link
+        bill = await attempt.hold.tab.settle(
+            attempt.hold, provider=attempt.name, model=link.provider.model, role=attempt.role,
+            input_tokens=usage.input_tokens, cached_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens, received_chars=usage.received_chars, stopped=stopped)
+        if bill is not None:
+            trace.bills.append(bill)
 
     def hedge_delay(self, link: Link) -> float:
         return self.norms[link.provider.name].hedge_delay()
@@ -210,6 +265,7 @@ class ProviderChain:
             self.metrics.hedges.labels(winner.name, "won").inc()
         for loser in losers:
             self.metrics.hedges.labels(loser.name, "cancelled").inc()
+            await self.settle(loser, trace, stopped=True)
             breaker = loser.link.breaker
             if loser.role == "hedge" or now - loser.started < loser.delay:
                 breaker.release(loser.generation)  # a cancelled hedge, or a call not yet past its norm
@@ -225,6 +281,7 @@ class ProviderChain:
     async def failed(self, attempt: Attempt, exc: ProviderError, trace: Trace) -> None:
         name, breaker, was = attempt.name, attempt.link.breaker, attempt.link.breaker.state
         seconds = self.clock.now() - attempt.started
+        await self.settle(attempt, trace, stopped=isinstance(exc, ProviderTimeout))
         trace.failures.append(LinkFailure(name, exc.reason))
         self.norms[name].troubled()
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
@@ -244,9 +301,12 @@ class ProviderChain:
         await self._share(attempt.link, was)
 
     def discard(self, stream: AsyncIterator[str]) -> None:
-        closer = asyncio.ensure_future(self._close(stream))
-        self._background.add(closer)
-        closer.add_done_callback(self._background.discard)
+        self._in_background(self._close(stream))
+
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- outcomes after the race ---------------------------------------------------------------
 
@@ -254,13 +314,11 @@ class ProviderChain:
         # The successful call is logged on the request's own line (model_provider, provider_ms):
         # a second INFO line per request cost more than the rest of the logging.
         seconds = self.clock.now() - attempt.started
-        name, model = attempt.name, attempt.link.provider.model
+        name = attempt.name
         self.norms[name].answered(seconds)
         self._answered_in[name].observe(seconds)
         trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
-        for direction, count in (("input", trace.input_tokens), ("output", trace.output_tokens)):
-            if count:
-                self.metrics.provider_tokens.labels(name, model, request.intent, direction).inc(count)
+        await self.settle(attempt, trace, stopped=False)  # its tokens and cost are counted there, per call
         breaker = attempt.link.breaker
         was = breaker.state
         breaker.record_success(attempt.generation)

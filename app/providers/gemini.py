@@ -84,6 +84,7 @@ class GeminiProvider:
             output += thoughts  # thinking tokens are billed as output
         usage.input_tokens = optional_int(counts.get("promptTokenCount"))
         usage.output_tokens = output
+        usage.cached_input_tokens = optional_int(counts.get("cachedContentTokenCount"))
 
     def _candidate_text(self, payload: dict[str, Any]) -> tuple[str, str | None]:
         """Text of the first candidate (thought parts skipped) and its finishReason, if any."""
@@ -131,6 +132,8 @@ class GeminiProvider:
                 text, finish = self._candidate_text(event)
                 if text:
                     produced = True
+                    if usage is not None:
+                        usage.received_chars += len(text)
                     yield text
                 if finish is not None:
                     finished = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.budget import Bill
 from app.providers.base import Provider
 from app.resilience.breaker import CircuitBreaker
 from app.vocabulary import ProviderName
@@ -31,8 +32,9 @@ class Trace:
     hedged: bool = False  # a hedge was started
     provider: ProviderName = "local"  # who answered (known after the first chunk)
     model: str = ""
-    input_tokens: int | None = None
+    input_tokens: int | None = None  # the answering call's (what a cache entry saves)
     output_tokens: int | None = None
+    bills: list[Bill] = field(default_factory=list)  # every call the providers bill: hedges, failovers
 
     @property
     def degraded_reason(self) -> str | None:

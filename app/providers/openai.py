@@ -109,10 +109,15 @@ class OpenAIProvider:
                     if usage is not None and isinstance(counts, dict):
                         usage.input_tokens = optional_int(counts.get("prompt_tokens"))
                         usage.output_tokens = optional_int(counts.get("completion_tokens"))
+                        details = counts.get("prompt_tokens_details")
+                        if isinstance(details, dict):
+                            usage.cached_input_tokens = optional_int(details.get("cached_tokens"))
                     continue
                 delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
                 piece = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(piece, str) and piece:
                     produced = True
+                    if usage is not None:
+                        usage.received_chars += len(piece)
                     yield piece
         raise ProviderUnavailable(self.name, "stream ended before [DONE]")

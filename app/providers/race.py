@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from app.budget import Hold, Tab
 from app.providers.base import (
     GenerationRequest,
     ProviderError,
@@ -42,6 +43,7 @@ class Attempt:
     usage: Usage
     stream: AsyncIterator[str]
     task: asyncio.Task[str]
+    hold: Hold  # its budget reservation, settled at its outcome (app/budget/ledger.py)
 
     @property
     def name(self) -> ProviderName:
@@ -61,6 +63,15 @@ class Referee(Protocol):
 
     async def admit(self, link: Link, trace: Trace) -> int | None:
         """The breaker generation ``link`` is admitted in, or None (recorded as circuit_open)."""
+        ...
+
+    async def reserve(self, link: Link, tab: Tab | None, trace: Trace) -> Hold | None:
+        """The call's budget reservation (``tab`` None: billed, not budgeted), or None: the org's
+        budget refused it (recorded as budget_exhausted)."""
+        ...
+
+    def release(self, hold: Hold) -> None:
+        """A reservation whose call was not made (its breaker refused)."""
         ...
 
     def hedge_delay(self, link: Link) -> float: ...
@@ -100,27 +111,31 @@ class Race:
     """One request's race for a first chunk (see the module docstring)."""
 
     def __init__(self, referee: Referee, request: GenerationRequest, pending: list[Link], deadline: Deadline,
-                 trace: Trace, *, json_mode: bool = False, streamed: bool = True) -> None:
-        self.referee, self.clock, self.request, self.pending = referee, referee.clock, request, pending
+                 trace: Trace, tab: Tab | None = None, *, json_mode: bool = False, streamed: bool = True) -> None:
+        self.referee, self.clock, self.request, self.pending, self.tab = referee, referee.clock, request, pending, tab
         self.deadline, self.trace, self.json_mode, self.streamed = deadline, trace, json_mode, streamed
         self.running: dict[asyncio.Task[str], Attempt] = {}
         self.hedge_at: float | None = None  # when to hedge `hedge_for` (once per request)
         self.hedge_for: Attempt | None = None
         self.failover_at: float | None = None  # when to presume the calls in flight hung
+        self.winner: Attempt | None = None
 
-    async def next_admitted(self) -> tuple[Link, int] | None:
+    async def next_admitted(self) -> tuple[Link, int, Hold] | None:
         while self.pending:
             link = self.pending.pop(0)
+            if (hold := await self.referee.reserve(link, self.tab, self.trace)) is None:
+                continue
             if (generation := await self.referee.admit(link, self.trace)) is not None:
-                return link, generation
+                return link, generation, hold
+            self.referee.release(hold)
         return None
 
-    def start(self, role: Role, link: Link, generation: int) -> Attempt:
+    def start(self, role: Role, link: Link, generation: int, hold: Hold) -> Attempt:
         now = self.clock.now()
         usage = Usage()
         stream = link.provider.stream(self.request, deadline=self.deadline, json_mode=self.json_mode, usage=usage)
         attempt = Attempt(link, generation, role, now, self.referee.hedge_delay(link), usage, stream,
-                          asyncio.ensure_future(first_chunk(stream)))
+                          asyncio.ensure_future(first_chunk(stream)), hold)
         self.running[attempt.task] = attempt
         self.trace.calls += 1
         if self.referee.hedging and role != "hedge":
@@ -156,6 +171,7 @@ class Race:
                     for loser in losers:
                         self.cancel(loser)
                     running.clear()
+                    self.winner = attempt
                     await referee.won(attempt, losers, self.trace)
                     return attempt, task.result()
                 await referee.failed(attempt, as_provider_error(attempt.name, exc), self.trace)
@@ -188,14 +204,18 @@ class Race:
         target = referee.hedge_target(slow.link, self.pending, self.streamed)
         if target is None or not referee.spend_hedge():
             return False
+        hold = await referee.reserve(target, self.tab, self.trace)
+        if hold is None:
+            return False
         generation = slow.generation  # the same provider: admitted already (its breaker is closed)
         if target is not slow.link:
             self.pending.remove(target)
             admitted = await referee.admit(target, self.trace)
             if admitted is None:
+                referee.release(hold)
                 return False
             generation = admitted
-        attempt = self.start("hedge", target, generation)
+        attempt = self.start("hedge", target, generation, hold)
         self.trace.hedged = True
         referee.hedged(attempt)
         if target is slow.link and self.failover_at is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 import redis.asyncio as aioredis
 
+from app.budget import Budgets
 from app.config import Settings
 from app.observability.logging import get_logger
 from app.observability.metrics import BREAKER_STATE_VALUE, Metrics
@@ -22,8 +23,8 @@ from app.resilience.breaker_store import SharedBreakerStore
 log = get_logger()
 
 
-def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics, redis: aioredis.Redis | None
-                ) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
+def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics, redis: aioredis.Redis | None,
+                budgets: Budgets | None = None) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
     def on_transition(name: str, before: BreakerState, after: BreakerState, reason: str) -> None:
         metrics.breaker_transitions.labels(name, before, after).inc()
         metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUE[after])
@@ -65,5 +66,5 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
         budget_window_seconds=settings.ivy_hedge_budget_window_seconds,
     )
     chain = ProviderChain(links, metrics, shared=shared, deadline=settings.ivy_request_deadline_seconds,
-                          hedge=hedge)
+                          hedge=hedge, budgets=budgets)
     return chain, breakers

@@ -2,7 +2,7 @@
 
     app.main -> app.api -> app.pipeline, app.state, app.domain
              -> app.intent, app.retrieval, app.providers, app.resilience, app.drafts, app.gc_tuning,
-                app.crm, app.safety
+                app.crm, app.safety, app.budget
              -> app.config, app.observability, app.vocabulary
 
 and nothing under app.api imports FastAPI's world: the core knows no HTTP.
@@ -21,7 +21,7 @@ RANK = {
     "app.api": 4,
     "app.pipeline": 3, "app.state": 3, "app.domain": 3,
     "app.intent": 2, "app.retrieval": 2, "app.providers": 2, "app.resilience": 2, "app.drafts": 2, "app.cache": 2,
-    "app.gc_tuning": 2, "app.crm": 2, "app.safety": 2,
+    "app.gc_tuning": 2, "app.crm": 2, "app.safety": 2, "app.budget": 2,
     "app.config": 1, "app.observability": 1, "app.vocabulary": 1,
 }
 HTTP_PACKAGES = ("fastapi", "starlette", "uvicorn")

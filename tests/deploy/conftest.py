@@ -84,4 +84,20 @@ def exported(make_client: Callable[..., TestClient], fake_provider: FakeProvider
     hedged = hedging.post(V2, json={"query": "hello once more"}, headers={"X-User-ID": "rep-4"}).json()
     assert hedged["provider"] == "openai" and hedged["fallback"]["reason"] == "slow", hedged
     scrapes.add_scrape(hedging.get("/metrics").text)
+
+    # Budgets: an org over its default (a refusal, the exhaustion crossing), a model without a price,
+    # and the budget store unreachable (fails open).
+    budgeted = make_client(**provider_settings, ivy_budget_default="0.000001 usd/day")
+    assert budgeted.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-7", "X-Org-ID": "o1"}
+                         ).status_code == 429
+    scrapes.add_scrape(budgeted.get("/metrics").text)
+    unpriced = make_client(**provider_settings, gemini_model="gemini-x")
+    assert unpriced.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-7"}).json()["usage"]["cost_usd"] \
+        is None
+    scrapes.add_scrape(unpriced.get("/metrics").text)
+    store_down = make_client(**provider_settings, ivy_budget_default="10 usd/day",
+                             redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert store_down.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-8", "X-Org-ID": "o2"}
+                           ).status_code == 200
+    scrapes.add_scrape(store_down.get("/metrics").text)
     return scrapes

@@ -147,6 +147,9 @@ def has_panel(pattern: str, *, slo: float | None = None) -> bool:
     ("limiter backend up", r"by \(backend\) \(ivy_ratelimit_backend_up\)", None),
     ("in-flight requests", r"ivy_in_flight_requests", None),
     ("eval success rate with its 80% floor", r"ivy_eval_success_rate", 0.8),
+    ("spend per provider and model", r"sum by \(provider, model\) \(rate\(ivy_provider_cost_usd_total\[", None),
+    ("orgs near or at their budget", r"sum by \(level\) \(increase\(ivy_budget_threshold_crossings_total\[", None),
+    ("calls a budget refused", r"sum by \(reason\) \(rate\(ivy_budget_refusals_total\[", None),
 ])
 def test_dashboard_has_the_panel_on_call_needs(what: str, pattern: str, slo: float | None) -> None:
     assert has_panel(pattern, slo=slo), f"no panel shows {what}"

@@ -2,7 +2,7 @@
 
 Never captured as provider requests. ``GET /_fake/health``, ``POST|DELETE /_fake/fault``,
 ``POST /_fake/answer`` (``{"text", "json", "obedient"}``), ``GET|DELETE /_fake/requests``, ``POST /_fake/reset``,
-``POST /_fake/realism``, ``GET /_fake/stats``.
+``POST /_fake/realism``, ``GET /_fake/stats``, ``GET /_fake/usage`` (the usage it reported).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Admin:
         app.router.add_post("/_fake/reset", self.reset)
         app.router.add_post("/_fake/realism", self.realism)
         app.router.add_get("/_fake/stats", self.stats)
+        app.router.add_get("/_fake/usage", self.usage)
 
     async def health(self, _: web.Request) -> web.Response:
         return web.json_response({"ok": True, "faults": [asdict(f) for f in self.fake.faults]})
@@ -96,6 +97,10 @@ class Admin:
     async def stats(self, _: web.Request) -> web.Response:
         """Per provider: calls planned in realistic mode and their service / first-token percentiles."""
         return web.json_response(self.fake.realism.stats() if self.fake.realism is not None else {})
+
+    async def usage(self, _: web.Request) -> web.Response:
+        """What this fake reported as usage: ``{"provider/model": {"calls", "input", "output"}}``."""
+        return web.json_response(self.fake.usage)
 
     async def reset(self, _: web.Request) -> web.Response:
         self.fake.reset()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from tools.fake_provider import gemini, openai
 from tools.fake_provider.admin import Admin
-from tools.fake_provider.answers import Call, answer_text, chunks, regroup
+from tools.fake_provider.answers import Call, answer_text, chunks, estimate_tokens, out_tokens, regroup
 from tools.fake_provider.faults import (
     DEFAULT_CHANCE,
     STREAM_FAULTS,
@@ -68,6 +68,8 @@ class FakeProviderServer:
         self.obedient = False  # True: answer as a model that obeys every instruction it reads (obedient.py)
         self.requests: list[CapturedRequest] = []  # oldest dropped beyond max_captured (benchmarks)
         self.max_captured = max_captured
+        # What this fake billed, as it reported it: "provider/model" -> calls, input and output tokens.
+        self.usage: dict[str, dict[str, int]] = {}
         self._faults = StandingFaults()
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
@@ -147,8 +149,16 @@ class FakeProviderServer:
             return [r for r in self.requests if r.path.startswith("/v1/chat/")]
         return [r for r in self.requests if "/models/" in r.path]
 
+    def billed(self, call: Call, text: str) -> None:
+        """Count a call whose usage this fake reported (the same counts as on the wire)."""
+        counts = self.usage.setdefault(f"{call.provider}/{call.model}", {"calls": 0, "input": 0, "output": 0})
+        counts["calls"] += 1
+        counts["input"] += estimate_tokens(call.prompt)
+        counts["output"] += out_tokens(call, text)
+
     def reset(self) -> None:
         self.requests.clear()
+        self.usage.clear()
         self._faults.clear()
         self.answer_text = None
         self.json_answer = None
@@ -278,6 +288,7 @@ class FakeProviderServer:
             payload = (openai.completion(call, text, self._ids) if call.provider == "openai"
                        else gemini.response(call, text, self._ids))
             response = web.Response(body=orjson.dumps(payload), content_type="application/json")
+            self.billed(call, text)
             if plan is not None and self.realism is not None:
                 took = loop.time() - began
                 self.realism.measured(plan, first_byte=took, finished=took)
@@ -320,6 +331,8 @@ class FakeProviderServer:
             await self._write_events(resp, tail, pace)
         elif kind != "stream_truncate":
             await self._write_events(resp, tail, pace)
+        if kind not in STREAM_FAULTS and (call.include_usage or call.provider == "gemini"):
+            self.billed(call, "".join(deltas))  # the usage went out with the last event
         await resp.write_eof()
         if plan is not None and self.realism is not None:
             self.realism.measured(plan, finished=loop.time() - began)
