@@ -4,14 +4,13 @@ behind IVY_ADMIN_TOKEN (off when unset)."""
 from __future__ import annotations
 
 import hmac
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from app.api.deps import IvyState
-from app.api.errors import BadRequest, NotFound, Unauthorized
+from app.api.errors import BadRequest, Conflict, NotFound, Unauthorized
 from app.api.responses import FastJSONResponse
 from app.api.schemas import ErrorResponse
 from app.config.budget_limits import Limit
@@ -135,17 +134,21 @@ class BudgetUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    org_id: str = Field(min_length=1, max_length=128, description="As sent in X-Org-ID or the token's org claim.")
-    limit: Decimal = Field(gt=0, le=Decimal(10**15), description="USD (up to 9 decimals) or whole tokens.")
+    org_id: str = Field(min_length=1, max_length=128, pattern=r"\S",
+                        description="As sent in X-Org-ID or the token's org claim.")
+    limit: float = Field(gt=0, le=1e12, description="USD (down to 1e-9; a finer fraction rounds up) or tokens "
+                         "(a fraction rounds up).")
     unit: Literal["usd", "tokens"]
     period: Literal["day", "month"] = Field(description="Calendar day or month, UTC.")
     set_by: str = Field(min_length=1, max_length=100, description="Who sets it (logged, shown).")
 
 
-def _org(state: IvyState, org_id: str | None) -> str:
+def _org(state: IvyState, org_id: str) -> str:
     if state.budgets.store is None:
-        raise BadRequest("budgets are off: set IVY_BUDGET_DEFAULT (e.g. '50 usd/month', or 'none' for "
+        error = Conflict("budgets are off: set IVY_BUDGET_DEFAULT (e.g. '50 usd/month', or 'none' for "
                          "per-org budgets only)")
+        error.code = "budgets_off"
+        raise error
     org_key = normalise_id(org_id, kind="o")
     if org_key is None:
         raise BadRequest("org_id is blank")
@@ -153,7 +156,8 @@ def _org(state: IvyState, org_id: str | None) -> str:
 
 
 _BAD_BUDGET: dict[int | str, dict[str, Any]] = {
-    400: {**_ERROR, "description": "Budgets are off, org_id is blank, or the limit is out of range"}}
+    400: {**_ERROR, "description": "org_id is blank once normalised"},
+    409: {**_ERROR, "description": "Budgets are off (IVY_BUDGET_DEFAULT unset): budgets_off"}}
 
 
 @router.get("/budgets", summary="Per-org budgets: limit, spend and reservations this period; the top spenders")
@@ -165,15 +169,16 @@ async def get_budgets(state: IvyState, _: Admin, top: int = 10) -> FastJSONRespo
 async def put_budget(body: BudgetUpdate, state: IvyState, _: Admin) -> FastJSONResponse:
     org_key = _org(state, body.org_id)
     try:
-        limit = Limit.make(body.limit, body.unit, body.period)
+        limit = Limit.make(repr(body.limit), body.unit, body.period, round_up=True)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return FastJSONResponse(await state.budgets.set_override(org_key, body.org_id, limit, body.set_by))
 
 
 @router.delete("/budgets", summary="Back to the default budget for one org", responses=_BAD_BUDGET)
-async def delete_budget(state: IvyState, _: Admin, org_id: str | None = None, set_by: str = "unknown"
-                        ) -> FastJSONResponse:
+async def delete_budget(state: IvyState, _: Admin,
+                        org_id: Annotated[str, Query(min_length=1, max_length=128, pattern=r"\S")],
+                        set_by: str = "unknown") -> FastJSONResponse:
     org_key = _org(state, org_id)
-    deleted = await state.budgets.delete_override(org_key, org_id or "", set_by[:100])
+    deleted = await state.budgets.delete_override(org_key, org_id, set_by[:100])
     return FastJSONResponse({"deleted": deleted, "org_id": org_id})

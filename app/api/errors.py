@@ -7,7 +7,7 @@ code; `as_ivy_error` maps them (and anything else) to this tree::
 
     IvyError (500 internal_error)
     ├── BadRequest (400) ── InvalidJSON
-    ├── Unauthorized (401), NotFound (404), MethodNotAllowed (405), PayloadTooLarge (413)
+    ├── Unauthorized (401), NotFound (404), MethodNotAllowed (405), Conflict (409), PayloadTooLarge (413)
     ├── UnsupportedMediaType (415), ValidationFailed (422), RateLimited (429) <- RateLimitExceeded,
     │                       BudgetExhausted (code budget_exhausted / budget_unavailable)
     ├── ShuttingDown (503)
@@ -86,6 +86,11 @@ class Unauthorized(IvyError):
 class NotFound(IvyError):
     status_code = 404
     code = "not_found"
+
+
+class Conflict(IvyError):
+    status_code = 409
+    code = "conflict"
 
 
 class MethodNotAllowed(IvyError):

@@ -6,7 +6,7 @@ import calendar
 import re
 import time
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Literal
 
 from app.config.prices import NANO_PER_USD
@@ -15,8 +15,7 @@ Unit = Literal["usd", "tokens"]
 Period = Literal["day", "month"]
 
 _SPEC = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(usd|tokens)\s*/\s*(day|month)\s*$", re.IGNORECASE)
-MAX_USD = Decimal(1_000_000_000)  # a budget above $1e9 is a typo
-MAX_TOKENS = 10**15
+MAX_AMOUNT = Decimal(10**12)  # USD or tokens: more is a typo
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,18 +27,20 @@ class Limit:
     period: Period
 
     @classmethod
-    def make(cls, value: Decimal | float | int | str, unit: str, period: str) -> Limit:
+    def make(cls, value: Decimal | float | int | str, unit: str, period: str, *, round_up: bool = False) -> Limit:
+        """``round_up``: a fraction finer than the unit (a nano-dollar, a token) rounds up, else it is refused."""
         try:
             number = Decimal(str(value))
         except InvalidOperation:
             raise ValueError(f"{value!r} is not a number") from None
         if unit not in ("usd", "tokens") or period not in ("day", "month"):
             raise ValueError("unit is usd or tokens, period is day or month")
-        if number <= 0 or (unit == "usd" and number > MAX_USD) or (unit == "tokens" and number > MAX_TOKENS):
-            raise ValueError(f"{value} {unit} is out of range (above 0, at most $1e9 or 1e15 tokens)")
-        if unit == "tokens" and number != number.to_integral_value():
-            raise ValueError("a token budget is a whole number")
-        amount = int(number * NANO_PER_USD) if unit == "usd" else int(number)
+        if not number.is_finite() or number <= 0 or number > MAX_AMOUNT:
+            raise ValueError(f"{value} {unit} is out of range (above 0, at most 1e12)")
+        scaled = number * NANO_PER_USD if unit == "usd" else number
+        if scaled != scaled.to_integral_value() and not round_up:
+            raise ValueError("a token budget is a whole number; a USD one has at most 9 decimals")
+        amount = int(scaled.to_integral_value(rounding=ROUND_CEILING))
         return cls(amount, "usd" if unit == "usd" else "tokens", "day" if period == "day" else "month")
 
     @classmethod

@@ -141,16 +141,18 @@ def _put(client: TestClient, org: str, limit: Any, unit: str = "usd", period: st
 
 def test_budgets_are_off_unless_configured(app, fake_provider: FakeProviderThread) -> None:
     client = app()
-    assert _put(client, "acme", 1).status_code == 400
+    r = _put(client, "acme", 1)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "budgets_off"
     assert client.get("/admin/budgets", headers=AUTH).json()["enabled"] is False
 
 
 def test_bad_budget_bodies_are_a_clear_4xx(app, fake_provider: FakeProviderThread) -> None:
     client = app(ivy_budget_default="none")
-    for limit, unit in ((0, "usd"), (-1, "usd"), (1.5, "tokens"), ("x", "usd"), (10**16, "tokens")):
-        assert _put(client, "acme", limit, unit).status_code in (400, 422), (limit, unit)
-    assert _put(client, "   ", 1).status_code == 400
-    assert client.delete("/admin/budgets", headers=AUTH).status_code == 400
+    for limit, unit in ((0, "usd"), (-1, "usd"), ("x", "usd"), ("", "usd"), (10**13, "tokens"), (1, "eur")):
+        assert _put(client, "acme", limit, unit).status_code == 422, (limit, unit)
+    assert _put(client, "   ", 1).status_code == 422
+    assert client.delete("/admin/budgets", headers=AUTH).status_code == 422
+    assert _put(client, "acme", 1.5, "tokens").json()["limit"] == 2  # a fraction of the unit rounds up
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
