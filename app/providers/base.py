@@ -98,10 +98,13 @@ class GenerationRequest:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts a stream reports at its end; the adapter fills it in as they arrive."""
+    """Token counts (and why and which model answered) a stream reports at its end; the adapter
+    fills it in as they arrive."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    finish_reason: str | None = None  # as the provider says it ("stop", "STOP", "length", "MAX_TOKENS")
+    model: str | None = None  # the model that answered, as the provider names it
 
 
 class Provider(Protocol):

@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from app.observability import tracing
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.providers.base import (
@@ -122,6 +123,9 @@ class ProviderChain:
                 except TimeoutError:
                     await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
                     break
+                except asyncio.CancelledError:
+                    attempt.end("cancelled")  # the request was cancelled mid-answer
+                    raise
                 await self.answered(attempt, request, trace)
                 yield "".join(parts)
                 return
@@ -153,6 +157,7 @@ class ProviderChain:
                 yield piece
         finally:
             await self._close(stream)  # the client went away mid-answer: close the connection now
+            attempt.end("cancelled")  # nothing when the stream ended (the chain records it as won)
 
     # --- the Referee (app/providers/race.py) ---------------------------------------------------
 
@@ -195,6 +200,8 @@ class ProviderChain:
         generation = link.breaker.allow()
         if generation is None:
             trace.failures.append(LinkFailure(link.provider.name, "circuit_open"))
+            tracing.add_event("ivy.provider_skipped", **{"ivy.provider": link.provider.name,
+                                                         "ivy.reason": "circuit_open"})
         return generation
 
     async def won(self, winner: Attempt, losers: list[Attempt], trace: Trace) -> None:
@@ -204,6 +211,7 @@ class ProviderChain:
         # for. Judged against an old norm, a provider whose latency shifts (every call 2 s, or
         # 300 ms instead of 3) would open its breaker before the norm caught up.
         self.norms[winner.name].first_token(first_token)
+        winner.span.add_event("ivy.first_token", {"ivy.first_token_ms": round(first_token * 1000, 3)})
         self._first_token[winner.name].observe(first_token)
         trace.provider, trace.model = winner.name, winner.link.provider.model
         if winner.role == "hedge":
@@ -213,7 +221,9 @@ class ProviderChain:
             breaker = loser.link.breaker
             if loser.role == "hedge" or now - loser.started < loser.delay:
                 breaker.release(loser.generation)  # a cancelled hedge, or a call not yet past its norm
+                loser.end("cancelled")
                 continue
+            loser.end("outrun")
             was = breaker.state
             breaker.record_slow(loser.generation)
             self.norms[loser.name].troubled()
@@ -226,6 +236,7 @@ class ProviderChain:
         name, breaker, was = attempt.name, attempt.link.breaker, attempt.link.breaker.state
         seconds = self.clock.now() - attempt.started
         trace.failures.append(LinkFailure(name, exc.reason))
+        attempt.end("failed", exc)
         self.norms[name].troubled()
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
         if isinstance(exc, ProviderRateLimited):
@@ -261,6 +272,7 @@ class ProviderChain:
         for direction, count in (("input", trace.input_tokens), ("output", trace.output_tokens)):
             if count:
                 self.metrics.provider_tokens.labels(name, model, request.intent, direction).inc(count)
+        attempt.end("won")
         breaker = attempt.link.breaker
         was = breaker.state
         breaker.record_success(attempt.generation)
@@ -271,6 +283,7 @@ class ProviderChain:
         trace.provider, trace.model = self.local.name, self.local.model
         if not trace.failures:
             trace.failures.append(NO_PROVIDER)
+        tracing.add_event("ivy.fallback", **{"ivy.provider": self.local.name, "ivy.reason": trace.failures[0].reason})
         if self.links:
             log.warning("provider_chain_exhausted", model_provider=self.local.name,
                         failures=[f"{f.provider}:{f.reason}" for f in trace.failures])
@@ -285,6 +298,9 @@ class ProviderChain:
     async def _share(self, link: Link, was: str) -> None:
         """Tell the other workers when this one opened or closed the provider's breaker."""
         now = link.breaker.state
+        if now != was:
+            tracing.add_event("ivy.breaker", **{"ivy.provider": link.provider.name, "ivy.breaker.from": was,
+                                                "ivy.breaker.to": now})
         if self.shared is None or now == was:
             return
         if now == "open":
