@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from app.observability import tracing
 from app.observability.logging import get_logger
@@ -130,22 +130,25 @@ class ProviderChain:
                 yield "".join(parts)
                 return
             yield chunk
-            async for piece in self._rest(attempt, deadline, trace):
-                yield piece
+            async with contextlib.aclosing(self._rest(attempt, deadline, trace)) as rest:  # closed now, not at GC
+                async for piece in rest:
+                    yield piece
             await self.answered(attempt, request, trace)
             return
         self.exhausted(trace)
         yield self.local.answer(request, json_mode=json_mode)
 
-    async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncIterator[str]:
+    async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncGenerator[str, None]:
         """The chunks after the first, each within the deadline (a timer cannot span a yield)."""
         stream = attempt.stream
+        whole = False
         try:
             while True:
                 try:
                     async with deadline.timeout():
                         piece = await anext(stream)
                 except StopAsyncIteration:
+                    whole = True  # `answered` records it
                     return
                 except TimeoutError:
                     exc: ProviderError = deadline_error(attempt, self.clock.now())
@@ -157,7 +160,8 @@ class ProviderChain:
                 yield piece
         finally:
             await self._close(stream)  # the client went away mid-answer: close the connection now
-            attempt.end("cancelled")  # nothing when the stream ended (the chain records it as won)
+            if not whole:
+                attempt.end("cancelled")  # nothing if `failed` ended it first
 
     # --- the Referee (app/providers/race.py) ---------------------------------------------------
 
