@@ -45,6 +45,7 @@ class DomainError(Exception):
     """A request the core refuses; ``code`` is the stable tag clients and logs see."""
 
     code = "error"
+    refusal = True  # the request's outcome, not the server's failure: no ERROR status on its span
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

@@ -5,7 +5,10 @@ request: JSON, stream, modal, cache hit and the warm-up's refresh. It yields typ
 app/api/sse.py encodes them as server-sent events.
 
 Each stage is a small named function over plain data; the endpoints only parse HTTP, call
-`answer` and encode what it yields.
+`answer` and encode what it yields. Traced, each stage is a span (app/observability/tracing.py)
+with its outcome as attributes, never open across a `yield` of `answer`: the generate stage's
+span is current only while the chain works (`tracing.stage_over`), so it ends, after its
+attempts, even when the client goes away mid-answer.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from app.domain import (
 from app.drafts.email import make_email_json_fallback, parse_email
 from app.intent.classifier import Classification, classify, lead_has_insights
 from app.intent.normalise import Normalised, read
+from app.observability import tracing
 from app.observability.logging import get_logger
 from app.providers import prompts
 from app.providers.base import GenerationRequest, Passage, ProviderError
@@ -90,6 +94,7 @@ async def admit(state: State, caller: Caller) -> dict[str, str]:
     state.limiter_health.last_ok_at = time.monotonic()
     outcome = "allowed" if decision.allowed else "refused"
     state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
+    tracing.annotate(**{"ivy.rate_limit": outcome, "ivy.bucket": decision.bucket})
     headers = rate_limit_headers(decision)
     if decision.allowed:
         return headers
@@ -105,6 +110,7 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
     health.last_error, health.last_error_at = f"{type(exc).__name__}: {exc}"[:200], now
     health.failures += 1
     fail_open = state.settings.ai_rate_limit_fail_open
+    tracing.annotate(**{"ivy.rate_limit": "failed_open" if fail_open else "failed_closed"})
     (state.limiter_metrics.failed_open if fail_open else state.limiter_metrics.failed_closed).inc()
     state.limiter_metrics.up.set(0)
     if health.warnings.ready(now):  # one line per 10 s in a storm, with the count
@@ -187,11 +193,15 @@ def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer:
         report.flag("secret_masked")
     if injected(text for _, text in record.outside):
         report.flag("untrusted_instructions")
-    question = read(query)
-    c = classify(query, record.context, modal_heuristics=flags.modal_heuristics,
-                 modal_min_confidence=state.settings.ivy_modal_min_confidence, normalised=question)
+    with tracing.stage("classify"):
+        question = read(query)
+        c = classify(query, record.context, modal_heuristics=flags.modal_heuristics,
+                     modal_min_confidence=state.settings.ivy_modal_min_confidence, normalised=question)
+        tracing.annotate(**{"ivy.intent": c.intent, "ivy.confidence": c.confidence, "ivy.modal": c.modal_type})
     timer.lap("classify")
-    passages = retrieve(query, record.context, state.kb, tokens=question.tokens) if c.intent == "rag" else []
+    with tracing.stage("retrieve"):
+        passages = retrieve(query, record.context, state.kb, tokens=question.tokens) if c.intent == "rag" else []
+        tracing.annotate(**{"ivy.passages": len(passages)})
     timer.lap("retrieve")
     request = build_generation_request(state.canary, query, record.lead, c, passages,
                                        state.settings.max_output_tokens(c.intent))
@@ -216,7 +226,11 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     timer = Timer()
     deadline = state.chain.deadline()
     warmup = warmup_key is not None
-    rate_headers = {} if warmup else await admit(state, caller)
+    if warmup:
+        rate_headers = {}
+    else:
+        with tracing.stage("rate_limit"):
+            rate_headers = await admit(state, caller)
     timer.lap("rate_limit")
     p = plan(state, query, context, flags, timer)
     cache: CacheStatus = "bypass"
@@ -226,8 +240,10 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
         if key is None or key.digest != warmup_key:  # re-ask exactly the keyed prompt, or nothing
             return
     else:
-        key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
-                                             use_cache=use_cache)
+        with tracing.stage("cache"):
+            key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
+                                                 use_cache=use_cache)
+            tracing.annotate(**{"ivy.cache": cache})
     tab = None if hit is not None else await budget(state, None if warmup else caller, p, rate_headers)
     timer.lap("cache")
     c = p.c
@@ -245,12 +261,15 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     shown = None if c.modal_type == "email_composer" else p.guard.text_filter()  # a draft is checked whole
     parts: list[str] = []
     try:
-        async for piece in generate(state, p.request, flags, deadline, trace, buffered=not piecewise, tab=tab):
-            if shown is not None:
-                piece = shown.feed(piece)
-            parts.append(piece)
-            if piecewise and piece:
-                yield Delta(piece)
+        async with tracing.stage_over("generate", generate(state, p.request, flags, deadline, trace,
+                                                           buffered=not piecewise, tab=tab),
+                                      **{"ivy.streamed": piecewise}) as pieces:
+            async for piece in pieces:
+                if shown is not None:
+                    piece = shown.feed(piece)
+                parts.append(piece)
+                if piecewise and piece:
+                    yield Delta(piece)
     except ProviderError as exc:
         # After the first piece there is no failing over: say so explicitly, never a silent truncated 200.
         log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
@@ -267,7 +286,9 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     if response.fallback.reason is not None:
         state.metrics.fallbacks.labels(response.fallback.reason).inc()
     record_safety(state, p.report)
-    stored = await cache_store(state, key if p.cacheable else None, trace, response)
+    with tracing.stage("cache_store"):
+        stored = await cache_store(state, key if p.cacheable else None, trace, response)
+        tracing.annotate(**{"ivy.cache.stored": stored})
     if not piecewise:
         yield Delta(response.answer)
     yield Done(response, trace, stored, p.report)
@@ -407,8 +428,10 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
     reason = trace.degraded_reason
     modal: Modal | None = None
     if c.modal_type == "email_composer":
-        draft, reason = email_tool(text, request, trace)
-        draft = p.guard.draft(draft)
+        with tracing.stage("tool", **{"ivy.tool": "email_json"}):
+            draft, reason = email_tool(text, request, trace)
+            draft = p.guard.draft(draft)
+            tracing.annotate(**{"ivy.tool.fallback": reason})
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
@@ -433,6 +456,7 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
 
 
 def record_safety(state: State, report: SafetyReport) -> None:
+    tracing.annotate(**{"ivy.safety.flags": len(report.flags)})  # the request's span: the whole answer's checks
     for flag in report.flags:
         state.metrics.safety_flags.labels(flag).inc()
 

@@ -7,7 +7,10 @@ tracer provider is installed, so every app (and every test) has its own. Per req
   continuing the caller's W3C `traceparent`, and makes it current with the request's tracer;
 - `stage(name, **attrs)` (a context manager) and `start_span(name, **attrs)` (ended by the caller,
   for work that does not fit a `with`, e.g. a provider attempt ended at its cancellation) open
-  child spans of whatever span is current; `add_event` marks the current span;
+  child spans of whatever span is current; `add_event` marks the current span, `annotate` sets
+  attributes on it; `stage_over` is the stage of a stream consumed inside an async generator
+  (current only while a step of the stream runs, never across the generator's own yields);
+  `start_task` starts a task with a span current in it (asyncio copies the context at creation);
 - `add_trace_ids` puts `trace_id` and `span_id` on every log line written inside a traced request.
 
 Off (no endpoint) nothing here runs per request: the HTTP layer holds no `Tracing`, and the
@@ -17,11 +20,12 @@ Spans carry no query or answer text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, MutableMapping
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -51,7 +55,8 @@ FLUSH_SECONDS = 1.0
 _TRACER: ContextVar[trace.Tracer | None] = ContextVar("ivy_tracer", default=None)
 _NOOP: contextlib.nullcontext[Span] = contextlib.nullcontext(INVALID_SPAN)
 _PROPAGATOR = TraceContextTextMapPropagator()
-Attribute = str | bool | int | float
+Attribute = str | bool | int | float | tuple[str, ...]
+T = TypeVar("T")
 
 
 class GreppableIds(RandomIdGenerator):
@@ -150,27 +155,122 @@ def build_tracing(settings: Settings, exporter: SpanExporter | None = None) -> T
 
 def stage(name: str, **attributes: Attribute | None) -> contextlib.AbstractContextManager[Span]:
     """A child span of the current one around a block, current inside it; a no-op outside a traced
-    request. `with tracing.stage("classify") as span: ...; span.set_attribute("ivy.intent", intent)`."""
+    request. `with tracing.stage("classify") as span: ...; span.set_attribute("ivy.intent", intent)`.
+    Never around a `yield` of an async generator: the span would stay current in its consumer."""
     tracer = _TRACER.get()
     if tracer is None:
         return _NOOP
-    return tracer.start_as_current_span(name, attributes=_clean(attributes))
+    return _current(tracer.start_span(name, attributes=_clean(attributes)))
 
 
-def start_span(name: str, **attributes: Attribute | None) -> Span:
+@contextlib.contextmanager
+def _current(span: Span) -> Iterator[Span]:
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    except BaseException as exc:
+        _failed(span, exc)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    """An error is ERROR with its type (a provider's reason tag, never its message: it may quote
+    the prompt); a refusal (`refusal = True`: a DomainError, a 429) and a close (the client went
+    away) are not."""
+    if isinstance(exc, Exception) and not getattr(exc, "refusal", False):
+        span.set_status(Status(StatusCode.ERROR))
+        span.set_attribute("error.type", str(getattr(exc, "reason", None) or type(exc).__name__))
+    elif not isinstance(exc, Exception):
+        span.set_attribute("ivy.abandoned", True)  # GeneratorExit or CancelledError: nobody waits any more
+
+
+@contextlib.asynccontextmanager
+async def stage_over(name: str, items: AsyncIterator[T], **attributes: Attribute | None
+                     ) -> AsyncIterator[AsyncIterator[T]]:
+    """The stage span of a stream read inside an async generator (`answer`'s generate): `items`,
+    each step taken with the span current (so what it starts, e.g. the provider attempts, nests
+    under it) and the span not current across the reader's yields. At exit, even when the reader
+    is closed early (GeneratorExit) or cancelled, `items` is closed first, then the span ends:
+    every child ends inside it. Off: `items`, closed at exit."""
+    tracer = _TRACER.get()
+    if tracer is None:
+        try:
+            yield items
+        finally:
+            await _aclose(items)
+        return
+    span = tracer.start_span(name, attributes=_clean(attributes))
+    steps = _steps(span, items)
+    try:
+        yield steps
+    except BaseException as exc:
+        _failed(span, exc)
+        raise
+    finally:
+        await steps.aclose()
+        span.end()
+
+
+async def _steps(span: Span, items: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    context = trace.set_span_in_context(span)
+    try:
+        while True:
+            token = otel_context.attach(context)  # attached and detached in one step: one context
+            try:
+                item = await anext(items)
+            except StopAsyncIteration:
+                return
+            finally:
+                otel_context.detach(token)
+            yield item
+    finally:
+        token = otel_context.attach(context)
+        try:
+            await _aclose(items)
+        finally:
+            otel_context.detach(token)
+
+
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def start_span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, **attributes: Attribute | None) -> Span:
     """A child span of the current one, not made current, that the caller ends (`span.end()`);
     the no-op span outside a traced request. For work whose end is not a block's, e.g. a provider
-    attempt that ends when it is cancelled: make it current in that task with `trace.use_span`."""
+    attempt that ends when it is cancelled: make it current in that work's task with `start_task`."""
     tracer = _TRACER.get()
     if tracer is None:
         return INVALID_SPAN
-    return tracer.start_span(name, attributes=_clean(attributes))
+    return tracer.start_span(name, kind=kind, attributes=_clean(attributes))
+
+
+def start_task(span: Span, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """`work` as a task with `span` current in it (a task copies the context when it is created)."""
+    if span is INVALID_SPAN:
+        return asyncio.ensure_future(work)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return asyncio.ensure_future(work)
+    finally:
+        otel_context.detach(token)
 
 
 def add_event(name: str, **attributes: Attribute | None) -> None:
     """An event on the current span (a breaker transition, a fallback); nothing outside a traced request."""
     if _TRACER.get() is not None:
         trace.get_current_span().add_event(name, _clean(attributes))
+
+
+def annotate(**attributes: Attribute | None) -> None:
+    """Attributes on the current span (a stage's outcome, known inside it); nothing outside a traced request."""
+    if _TRACER.get() is not None:
+        trace.get_current_span().set_attributes(_clean(attributes))
 
 
 def add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -98,14 +98,16 @@ class GenerationRequest:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts a stream reports (at its end, or running totals as it goes); the adapter fills
-    them in as they arrive, and counts the characters it yielded (what a call stopped before it
-    reported is billed by: app/budget/ledger.py)."""
+    """Token counts a stream reports (at its end, or running totals as it goes), and why and which
+    model answered; the adapter fills them in as they arrive, and counts the characters it yielded
+    (what a call stopped before it reported is billed by: app/budget/ledger.py)."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_input_tokens: int | None = None  # the part of input_tokens the provider's prompt cache served
     received_chars: int = 0
+    finish_reason: str | None = None  # as the provider says it ("stop", "STOP", "length", "MAX_TOKENS")
+    model: str | None = None  # the model that answered, as the provider names it
 
 
 class Provider(Protocol):

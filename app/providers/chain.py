@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 
 from app.budget import Budgets, Hold, Tab
+from app.observability import tracing
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.providers.base import (
@@ -119,14 +120,18 @@ class ProviderChain:
         tab = tab or self.budgets.tab(None, request.system, request.prompt, request.max_output_tokens,
                                       request.intent)
         races: list[Race] = []  # this request's rounds (at most one per link)
+        rounds = self._races(request, deadline, trace, first, json_mode, buffered, tab, races)
         try:
-            async for piece in self._races(request, deadline, trace, first, json_mode, buffered, tab, races):
+            async for piece in rounds:
                 yield piece
         finally:
+            # Closed here, not at GC: the winner's connection and its span end inside generate.
+            with contextlib.suppress(Exception):
+                await rounds.aclose()
             await self._settle_left(races[-1] if races else None, trace, tab)
 
     async def _races(self, request: GenerationRequest, deadline: Deadline, trace: Trace, first: str | None,
-                     json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncIterator[str]:
+                     json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncGenerator[str, None]:
         self.budget.request()
         pending = list(self.ordered(first))
         while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
@@ -143,12 +148,16 @@ class ProviderChain:
                 except TimeoutError:
                     await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
                     break
+                except asyncio.CancelledError:
+                    attempt.end("cancelled")  # the request was cancelled mid-answer
+                    raise
                 await self.answered(attempt, request, trace)
                 yield "".join(parts)
                 return
             yield chunk
-            async for piece in self._rest(attempt, deadline, trace):
-                yield piece
+            async with contextlib.aclosing(self._rest(attempt, deadline, trace)) as rest:  # closed now, not at GC
+                async for piece in rest:
+                    yield piece
             await self.answered(attempt, request, trace)
             return
         self.exhausted(trace)
@@ -164,15 +173,17 @@ class ProviderChain:
                 await self.settle(race.winner, trace, stopped=True)
             await tab.close()
 
-    async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncIterator[str]:
+    async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncGenerator[str, None]:
         """The chunks after the first, each within the deadline (a timer cannot span a yield)."""
         stream = attempt.stream
+        whole = False
         try:
             while True:
                 try:
                     async with deadline.timeout():
                         piece = await anext(stream)
                 except StopAsyncIteration:
+                    whole = True  # `answered` records it
                     return
                 except TimeoutError:
                     exc: ProviderError = deadline_error(attempt, self.clock.now())
@@ -184,6 +195,8 @@ class ProviderChain:
                 yield piece
         finally:
             await self._close(stream)  # the client went away mid-answer: close the connection now
+            if not whole:
+                attempt.end("cancelled")  # nothing if `failed` ended it first
             with contextlib.suppress(Exception):
                 await self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
 
@@ -250,6 +263,8 @@ class ProviderChain:
         generation = link.breaker.allow()
         if generation is None:
             trace.failures.append(LinkFailure(link.provider.name, "circuit_open"))
+            tracing.add_event("ivy.provider_skipped", **{"ivy.provider": link.provider.name,
+                                                         "ivy.reason": "circuit_open"})
         return generation
 
     async def won(self, winner: Attempt, losers: list[Attempt], trace: Trace) -> None:
@@ -259,6 +274,7 @@ class ProviderChain:
         # for. Judged against an old norm, a provider whose latency shifts (every call 2 s, or
         # 300 ms instead of 3) would open its breaker before the norm caught up.
         self.norms[winner.name].first_token(first_token)
+        winner.span.add_event("ivy.first_token", {"ivy.first_token_ms": round(first_token * 1000, 3)})
         self._first_token[winner.name].observe(first_token)
         trace.provider, trace.model = winner.name, winner.link.provider.model
         if winner.role == "hedge":
@@ -269,7 +285,9 @@ class ProviderChain:
             breaker = loser.link.breaker
             if loser.role == "hedge" or now - loser.started < loser.delay:
                 breaker.release(loser.generation)  # a cancelled hedge, or a call not yet past its norm
+                loser.end("cancelled")
                 continue
+            loser.end("outrun")
             was = breaker.state
             breaker.record_slow(loser.generation)
             self.norms[loser.name].troubled()
@@ -283,6 +301,7 @@ class ProviderChain:
         seconds = self.clock.now() - attempt.started
         await self.settle(attempt, trace, stopped=isinstance(exc, ProviderTimeout))
         trace.failures.append(LinkFailure(name, exc.reason))
+        attempt.end("failed", exc)
         self.norms[name].troubled()
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
         if isinstance(exc, ProviderRateLimited):
@@ -319,6 +338,7 @@ class ProviderChain:
         self._answered_in[name].observe(seconds)
         trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
         await self.settle(attempt, trace, stopped=False)  # its tokens and cost are counted there, per call
+        attempt.end("won")
         breaker = attempt.link.breaker
         was = breaker.state
         breaker.record_success(attempt.generation)
@@ -329,6 +349,7 @@ class ProviderChain:
         trace.provider, trace.model = self.local.name, self.local.model
         if not trace.failures:
             trace.failures.append(NO_PROVIDER)
+        tracing.add_event("ivy.fallback", **{"ivy.provider": self.local.name, "ivy.reason": trace.failures[0].reason})
         if self.links:
             log.warning("provider_chain_exhausted", model_provider=self.local.name,
                         failures=[f"{f.provider}:{f.reason}" for f in trace.failures])
@@ -343,6 +364,9 @@ class ProviderChain:
     async def _share(self, link: Link, was: str) -> None:
         """Tell the other workers when this one opened or closed the provider's breaker."""
         now = link.breaker.state
+        if now != was:
+            tracing.add_event("ivy.breaker", **{"ivy.provider": link.provider.name, "ivy.breaker.from": was,
+                                                "ivy.breaker.to": now})
         if self.shared is None or now == was:
             return
         if now == "open":

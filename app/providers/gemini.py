@@ -137,6 +137,8 @@ class GeminiProvider:
                     yield text
                 if finish is not None:
                     finished = True
+                    if usage is not None:
+                        usage.finish_reason, usage.model = finish, event.get("modelVersion") or usage.model
         if not finished:
             raise ProviderUnavailable(self.name, "stream ended before a finishReason")
         if not produced:

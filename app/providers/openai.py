@@ -113,6 +113,9 @@ class OpenAIProvider:
                         if isinstance(details, dict):
                             usage.cached_input_tokens = optional_int(details.get("cached_tokens"))
                     continue
+                if usage is not None and isinstance(choices[0], dict):
+                    usage.finish_reason = choices[0].get("finish_reason") or usage.finish_reason
+                    usage.model = event.get("model") or usage.model
                 delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
                 piece = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(piece, str) and piece:

@@ -5,6 +5,11 @@ The race decides *when*; its `Referee` (the chain, through this small public sea
 may be called and what each outcome means (norms, budget, breakers, metrics). Time is the
 referee's `Clock`, so a test drives a race with a scripted provider and a fake clock
 (tests/providers/test_race.py). A `Race` lives for one request.
+
+Traced, each attempt is a CLIENT span named and attributed by the OpenTelemetry GenAI semantic
+conventions ("chat {model}", gen_ai.*), opened here as the call starts (current in the call's
+task, a child of whatever is current: the generate stage) and ended, with its role and outcome,
+where the referee learns how it ended (`Attempt.end`); no prompt or answer text, ever.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+
 from app.budget import Hold, Tab
+from app.observability import tracing
 from app.providers.base import (
     GenerationRequest,
     ProviderError,
@@ -25,12 +33,16 @@ from app.providers.base import (
 )
 from app.providers.clock import Clock, Deadline
 from app.providers.links import Link, Trace
-from app.vocabulary import ProviderName
+from app.vocabulary import GEN_AI_PROVIDER, ProviderName
 
 # At most this many calls of one request in flight at once (the first, a hedge, a failover).
 MAX_IN_FLIGHT = 3
 
 Role = Literal["first", "hedge", "failover"]
+# won: answered; outrun: a hedge answered first and this call was slow; cancelled: stopped with
+# no fault of its own (the other answered first, the client went away); failed: an error;
+# deadline: still running at the request's deadline.
+Outcome = Literal["won", "outrun", "cancelled", "failed", "deadline"]
 
 
 @dataclass(slots=True, eq=False)
@@ -44,10 +56,36 @@ class Attempt:
     stream: AsyncIterator[str]
     task: asyncio.Task[str]
     hold: Hold  # its budget reservation, settled at its outcome (app/budget/ledger.py)
+    span: Span = INVALID_SPAN
+    deadline: Deadline | None = None  # the request's: a failure at or past it is the deadline's
 
     @property
     def name(self) -> ProviderName:
         return self.link.provider.name
+
+    def end(self, outcome: Outcome, error: ProviderError | None = None) -> None:
+        """End the attempt's span with its outcome; the first outcome stands (an ended span no
+        longer records)."""
+        span = self.span
+        if not span.is_recording():
+            return
+        if outcome == "failed" and self.deadline is not None and self.deadline.expired:
+            outcome = "deadline"
+        usage = self.usage
+        attributes: dict[str, tracing.Attribute] = {"ivy.attempt.outcome": outcome}
+        if outcome == "won":
+            attributes["gen_ai.response.model"] = usage.model or self.link.provider.model
+            if usage.finish_reason is not None:
+                attributes["gen_ai.response.finish_reasons"] = (usage.finish_reason,)
+            for key, count in (("gen_ai.usage.input_tokens", usage.input_tokens),
+                               ("gen_ai.usage.output_tokens", usage.output_tokens)):
+                if count is not None:
+                    attributes[key] = count
+        if error is not None:  # its reason tag, never its message (it may quote the answer)
+            attributes["error.type"] = error.reason
+            span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attributes)
+        span.end()
 
 
 class Referee(Protocol):
@@ -133,9 +171,14 @@ class Race:
     def start(self, role: Role, link: Link, generation: int, hold: Hold) -> Attempt:
         now = self.clock.now()
         usage = Usage()
+        model = link.provider.model
+        span = tracing.start_span(f"chat {model}", kind=SpanKind.CLIENT, **{
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": GEN_AI_PROVIDER.get(link.provider.name),
+            "gen_ai.request.model": model, "gen_ai.request.max_tokens": self.request.max_output_tokens,
+            "ivy.attempt.role": role})
         stream = link.provider.stream(self.request, deadline=self.deadline, json_mode=self.json_mode, usage=usage)
         attempt = Attempt(link, generation, role, now, self.referee.hedge_delay(link), usage, stream,
-                          asyncio.ensure_future(first_chunk(stream)), hold)
+                          tracing.start_task(span, first_chunk(stream)), hold, span, self.deadline)
         self.running[attempt.task] = attempt
         self.trace.calls += 1
         if self.referee.hedging and role != "hedge":
@@ -149,7 +192,17 @@ class Race:
         return None if admitted is None else self.start(role, *admitted)
 
     async def run(self) -> tuple[Attempt, str] | None:
-        """The attempt that yielded a first chunk, and the chunk; None when no call can."""
+        """The attempt that yielded a first chunk, and the chunk; None when no call can. Cancelled
+        (the client went away), it stops the calls still running."""
+        try:
+            return await self._race()
+        except asyncio.CancelledError:
+            for attempt in self.running.values():
+                self.cancel(attempt)
+                attempt.end("cancelled")
+            raise
+
+    async def _race(self) -> tuple[Attempt, str] | None:
         referee, running = self.referee, self.running
         if await self.start_next("first") is None:
             return None

@@ -82,11 +82,14 @@ def test_every_log_line_of_a_traced_request_carries_its_trace_and_span_ids(
     client = traced(gemini_api_key="trace-test-key-0001", gemini_base_url=f"http://127.0.0.1:{free_port()}")
     client.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-1", "X-Request-ID": "req-lines"})
     (span,) = server_spans(exporter)
-    ids = (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"))
+    (generate,) = [s for s in exporter.get_finished_spans() if s.name == "generate"]
+    trace_id = format(span.context.trace_id, "032x")
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-lines" for x in ls))
     of_request = [x for x in lines if x["event"] in ("provider_call", "request")]
     assert [x["event"] for x in of_request] == ["provider_call", "request"]
-    assert all((x["trace_id"], x["span_id"]) == ids for x in of_request)
+    # The provider's failure is logged inside the generate stage; the request's line in its server span.
+    assert [(x["trace_id"], x["span_id"]) for x in of_request] == [
+        (trace_id, format(generate.context.span_id, "016x")), (trace_id, format(span.context.span_id, "016x"))]
     assert not [x for x in lines if x["event"] == "router_started" and "trace_id" in x]  # not inside a request
 
 

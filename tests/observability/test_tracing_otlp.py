@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import FakeProviderThread
 from tests.support import ROOT, spawn_uvicorn, stop_process
 from tools.ports import free_port
 
@@ -52,22 +53,24 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc)  # type: ignore[arg-type]
 
 
-def spans_in(phoenix: str, want: int) -> list[dict[str, Any]]:
-    """The project's spans once `want` have arrived (Phoenix inserts them in the background)."""
+def spans_in(phoenix: str, enough: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+    """The project's spans once `enough` holds of them (Phoenix inserts them in the background)."""
     spans: list[dict[str, Any]] = []
     for _ in range(300):
         r = httpx.get(f"{phoenix}/v1/projects/{PROJECT}/spans", params={"limit": 100}, timeout=5)
         if r.status_code == 200:
             spans = r.json()["data"]
-            if len(spans) >= want:
+            if enough(spans):
                 return spans
         time.sleep(0.1)
     return spans
 
 
-def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str, tmp_path: Path) -> None:
+def test_the_router_exports_its_request_and_attempt_spans_over_otlp_to_phoenix(
+        phoenix: str, tmp_path: Path, fake_provider: FakeProviderThread) -> None:
     log_file = tmp_path / "ai_router.log"
     proc, base = spawn_uvicorn({
+        "GEMINI_API_KEY": "e2e-gemini-key-0001", "GEMINI_BASE_URL": fake_provider.server.base_url,
         "IVY_LOG_FILE": str(log_file), "OTEL_EXPORTER_OTLP_ENDPOINT": phoenix, "OTEL_SERVICE_NAME": "ivy-router-e2e",
         # Phoenix files spans under the project this resource attribute names.
         "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={PROJECT},deployment.environment=test"})
@@ -83,11 +86,13 @@ def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str,
     finally:
         stop_process(proc)  # SIGTERM: the lifespan flushes the spans still queued
 
-    spans = spans_in(phoenix, 2)
-    assert sorted(s["name"] for s in spans) == ["POST /ai/router/", "POST /ai/router/v2"]
+    spans = spans_in(phoenix, lambda got: sum(s["name"].startswith("chat ") for s in got) >= 2
+                     and sum(s["parent_id"] is None or s["name"].startswith("POST") for s in got) >= 2)
+    servers = [s for s in spans if s["name"].startswith("POST ")]
+    assert sorted(s["name"] for s in servers) == ["POST /ai/router/", "POST /ai/router/v2"]
     lines = [json.loads(x) for x in log_file.read_text().splitlines()]
     trace_of = {x["request_id"]: x["trace_id"] for x in lines if x.get("path") in (V2, "/ai/router/")}
-    by_request = {request_id: next(s for s in spans if s["context"]["trace_id"] == trace_id)
+    by_request = {request_id: next(s for s in servers if s["context"]["trace_id"] == trace_id)
                   for request_id, trace_id in trace_of.items()}
     one, two = by_request["req-e2e-1"], by_request["req-e2e-2"]
     assert (one["context"]["trace_id"], one["parent_id"]) == (CALLER_TRACE, CALLER_SPAN)
@@ -95,9 +100,20 @@ def test_the_router_exports_its_request_spans_over_otlp_to_phoenix(phoenix: str,
     attrs = one["attributes"]
     assert (attrs["http.route"], attrs["http.response.status_code"], attrs["ivy.intent"]) == (
         "/ai/router/v2", 200, "rag")
-    assert (attrs["ivy.user_id"], attrs["ivy.org_id"], attrs["ivy.provider"]) == ("rep-e2e", "acme", "local")
-    assert "what's their budget" not in json.dumps(spans)
+    assert (attrs["ivy.user_id"], attrs["ivy.org_id"], attrs["ivy.provider"]) == ("rep-e2e", "acme", "gemini")
+    assert "what's their budget" not in json.dumps(spans)  # neither the query nor the fake's echo of it
     assert one["start_time"] < one["end_time"]
+
+    # The attempt, read back: under the generate stage of request one, by the GenAI conventions.
+    in_one = [s for s in spans if s["context"]["trace_id"] == CALLER_TRACE]
+    (generate,) = [s for s in in_one if s["name"] == "generate"]
+    (attempt,) = [s for s in in_one if s["name"] == "chat gemini-2.5-flash"]
+    assert generate["parent_id"] == one["context"]["span_id"] and attempt["parent_id"] == generate["context"]["span_id"]
+    a = attempt["attributes"]
+    assert (a["gen_ai.operation.name"], a["gen_ai.provider.name"], a["ivy.attempt.outcome"]) == (
+        "chat", "gcp.gemini", "won")
+    assert a["gen_ai.usage.output_tokens"] > 0 and a["gen_ai.request.model"] == "gemini-2.5-flash"
+    assert generate["start_time"] <= attempt["start_time"] < attempt["end_time"] <= generate["end_time"]
 
     for request_id, span in by_request.items():
         line = next(x for x in lines if x.get("request_id") == request_id)
