@@ -334,7 +334,8 @@ class Settings(BaseSettings):
 
 # The fields that hold secrets (REDIS_URL: its password). A configuration error names the variable
 # and the rule it breaks, never the value; a test holds every SecretStr field to being listed here.
-SECRET_FIELDS = frozenset({"gemini_api_key", "openai_api_key", "ivy_admin_token", "ivy_jwt_secret", "redis_url"})
+SECRET_FIELDS = frozenset({"gemini_api_key", "openai_api_key", "ivy_admin_token", "ivy_jwt_secret", "redis_url",
+                           "otel_exporter_otlp_headers", "otel_exporter_otlp_traces_headers"})
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 _ALLOWED = {
