@@ -74,6 +74,10 @@ class BudgetStore(Protocol):
         """Write the spend this process settled since the last flush into the top-spenders index."""
         ...
 
+    async def reachable(self) -> bool | None:
+        """Does the shared store answer (None: this process's own, nothing to reach)?"""
+        ...
+
 
 def limit_key(org: str) -> str:
     return f"ivy:budget:{{{org}}}:limit"
@@ -185,6 +189,12 @@ class RedisBudgetStore:
                                       data.get("set_by", "unknown"), float(data.get("set_at", 0) or 0))
         return found
 
+    async def reachable(self) -> bool | None:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
     async def spend(self, org: str, limit: Limit, pid: str) -> tuple[int, int]:
         values = await self.redis.hmget(period_keys(org, pid)[0], ["spent", "reserved"])
         return int(values[0] or 0), int(values[1] or 0)
@@ -269,6 +279,9 @@ class MemoryBudgetStore:
         return (0, 0) if state is None else (state.spent, state.reserved(time.time()))
 
     async def flush(self) -> None:
+        return None
+
+    async def reachable(self) -> bool | None:
         return None
 
     async def top(self, unit: Unit, period: Period, pid: str, n: int) -> list[tuple[str, int]]:
