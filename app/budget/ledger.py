@@ -131,6 +131,8 @@ class Budgets:
     async def drain(self) -> None:
         """Wait for this process's writes so far (before a snapshot, at shutdown)."""
         while self._writes:
+            if self.store is not None:
+                self.store.hurry()
             await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def aclose(self) -> None:
@@ -141,6 +143,7 @@ class Budgets:
                 await self.store.flush()
             except Exception as exc:
                 self.store_failed(exc, "flush")
+            await self.store.aclose()
 
     @classmethod
     def off(cls, metrics: Metrics) -> Budgets:
