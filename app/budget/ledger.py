@@ -131,6 +131,7 @@ class Budgets:
     async def drain(self) -> None:
         """Wait for this process's writes so far (before a snapshot, at shutdown)."""
         while self._writes:
+            await asyncio.sleep(0)  # the writes just started queue their calls first
             if self.store is not None:
                 self.store.hurry()
             await asyncio.gather(*self._writes, return_exceptions=True)
