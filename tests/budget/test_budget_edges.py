@@ -5,7 +5,6 @@ written after the response, and what /ai/router/health says about budgets."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +25,7 @@ from tests.conftest import FakeProviderThread, read_log
 from tests.providers.conftest import _make_request
 from tests.providers.test_race import Setup
 from tests.scripted import Call, FakeClock
-from tests.support import RedisProcess, uvicorn_server
+from tests.support import RedisProcess, raw_ask, uvicorn_server
 
 TOKEN = "admin-token-for-tests-0123456789"
 SYSTEM, PROMPT = "You are Ivy.", "What is their budget?"
@@ -146,12 +145,7 @@ def test_a_reservation_whose_client_left_is_released_at_once_not_at_its_expiry(
                 {"org_id": "leaver", "limit": "100", "unit": "usd", "period": "month", "set_by": "test"}),
                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
             urllib.request.urlopen(put, timeout=10).read()
-            host, port = base.removeprefix("http://").split(":")
-            body = orjson.dumps({"query": "hello there", "stream": stream})
-            with socket.create_connection((host, int(port)), timeout=10) as conn:
-                conn.sendall(b"POST /ai/router/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"X-User-ID: rep-1\r\nX-Org-ID: leaver\r\n"
-                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            with raw_ask(base, "leaver", orjson.dumps({"query": "hello there", "stream": stream})):
                 for _ in range(200):  # until the call is made (and so reserved)
                     if fake.call(lambda: len(fake.server.requests)):
                         break
