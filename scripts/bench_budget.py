@@ -9,7 +9,8 @@ Redis, the fake provider answering at once), one without budgets (the same run's
 with IVY_BUDGET_DEFAULT, asked the same sequential requests alternately (one to each, so the host's
 load drifts over both alike), each question new (every request reaches the provider). Per run: each
 router's p50 and the difference (with - without), the router's CPU per request (both, and the
-difference), and the Redis commands per request (INFO commandstats, each router asked alone).
+difference), the Redis commands per request (INFO commandstats, each router asked alone) and the
+budget's own script calls and the round trips that carried them (its /ai/router/health).
 Printed per run and as the medians of --runs runs, with the answer cache on (the default: the
 reservation is asked while the cache is, both one round trip) and off (nothing to overlap).
 
@@ -109,17 +110,28 @@ async def one_run(client: aioredis.Redis, pair: tuple[Server, Server], org: str,
                 samples[name].append(await ask(session, server, org, question))
         cpu = {name: (cpu_seconds(s.pid) - cpu[name]) / n * 1e6 for name, s in (("without", without), ("with", with_))}
         redis_per_request = {}
+        traffic = await budget_traffic(session, with_)
         for name, server in (("without", without), ("with", with_)):  # each alone, for its Redis commands
             before = await commands(client)
             for i in range(100):
                 await ask(session, server, org, f"count {run}-{i} {uuid.uuid4().hex}")
             await asyncio.sleep(0.2)  # the settlements written off the request's path counted too
             redis_per_request[name] = (await commands(client) - before) / 100
+        after = await budget_traffic(session, with_)
     p50 = {name: pct(values, 50) for name, values in samples.items()}
     return {"p50_without": p50["without"], "p50_with": p50["with"], "added_p50": p50["with"] - p50["without"],
             "added_mean": statistics.fmean(samples["with"]) - statistics.fmean(samples["without"]),
             "cpu_without": cpu["without"], "cpu_with": cpu["with"], "added_cpu": cpu["with"] - cpu["without"],
-            "redis_without": redis_per_request["without"], "redis_with": redis_per_request["with"]}
+            "redis_without": redis_per_request["without"], "redis_with": redis_per_request["with"],
+            "budget_calls": (after["calls"] - traffic["calls"]) / 100,
+            "budget_trips": (after["round_trips"] - traffic["round_trips"]) / 100}
+
+
+async def budget_traffic(session: aiohttp.ClientSession, server: Server) -> dict[str, int]:
+    """The budget store's script calls and round trips so far (/ai/router/health)."""
+    async with session.get(f"http://127.0.0.1:{server.port}/ai/router/health") as r:
+        traffic: dict[str, int] = (await r.json())["budgets"]["store_traffic"]
+        return traffic
 
 
 async def end_to_end(url: str, runs: int, n: int) -> None:
@@ -159,7 +171,7 @@ async def end_to_end(url: str, runs: int, n: int) -> None:
 def report(title: str, results: list[dict[str, float]]) -> None:
     print(f"\n{title}")
     columns = ["p50_without", "p50_with", "added_p50", "added_mean", "cpu_without", "cpu_with", "added_cpu",
-               "redis_without", "redis_with"]
+               "redis_without", "redis_with", "budget_calls", "budget_trips"]
     print(f"{'run':<8}" + "".join(f"{c:>14}" for c in columns))
     for i, row in enumerate(results):
         print(f"{i:<8}" + "".join(f"{row[c]:>14.1f}" for c in columns))
@@ -167,8 +179,9 @@ def report(title: str, results: list[dict[str, float]]) -> None:
     print(f"{'median':<8}" + "".join(f"{median[c]:>14.1f}" for c in columns))
     print(f"added per budgeted request, median of {len(results)} runs: p50 {median['added_p50'] / 1000:.3f} ms "
           f"(target <= 0.3 ms), router CPU {median['added_cpu']:.0f} us, Redis commands "
-          f"{median['redis_with'] - median['redis_without']:.2f} (latencies and CPU in us per request; redis_*: "
-          "commands the router sent per request, less those run inside a script)")
+          f"{median['redis_with'] - median['redis_without']:.2f} in {median['budget_trips']:.2f} round trips "
+          "(latencies and CPU in us per request; redis_*: commands the router sent per request, less those run "
+          "inside a script; budget_*: the budget's script calls and round trips per request)")
 
 
 # --- in process: the store's own cost -------------------------------------------------------------

@@ -243,7 +243,8 @@ class Budgets:
                 "fail_mode": "open" if self.fail_open else "closed",
                 "store_reachable": await self.store.reachable() if self.store is not None else None,
                 "last_call_ok": self.store_ok, "store_failures": self.store_failures,
-                "settlements_in_flight": len(self._writes)}
+                "settlements_in_flight": len(self._writes),
+                "store_traffic": self.store.traffic() if self.store is not None else None}
 
     def store_failed(self, exc: Exception, op: str) -> None:
         self.store_ok = False

@@ -85,6 +85,10 @@ class BudgetStore(Protocol):
         """Write now what waits to be written with the next reservation (a snapshot, shutdown)."""
         ...
 
+    def traffic(self) -> dict[str, int] | None:
+        """Script calls sent and the round trips that carried them (None: nothing sent anywhere)."""
+        ...
+
     async def aclose(self) -> None:
         """Everything written, the store's own connection closed (at shutdown)."""
         ...
@@ -141,6 +145,8 @@ class ScriptWire:
         self._sending = False
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # EVALSHAs sent, and the round trips that carried them (their ratio: the group commit's gain)
+        self.round_trips = 0
 
     def _state(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -217,6 +223,7 @@ class ScriptWire:
                 sha = await conn.read_response()
                 self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
             await conn.send_packed_command([_pack("EVALSHA", self._sha, *command) for _, command in todo])
+            self.calls, self.round_trips = self.calls + len(todo), self.round_trips + 1
             refused = []
             for item in todo:
                 future = item[0]
@@ -315,6 +322,9 @@ class RedisBudgetStore:
 
     def hurry(self) -> None:
         self.wire.hurry()
+
+    def traffic(self) -> dict[str, int] | None:
+        return {"calls": self.wire.calls, "round_trips": self.wire.round_trips}
 
     async def aclose(self) -> None:
         await self.wire.aclose()
@@ -462,6 +472,9 @@ class MemoryBudgetStore:
         return None
 
     def hurry(self) -> None:
+        return None
+
+    def traffic(self) -> dict[str, int] | None:
         return None
 
     async def aclose(self) -> None:
