@@ -160,9 +160,12 @@ async def end_to_end(url: str, runs: int, n: int) -> None:
             report(f"end to end, answer cache {'on' if cache else 'off'}, {n} requests x 2 per run", results)
     finally:
         fake.stop()
-        keys = [k async for k in client.scan_iter(match=f"ivy:*{org}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        # This run's org's keys, and the answers its routers cached (the cache keys hash the org; the
+        # bench's database, --redis-url, is its own).
+        for pattern in (f"ivy:*{org}*", "ivy:cache:*"):
+            keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+            if keys:
+                await client.delete(*keys)
         for unit_period in ("usd:month",):
             await client.zrem(f"ivy:budget:top:{unit_period}:{time.strftime('%Y-%m', time.gmtime())}", f"o:{org}")
         await client.aclose()
