@@ -13,13 +13,15 @@ attempts, even when the client goes away mid-answer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.budget import NANO_PER_USD, Tab
+from app.budget import NANO_PER_USD, Refusal, Tab
 from app.cache import CachedAnswer, CacheKey, Recipe, answer_key
 from app.config.runtime_flags import Flags
 from app.crm import CrmRecord
@@ -235,63 +237,74 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
     p = plan(state, query, context, flags, timer)
     cache: CacheStatus = "bypass"
     hit: CachedAnswer | None = None
+    tab = open_tab(state, None if warmup else caller, p)
     if warmup:
         key = cache_key(state, caller, p, flags)
         if key is None or key.digest != warmup_key:  # re-ask exactly the keyed prompt, or nothing
             return
+        refusal = None  # the warm-up's tab is billed, not budgeted: nothing to reserve
     else:
         with tracing.stage("cache"):
-            key, cache, hit = await cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
-                                                 use_cache=use_cache)
+            (key, cache, hit), refusal = await lookup_and_reserve(
+                state, tab, cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
+                                         use_cache=use_cache))
             tracing.annotate(**{"ivy.cache": cache})
-    tab = None if hit is not None else await budget(state, None if warmup else caller, p, rate_headers)
-    timer.lap("cache")
-    c = p.c
-    yield Meta(caller.request_id, c.intent, c.modal_type, cache, rate_headers, timer.elapsed_ms())
     if hit is not None:
-        yield Delta(hit.answer)
-        hit_trace = Trace(provider=hit.provider, model=hit.model)
-        record_safety(state, p.report)
-        response = respond(caller, p, flags, timer, hit.answer, cache="hit", trace=hit_trace,
-                           saved=saved(state, hit))
-        yield Done(response, hit_trace, safety=p.report)
-        return
-    trace = Trace()
-    piecewise = stream and c.intent != "modal"  # a modal's payload is one JSON document: nothing to stream
-    shown = None if c.modal_type == "email_composer" else p.guard.text_filter()  # a draft is checked whole
-    parts: list[str] = []
+        tab.close()  # a hit costs nothing: its first call's reservation goes back
+    elif refusal is not None and state.budgets.exhausted == "refuse":
+        retry = int(retry_after_header(refusal.retry_after))
+        raise BudgetExhausted(f"{refusal.reason.replace('_', ' ')} for this org; retry in {retry}s",
+                              reason=refusal.reason, retry_after=retry, fields=rate_headers)
+    timer.lap("cache")
     try:
-        async with tracing.stage_over("generate", generate(state, p.request, flags, deadline, trace,
-                                                           buffered=not piecewise, tab=tab),
-                                      **{"ivy.streamed": piecewise}) as pieces:
-            async for piece in pieces:
-                if shown is not None:
-                    piece = shown.feed(piece)
-                parts.append(piece)
-                if piecewise and piece:
-                    yield Delta(piece)
-    except ProviderError as exc:
-        # After the first piece there is no failing over: say so explicitly, never a silent truncated 200.
-        log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
-        yield Failed("provider_stream_interrupted", caller.request_id, provider=exc.provider, reason=exc.reason,
-                     trace=trace)
-        return
-    if shown is not None and (rest := shown.finish()):
-        parts.append(rest)
-        if piecewise:
-            yield Delta(rest)
-    timer.lap("generate")
-    text = REFUSAL if shown is not None and shown.leaked else "".join(parts)
-    response = respond(caller, p, flags, timer, text, cache=cache, trace=trace)
-    if response.fallback.reason is not None:
-        state.metrics.fallbacks.labels(response.fallback.reason).inc()
-    record_safety(state, p.report)
-    with tracing.stage("cache_store"):
-        stored = await cache_store(state, key if p.cacheable else None, trace, response)
-        tracing.annotate(**{"ivy.cache.stored": stored})
-    if not piecewise:
-        yield Delta(response.answer)
-    yield Done(response, trace, stored, p.report)
+        c = p.c
+        yield Meta(caller.request_id, c.intent, c.modal_type, cache, rate_headers, timer.elapsed_ms())
+        if hit is not None:
+            yield Delta(hit.answer)
+            hit_trace = Trace(provider=hit.provider, model=hit.model)
+            record_safety(state, p.report)
+            response = respond(caller, p, flags, timer, hit.answer, cache="hit", trace=hit_trace,
+                               saved=saved(state, hit))
+            yield Done(response, hit_trace, safety=p.report)
+            return
+        trace = Trace()
+        piecewise = stream and c.intent != "modal"  # a modal's payload is one JSON document: nothing to stream
+        shown = None if c.modal_type == "email_composer" else p.guard.text_filter()  # a draft is checked whole
+        parts: list[str] = []
+        try:
+            async with tracing.stage_over("generate", generate(state, p.request, flags, deadline, trace,
+                                                               buffered=not piecewise, tab=tab),
+                                          **{"ivy.streamed": piecewise}) as pieces:
+                async for piece in pieces:
+                    if shown is not None:
+                        piece = shown.feed(piece)
+                    parts.append(piece)
+                    if piecewise and piece:
+                        yield Delta(piece)
+        except ProviderError as exc:
+            # After the first piece there is no failing over: say so explicitly, never a silent truncated 200.
+            log.warning("stream_interrupted", model_provider=exc.provider, reason=exc.reason, error=exc.message)
+            yield Failed("provider_stream_interrupted", caller.request_id, provider=exc.provider, reason=exc.reason,
+                         trace=trace)
+            return
+        if shown is not None and (rest := shown.finish()):
+            parts.append(rest)
+            if piecewise:
+                yield Delta(rest)
+        timer.lap("generate")
+        text = REFUSAL if shown is not None and shown.leaked else "".join(parts)
+        response = respond(caller, p, flags, timer, text, cache=cache, trace=trace)
+        if response.fallback.reason is not None:
+            state.metrics.fallbacks.labels(response.fallback.reason).inc()
+        record_safety(state, p.report)
+        with tracing.stage("cache_store"):
+            stored = await cache_store(state, key if p.cacheable else None, trace, response)
+            tracing.annotate(**{"ivy.cache.stored": stored})
+        if not piecewise:
+            yield Delta(response.answer)
+        yield Done(response, trace, stored, p.report)
+    finally:
+        tab.close()  # the request ended before the chain took its first call's reservation (the client left)
 
 
 async def fold(events: AsyncIterator[Event]) -> tuple[Meta, Done]:
@@ -326,8 +339,11 @@ def cache_key(state: State, caller: Caller, p: Plan, flags: Flags) -> CacheKey |
                       modal_heuristics=flags.modal_heuristics)
 
 
+Looked = tuple[CacheKey | None, CacheStatus, CachedAnswer | None]
+
+
 async def cache_lookup(state: State, caller: Caller, p: Plan, flags: Flags, recipe: Recipe,
-                       *, use_cache: bool) -> tuple[CacheKey | None, CacheStatus, CachedAnswer | None]:
+                       *, use_cache: bool) -> Looked:
     """The key (None: do not store), what the cache said, and the entry on a hit."""
     key = cache_key(state, caller, p, flags)
     if key is None:
@@ -385,19 +401,34 @@ def generate(state: State, request: GenerationRequest, flags: Flags, deadline: D
 
 # --- cost and budgets (app/budget/) ----------------------------------------------------------------
 
-async def budget(state: State, caller: Caller | None, p: Plan, rate_headers: dict[str, str]) -> Tab:
-    """The request's tab, its first call reserved against the org's budget (the warm-up's, caller
-    None, is billed but not budgeted). Exhausted: a 429 (IVY_BUDGET_EXHAUSTED=refuse) or the
-    offline answer (offline: every call of the tab is refused, `fallback.reason` says why)."""
+def open_tab(state: State, caller: Caller | None, p: Plan) -> Tab:
+    """The request's tab (the warm-up's, caller None, is billed but not budgeted)."""
     request = p.request
-    tab = state.budgets.tab(caller.org_key if caller is not None else None, request.system, request.prompt,
-                            request.max_output_tokens, request.intent)
-    refusal = await tab.prepay([link.provider.model for link in state.chain.links])
-    if refusal is not None and state.budgets.exhausted == "refuse":
-        retry = int(retry_after_header(refusal.retry_after))
-        raise BudgetExhausted(f"{refusal.reason.replace('_', ' ')} for this org; retry in {retry}s",
-                              reason=refusal.reason, retry_after=retry, fields=rate_headers)
-    return tab
+    return state.budgets.tab(caller.org_key if caller is not None else None, request.system, request.prompt,
+                             request.max_output_tokens, request.intent)
+
+
+async def lookup_and_reserve(state: State, tab: Tab, lookup: Coroutine[Any, Any, Looked]
+                             ) -> tuple[Looked, Refusal | None]:
+    """The cache lookup, and the first call's reservation asked at the same time: both are a Redis
+    round trip, so the reservation adds none to a miss (a hit gives it back, off the request's
+    path). A refusal is the caller's 429 (IVY_BUDGET_EXHAUSTED=refuse) or the offline answer
+    (offline: every call of the tab is refused, `fallback.reason` says why)."""
+    if tab.org is None:
+        return await lookup, None
+    reserving = asyncio.ensure_future(tab.prepay([link.provider.model for link in state.chain.links]))
+    try:
+        looked = await lookup
+        return looked, await reserving
+    except BaseException:  # the client left meanwhile: the reservation, once made, goes back
+        state.budgets.write(_release_once_reserved(tab, reserving))
+        raise
+
+
+async def _release_once_reserved(tab: Tab, reserving: asyncio.Future[Refusal | None]) -> None:
+    with contextlib.suppress(BaseException):
+        await reserving
+    tab.close()
 
 
 def usage_of(trace: Trace, saved: Saved | None = None) -> UsageInfo:

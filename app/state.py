@@ -123,6 +123,7 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await chain.aclose()
+        await budgets.aclose()  # every settlement written before Redis closes
         await http.close()
         await state.limiter.aclose()
         if redis is not None:

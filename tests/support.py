@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,3 +121,14 @@ def uvicorn_server(env: dict[str, str], *, workers: int = 1, port: int | None = 
         yield base
     finally:
         stop_process(proc)
+
+
+@contextmanager
+def raw_ask(base: str, org: str, body: bytes) -> Iterator[socket.socket]:
+    """POST /ai/router/v2 on a socket of the test's own, so it can leave mid-answer (closing it)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /ai/router/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"X-User-ID: rep-1\r\nX-Org-ID: {org}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + body)
+        yield conn

@@ -88,6 +88,7 @@ async def router_health(state: IvyState) -> FastJSONResponse:
             "AI_RATE_LIMIT_FAIL_OPEN": s.ai_rate_limit_fail_open,
             "backend_degraded": state.limiter_health.degraded,
         },
+        "budgets": await state.budgets.health(),
         "knowledge_base": {"warm": state.kb.warm, "sections": len(state.kb.sections), "version": state.kb.version},
         "cache": {**await state.cache.snapshot(), "warmup": state.warmer.snapshot()},
     })

@@ -13,6 +13,13 @@ What a call is billed::
     stopped before it reported       (a hedge outrun, the deadline, a stream the client left) the
                                      prompt's likely tokens plus the characters received / 4
     an error before any text         nothing (providers do not bill a 429, a 5xx or a refusal)
+
+Only the reservation is on the request's path. The bill is computed at once (it goes in the
+response), its settlement in Redis is written by a task of `Budgets` (`Budgets.write`), so the
+response does not wait a round trip for it: until that write lands the hold still counts as
+reserved, which only ever refuses sooner, never overshoots. The writes are kept (strong references)
+until done, awaited at shutdown (`Budgets.aclose`) and bounded (`MAX_WRITES`: past it a reservation
+waits for the oldest write), and a write that fails leaves the hold to expire (`hold_seconds`).
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import asyncio
 import itertools
 import os
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import app.budget.estimate as estimate
 from app.budget.store import BudgetStore, Override, Reservation
@@ -82,17 +90,61 @@ class Refusal:
 class Budgets:
     """The price table, the store and the policy (IVY_BUDGET_*); one per process."""
 
+    # Settlements and releases being written at once. Each is bounded by REDIS_TIMEOUT_MS, so this
+    # is reached only when Redis is slow at a high rate; past it a reservation waits for a slot
+    # (the writes are never dropped: a dropped settle would hold its reservation until it expired).
+    MAX_WRITES = 10_000
+
     def __init__(self, prices: PriceTable, store: BudgetStore | None, metrics: Metrics, *, default: Limit | None,
                  enabled: bool, exhausted: Exhausted, soft_threshold: float, fail_open: bool,
-                 hold_seconds: float) -> None:
+                 hold_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.prices, self.store, self.metrics = prices, store, metrics
         self.default, self.enabled, self.exhausted = default, enabled and store is not None, exhausted
         self.soft_permille = round(soft_threshold * 1000)
         self.fail_open = fail_open
         self.hold_ms = int(hold_seconds * 1000)
+        self.clock = clock
         self.store_warnings = Throttle(STORM_WARNING_SECONDS)
         self.store_failures = 0
+        self.store_ok: bool | None = None  # the last reservation or settlement reached the store (None: none yet)
         self._unknown: set[str] = set()
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    # --- the settlements, off the request's path ----------------------------------------------------
+
+    def write(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a settlement or a release as a task of its own: the request does not wait for it, a
+        cancelled request (the client left) does not cancel it."""
+        task = asyncio.ensure_future(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    @property
+    def writing(self) -> int:
+        return len(self._writes)
+
+    async def room(self) -> None:
+        """Wait while MAX_WRITES writes are in flight (Redis slow at a high rate)."""
+        while len(self._writes) >= self.MAX_WRITES:
+            await asyncio.wait(set(self._writes), return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self) -> None:
+        """Wait for this process's writes so far (before a snapshot, at shutdown)."""
+        while self._writes:
+            await asyncio.sleep(0)  # the writes just started queue their calls first
+            if self.store is not None:
+                self.store.hurry()
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """At shutdown: every settlement written, then the top-spenders index flushed."""
+        await self.drain()
+        if self.store is not None:
+            try:
+                await self.store.flush()
+            except Exception as exc:
+                self.store_failed(exc, "flush")
+            await self.store.aclose()
 
     @classmethod
     def off(cls, metrics: Metrics) -> Budgets:
@@ -163,6 +215,7 @@ class Budgets:
             "store_failures": self.store_failures}
         if self.store is None:
             return info
+        await self.drain()
         await self.store.flush()
         overrides = await self.store.overrides()
         info["orgs"] = [await self.org_row(org, o) for org, o in overrides.items()]
@@ -182,10 +235,22 @@ class Budgets:
         info["top_spenders"] = spenders
         return info
 
+    async def health(self) -> dict[str, object]:
+        """For /ai/router/health: configured or not, where, whether the store answers now and did at
+        the last reservation or settlement, what a Redis outage does (the limiter's choice)."""
+        return {"enabled": self.enabled, "backend": self.store.backend if self.store is not None else None,
+                "default": self.default.describe() if self.default else None, "exhausted": self.exhausted,
+                "fail_mode": "open" if self.fail_open else "closed",
+                "store_reachable": await self.store.reachable() if self.store is not None else None,
+                "last_call_ok": self.store_ok, "store_failures": self.store_failures,
+                "settlements_in_flight": len(self._writes),
+                "store_traffic": self.store.traffic() if self.store is not None else None}
+
     def store_failed(self, exc: Exception, op: str) -> None:
+        self.store_ok = False
         self.store_failures += 1
         self.metrics.budget_store_errors.labels(op, "fail_open" if self.fail_open else "fail_closed").inc()
-        if self.store_warnings.ready(time.monotonic()):
+        if self.store_warnings.ready(self.clock()):
             log.warning("budget_store_unavailable", op=op, fail_open=self.fail_open,
                         action="admit without a reservation" if self.fail_open else "refuse the call",
                         error=redact(f"{type(exc).__name__}: {exc}")[:200], failures_so_far=self.store_failures)
@@ -241,6 +306,8 @@ class Tab:
         assert self.org is not None and budgets.store is not None
         usd, tokens = self._worst([budgets.price(m) for m in models])
         hold_id = f"{_PREFIX}-{next(_ids):x}"
+        if budgets.writing >= budgets.MAX_WRITES:
+            await budgets.room()
         try:
             got: Reservation = await budgets.store.reserve(self.org, budgets.default, usd, tokens, hold_id,
                                                            budgets.hold_ms)
@@ -251,6 +318,7 @@ class Tab:
             self.refusal = Refusal("budget_unavailable", 1.0)
             budgets.metrics.budget_refusals.labels("budget_unavailable").inc()
             return None
+        budgets.store_ok = True
         if got.verdict == "refused" and got.limit is not None:
             self.refusal = Refusal("budget_exhausted", seconds_left(got.limit.period))
             budgets.metrics.budget_refusals.labels("budget_exhausted").inc()
@@ -276,22 +344,24 @@ class Tab:
             return True
         return hold.amount == 0
 
-    async def unused(self, hold: Hold) -> None:
+    def unused(self, hold: Hold) -> None:
+        """Release a hold no call used (in the background: `Budgets.write`)."""
         if not hold.settled:
             hold.settled = True
-            await self._settle_store(hold, 0)
+            self._write(hold, 0)
 
-    async def close(self) -> None:
-        """Release what no call used (the request ended before its first call)."""
+    def close(self) -> None:
+        """Release what no call used (the request ended before its first call, or was answered
+        from the cache). Idempotent."""
         if self.prepaid is not None:
             hold, self.prepaid = self.prepaid, None
-            await self.unused(hold)
+            self.unused(hold)
 
-    async def settle(self, hold: Hold, *, provider: str, model: str, role: str, input_tokens: int | None,
+    def settle(self, hold: Hold, *, provider: str, model: str, role: str, input_tokens: int | None,
                      cached_tokens: int | None, output_tokens: int | None, received_chars: int, stopped: bool
                      ) -> Bill | None:
         """Settle ``hold`` to the call's usage (see the module docstring); the bill, None when nothing
-        is billed. Idempotent: a hold is settled once."""
+        is billed. Idempotent: a hold is settled once. The store is written in the background."""
         if hold.settled:
             return None
         hold.settled = True
@@ -309,24 +379,30 @@ class Tab:
         actual = 0
         if bill is not None and hold.limit is not None:
             actual = bill.input_tokens + bill.output_tokens if hold.limit.unit == "tokens" else bill.cost or 0
-        await self._settle_store(hold, actual)
+        self._write(hold, actual)
         return bill
 
-    async def _settle_store(self, hold: Hold, actual: int) -> None:
+    def _write(self, hold: Hold, actual: int) -> None:
         budgets, limit = self.budgets, hold.limit
         if self.org is None or limit is None or budgets.store is None or (not hold.amount and not actual):
             return
         if actual > hold.amount:  # never by construction (estimate.upper_bound); counted if a provider disagrees
             budgets.metrics.budget_overshoot.inc()
+        budgets.write(self._settle_store(self.org, hold, limit, actual))
+
+    async def _settle_store(self, org: str, hold: Hold, limit: Limit, actual: int) -> None:
+        budgets = self.budgets
+        assert budgets.store is not None
         try:
-            settled = await budgets.store.settle(self.org, limit, hold.pid or "", hold.hold_id, hold.amount,
+            settled = await budgets.store.settle(org, limit, hold.pid or "", hold.hold_id, hold.amount,
                                                  actual, budgets.soft_permille)
         except Exception as exc:
             budgets.store_failed(exc, "settle")  # its reservation expires by itself; this spend is lost
             return
+        budgets.store_ok = True
         if settled.crossed_soft:
             budgets.metrics.budget_crossings.labels("soft").inc()
-            log.warning("budget_soft_threshold", org_key=self.org, spent=limit.shown(settled.spent),
+            log.warning("budget_soft_threshold", org_key=org, spent=limit.shown(settled.spent),
                         threshold=budgets.soft_permille / 1000, **limit.describe())
 
     def _count(self, bill: Bill) -> None:

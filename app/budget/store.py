@@ -4,12 +4,15 @@ rules: reserve the worst case if spent + reserved + it fits the limit, settle to
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from app.config.budget_limits import Limit, Period, Unit, period_id
 
@@ -74,6 +77,22 @@ class BudgetStore(Protocol):
         """Write the spend this process settled since the last flush into the top-spenders index."""
         ...
 
+    async def reachable(self) -> bool | None:
+        """Does the shared store answer (None: this process's own, nothing to reach)?"""
+        ...
+
+    def hurry(self) -> None:
+        """Write now what waits to be written with the next reservation (a snapshot, shutdown)."""
+        ...
+
+    def traffic(self) -> dict[str, int] | None:
+        """Script calls sent and the round trips that carried them (None: nothing sent anywhere)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Everything written, the store's own connection closed (at shutdown)."""
+        ...
+
 
 def limit_key(org: str) -> str:
     return f"ivy:budget:{{{org}}}:limit"
@@ -83,6 +102,158 @@ def period_keys(org: str, pid: str) -> tuple[str, str]:
     """An org's period hash and its holds; the ``{org}`` hash tag puts all of an org's keys in one slot."""
     base = f"ivy:budget:{{{org}}}:{pid}"
     return base, base + ":holds"
+
+
+def _pack(*args: str | int) -> bytes:
+    """One command in RESP, by hand (the client's packer was a third of a reservation's CPU)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        raw = arg.encode() if isinstance(arg, str) else b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
+_Call = tuple[asyncio.Future[Any], tuple[str | int, ...]]  # a caller's future, its EVALSHA's numkeys, keys, args
+
+
+class ScriptWire:
+    """budget.lua's calls on one connection of their own, in group commits.
+
+    Why: a reservation is on every budgeted request's path and a settlement follows each call, and
+    each was a round trip through the client's pool (checkout, retry wrapper, packer, parser),
+    about 2.5 PINGs of CPU (scripts/bench_budget.py). Here a call is queued; a reservation
+    (``urgent``) sends everything queued at once, as one write of pipelined EVALSHAs, unless a
+    round trip is in flight (then it goes with the next, sent as that one returns). A settlement
+    waits up to ``SETTLE_DELAY`` for a reservation to carry it, so at any steady rate a request
+    costs one round trip, not two; until it is written its hold still counts as reserved, which
+    can only refuse sooner, never overshoot. Replies are read in order; an error reply fails only
+    its call, NOSCRIPT (Redis restarted, SCRIPT FLUSH) loads the script and resends those calls
+    once, and a lost connection fails the round trip's calls (the next one reconnects). The sends
+    run in tasks of their own: a caller that is cancelled never leaves a reply unread.
+    """
+
+    SETTLE_DELAY = 0.02  # seconds a settlement may wait for a reservation to ride with
+    MAX_BATCH = 128  # calls per round trip
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Any = None
+        self._sha: str | None = None
+        self._queue: list[_Call] = []
+        self._urgent = False
+        self._sending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # EVALSHAs sent, and the round trips that carried them (their ratio: the group commit's gain)
+        self.round_trips = 0
+
+    def _state(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new event loop (tests): start clean
+            self._loop, self._queue, self._urgent, self._sending, self._timer = loop, [], False, False, None
+            self._conn = self.client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        return loop
+
+    def call(self, keys: list[str], args: list[str | int], *, urgent: bool) -> asyncio.Future[Any]:
+        loop = self._state()
+        future: asyncio.Future[Any] = loop.create_future()
+        command = (len(keys), *keys, *args)
+        self._queue.append((future, command))
+        if urgent:
+            self._urgent = True
+            self._kick()
+        elif self._timer is None and not self._sending:
+            self._timer = loop.call_later(self.SETTLE_DELAY, self._kick)
+        return future
+
+    def hurry(self) -> None:
+        """Send what waits now (a snapshot, shutdown)."""
+        self._state()
+        self._urgent = bool(self._queue)
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sending or not self._queue or self._loop is None:
+            return
+        batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
+        self._urgent = bool(self._queue) and self._urgent
+        self._sending = True
+        task = self._loop.create_task(self._send(batch, self._loop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Call],
+                    loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await self._round_trip(batch)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("budget round trip cancelled")
+            for future, _ in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if loop is self._loop:
+                self._sending = False
+                if self._urgent:
+                    self._kick()
+                elif self._queue and self._timer is None:
+                    self._timer = loop.call_later(self.SETTLE_DELAY, self._kick)
+
+    async def _round_trip(self, batch: list[_Call]) -> None:
+        conn = self._conn
+        if conn.is_connected:  # what a pool checkout checks: unread data or EOF (Redis restarted) -> reconnect
+            try:
+                dirty = await conn.can_read()
+            except (RedisConnectionError, OSError):
+                dirty = True
+            if dirty:
+                await conn.disconnect()
+        if not conn.is_connected:
+            self._sha = None  # a new connection may be a restarted Redis: load the script again
+        todo = batch
+        for _ in range(2):  # the second pass: the calls NOSCRIPT refused, after loading the script
+            if self._sha is None:
+                await conn.send_command("SCRIPT", "LOAD", BUDGET_LUA)
+                sha = await conn.read_response()
+                self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            await conn.send_packed_command([_pack("EVALSHA", self._sha, *command) for _, command in todo])
+            self.calls, self.round_trips = self.calls + len(todo), self.round_trips + 1
+            refused = []
+            for item in todo:
+                future = item[0]
+                try:
+                    reply = await conn.read_response()
+                except NoScriptError:
+                    refused.append(item)
+                    continue
+                except ResponseError as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                if not future.done():
+                    future.set_result(reply)
+            if not refused:
+                return
+            self._sha, todo = None, refused
+        for future, _ in todo:
+            if not future.done():
+                future.set_exception(NoScriptError("budget.lua not loaded after SCRIPT LOAD"))
+
+    async def aclose(self) -> None:
+        if self._loop is asyncio.get_running_loop():
+            self.hurry()
+            while self._tasks or self._queue:
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+                else:
+                    self.hurry()
+            await self._conn.disconnect()
 
 
 def _top_key(unit: Unit, period: Period, pid: str) -> str:
@@ -100,7 +271,7 @@ class RedisBudgetStore:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.script = redis.register_script(BUDGET_LUA)
+        self.wire = ScriptWire(redis)
         # The top-spenders index is one key (one hash slot), so it cannot be in the script's call on
         # Redis Cluster, and a second command per settlement doubled its cost (bench_budget.py): each
         # process adds its settled spend to it about once a second instead (Budgets.run).
@@ -113,7 +284,12 @@ class RedisBudgetStore:
         keys = [limit_key(org), *period_keys(org, day), *period_keys(org, month)]
         args: list[str | int] = ["reserve", default.amount if default else -1, default.unit if default else "",
                 default.period if default else "", usd, tokens, hold_id, ttl_ms, KEY_TTL_SECONDS]
-        raw = await self.script(keys=keys, args=args)
+        sent = self.wire.call(keys, args, urgent=True)
+        try:
+            raw = await asyncio.shield(sent)
+        except asyncio.CancelledError:  # the caller left: a reservation made anyway goes back at once
+            sent.add_done_callback(lambda done: self._orphaned(done, org, hold_id, day, month))
+            raise
         verdict = _VERDICTS[int(raw[0])]
         if verdict == "none":
             return Reservation("none")
@@ -122,18 +298,36 @@ class RedisBudgetStore:
         return Reservation(verdict, limit, int(raw[1]), int(raw[2]), int(raw[7]), bool(int(raw[6])),
                            day if period == "day" else month)
 
+    def _orphaned(self, done: asyncio.Future[Any], org: str, hold_id: str, day: str, month: str) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        raw = done.result()
+        if int(raw[0]) == 1:  # reserved: released, nothing spent
+            pid, amount = day if _text(raw[5]) == "day" else month, int(raw[7])
+            self.wire.call(list(period_keys(org, pid)), ["settle", f"{hold_id}:{amount}", amount, 0, 0, 0,
+                                                          KEY_TTL_SECONDS], urgent=False)
+
     async def settle(self, org: str, limit: Limit, pid: str, hold_id: str, reserved: int, actual: int,
                      soft_permille: int) -> Settled:
         member = f"{hold_id}:{reserved}"
-        spent, left, crossed = await self.script(
-            keys=list(period_keys(org, pid)),
-            args=["settle", member, reserved, actual, limit.amount, soft_permille, KEY_TTL_SECONDS])
+        spent, left, crossed = await self.wire.call(
+            list(period_keys(org, pid)),
+            ["settle", member, reserved, actual, limit.amount, soft_permille, KEY_TTL_SECONDS], urgent=False)
         if actual:
             key = f"{_top_key(limit.unit, limit.period, pid)}\n{org}"
             self._pending[key] = self._pending.get(key, 0) + actual
             if len(self._pending) > self.MAX_PENDING:
                 await self.flush()
         return Settled(int(spent), int(left), bool(int(crossed)))
+
+    def hurry(self) -> None:
+        self.wire.hurry()
+
+    def traffic(self) -> dict[str, int] | None:
+        return {"calls": self.wire.calls, "round_trips": self.wire.round_trips}
+
+    async def aclose(self) -> None:
+        await self.wire.aclose()
 
     async def flush(self) -> None:
         if not self._pending:
@@ -184,6 +378,12 @@ class RedisBudgetStore:
                 found[org] = Override(data.get("org_id", org), Limit(int(data["amount"]), unit, period),
                                       data.get("set_by", "unknown"), float(data.get("set_at", 0) or 0))
         return found
+
+    async def reachable(self) -> bool | None:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
 
     async def spend(self, org: str, limit: Limit, pid: str) -> tuple[int, int]:
         values = await self.redis.hmget(period_keys(org, pid)[0], ["spent", "reserved"])
@@ -269,6 +469,18 @@ class MemoryBudgetStore:
         return (0, 0) if state is None else (state.spent, state.reserved(time.time()))
 
     async def flush(self) -> None:
+        return None
+
+    def hurry(self) -> None:
+        return None
+
+    def traffic(self) -> dict[str, int] | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def reachable(self) -> bool | None:
         return None
 
     async def top(self, unit: Unit, period: Period, pid: str, n: int) -> list[tuple[str, int]]:

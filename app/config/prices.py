@@ -1,5 +1,5 @@
 """The price table: USD per million tokens per model (input, cached input, output), each with the
-date it applies from and the page it was read from. Shipped as package data (prices.json);
+date it applies from, the page it is published on and when it was last checked. Shipped as package data (prices.json);
 IVY_PRICE_FILE replaces it with a file of the same shape.
 
 Costs are integers of nano-USD (1e-9 USD): every listed price has at most three decimals per
@@ -31,6 +31,7 @@ class Price:
     output: int
     as_of: str
     source: str
+    checked: str = ""  # when the price was last checked against public pricing (prices.json: checked_against)
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> int:
         """nano-USD of one call; ``cached_tokens`` are the part of ``input_tokens`` the provider's cache served."""
@@ -40,7 +41,7 @@ class Price:
     def describe(self) -> dict[str, object]:
         per_m = NANO_PER_USD // 1_000_000
         return {"input": self.input / per_m, "cached_input": self.cached_input / per_m, "output": self.output / per_m,
-                "as_of": self.as_of, "source": self.source}
+                "as_of": self.as_of, "source": self.source, "checked": self.checked}
 
 
 def _per_token(model: str, field: str, raw: object) -> int:
@@ -77,7 +78,7 @@ class PriceTable:
             prices[model] = Price(model, _per_token(model, "input", entry["input"]),
                                   _per_token(model, "cached_input", entry.get("cached_input", entry["input"])),
                                   _per_token(model, "output", entry["output"]), str(entry["as_of"]),
-                                  str(entry["source"]))
+                                  str(entry["source"]), str(entry.get("checked", "")))
         return cls(prices)
 
     @classmethod

@@ -128,7 +128,7 @@ class ProviderChain:
             # Closed here, not at GC: the winner's connection and its span end inside generate.
             with contextlib.suppress(Exception):
                 await rounds.aclose()
-            await self._settle_left(races[-1] if races else None, trace, tab)
+            self._settle_left(races[-1] if races else None, trace, tab)
 
     async def _races(self, request: GenerationRequest, deadline: Deadline, trace: Trace, first: str | None,
                      json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncGenerator[str, None]:
@@ -163,15 +163,17 @@ class ProviderChain:
         self.exhausted(trace)
         yield self.local.answer(request, json_mode=json_mode)
 
-    async def _settle_left(self, race: Race | None, trace: Trace, tab: Tab) -> None:
-        """The request went away mid-race or mid-answer: bill what its calls consumed."""
+    def _settle_left(self, race: Race | None, trace: Trace, tab: Tab) -> None:
+        """The request went away mid-race or mid-answer: bill what its calls consumed and release
+        what they did not. No await: a request cancelled by its client's leaving (anyio cancels
+        every await of a cancelled scope) still settles, at once (the writes are Budgets' tasks)."""
         with contextlib.suppress(Exception):
             for attempt in list(race.running.values()) if race is not None else []:
                 attempt.task.cancel()
-                await self.settle(attempt, trace, stopped=True)
+                self.settle(attempt, trace, stopped=True)
             if race is not None and race.winner is not None:
-                await self.settle(race.winner, trace, stopped=True)
-            await tab.close()
+                self.settle(race.winner, trace, stopped=True)
+        tab.close()
 
     async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncGenerator[str, None]:
         """The chunks after the first, each within the deadline (a timer cannot span a yield)."""
@@ -198,7 +200,7 @@ class ProviderChain:
             if not whole:
                 attempt.end("cancelled")  # nothing if `failed` ended it first
             with contextlib.suppress(Exception):
-                await self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
+                self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
 
     # --- the Referee (app/providers/race.py) ---------------------------------------------------
 
@@ -220,12 +222,13 @@ class ProviderChain:
 
     def release(self, hold: Hold) -> None:
         if not hold.tab.give_back(hold):
-            self._in_background(hold.tab.unused(hold))
+            hold.tab.unused(hold)
 
-    async def settle(self, attempt: Attempt, trace: Trace, *, stopped: bool) -> None:
-        """Settle a call's reservation to its usage; its bill goes on the trace (app/budget/ledger.py)."""
+    def settle(self, attempt: Attempt, trace: Trace, *, stopped: bool) -> None:
+        """Settle a call's reservation to its usage; its bill goes on the trace at once, the store
+        is written in the background (app/budget/ledger.py)."""
         usage, link = attempt.usage, attempt.link
-        bill = await attempt.hold.tab.settle(
+        bill = attempt.hold.tab.settle(
             attempt.hold, provider=attempt.name, model=link.provider.model, role=attempt.role,
             input_tokens=usage.input_tokens, cached_tokens=usage.cached_input_tokens,
             output_tokens=usage.output_tokens, received_chars=usage.received_chars, stopped=stopped)
@@ -234,6 +237,9 @@ class ProviderChain:
 
     def hedge_delay(self, link: Link) -> float:
         return self.norms[link.provider.name].hedge_delay()
+
+    def may_hedge(self) -> bool:
+        return self.budget.allows()
 
     def spend_hedge(self) -> bool:
         return self.budget.try_spend()
@@ -281,7 +287,7 @@ class ProviderChain:
             self.metrics.hedges.labels(winner.name, "won").inc()
         for loser in losers:
             self.metrics.hedges.labels(loser.name, "cancelled").inc()
-            await self.settle(loser, trace, stopped=True)
+            self.settle(loser, trace, stopped=True)
             breaker = loser.link.breaker
             if loser.role == "hedge" or now - loser.started < loser.delay:
                 breaker.release(loser.generation)  # a cancelled hedge, or a call not yet past its norm
@@ -299,7 +305,7 @@ class ProviderChain:
     async def failed(self, attempt: Attempt, exc: ProviderError, trace: Trace) -> None:
         name, breaker, was = attempt.name, attempt.link.breaker, attempt.link.breaker.state
         seconds = self.clock.now() - attempt.started
-        await self.settle(attempt, trace, stopped=isinstance(exc, ProviderTimeout))
+        self.settle(attempt, trace, stopped=isinstance(exc, ProviderTimeout))
         trace.failures.append(LinkFailure(name, exc.reason))
         attempt.end("failed", exc)
         self.norms[name].troubled()
@@ -337,7 +343,7 @@ class ProviderChain:
         self.norms[name].answered(seconds)
         self._answered_in[name].observe(seconds)
         trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
-        await self.settle(attempt, trace, stopped=False)  # its tokens and cost are counted there, per call
+        self.settle(attempt, trace, stopped=False)  # its tokens and cost are counted there, per call
         attempt.end("won")
         breaker = attempt.link.breaker
         was = breaker.state

@@ -155,13 +155,15 @@ class HedgeBudget:
     def request(self) -> None:
         self._requests[self._place(self.clock())] += 1
 
+    def allows(self) -> bool:
+        """Would one more hedge fit now (nothing taken)?"""
+        requests, hedges = self._totals(self.clock())
+        return hedges + 1 <= self.config.budget_floor + self.config.budget_ratio * requests
+
     def try_spend(self) -> bool:
-        now = self.clock()
-        i = self._place(now)
-        requests, hedges = self._totals(now)
-        if hedges + 1 > self.config.budget_floor + self.config.budget_ratio * requests:
+        if not self.allows():
             return False
-        self._hedges[i] += 1
+        self._hedges[self._place(self.clock())] += 1
         return True
 
     def snapshot(self) -> dict[str, object]:

@@ -116,6 +116,10 @@ class Referee(Protocol):
 
     def hedge_target(self, slow: Link, pending: list[Link], streamed: bool) -> Link | None: ...
 
+    def may_hedge(self) -> bool:
+        """Would the hedge budget allow one more hedge now (nothing taken)?"""
+        ...
+
     def spend_hedge(self) -> bool:
         """Take one hedge from the budget, or False."""
         ...
@@ -255,10 +259,15 @@ class Race:
         """Hedge ``slow``: one more call, onto its provider or the next link, within the budget."""
         referee = self.referee
         target = referee.hedge_target(slow.link, self.pending, self.streamed)
-        if target is None or not referee.spend_hedge():
+        if target is None or not referee.may_hedge():
             return False
+        # The org's budget before the hedge budget: a hedge the org's budget refuses takes no hedge
+        # (another request's), and one the hedge budget refuses meanwhile gives its hold back.
         hold = await referee.reserve(target, self.tab, self.trace)
         if hold is None:
+            return False
+        if not referee.spend_hedge():
+            referee.release(hold)
             return False
         generation = slow.generation  # the same provider: admitted already (its breaker is closed)
         if target is not slow.link:

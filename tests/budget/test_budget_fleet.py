@@ -95,7 +95,13 @@ def test_two_workers_admit_exactly_n_worst_cases_and_record_the_settled_spend(
             fake.set_fault("latency", ms=6000)
             results = asyncio.run(_fire(base, "fleet", 100, 50))
             codes = [s for s, _ in results]
-            snapshot = _admin(base, "GET", "/admin/budgets")
+            # Settlements are written after each response (a worker's within SETTLE_DELAY): read the
+            # budget once every reservation is settled, as finance would a moment later.
+            for _ in range(100):
+                snapshot = _admin(base, "GET", "/admin/budgets")
+                if next(o for o in snapshot["orgs"] if o["org_id"] == "fleet")["reserved"] == 0:
+                    break
+                time.sleep(0.05)
             metrics = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
         fake_cost = _fake_cost(fake)
     finally:

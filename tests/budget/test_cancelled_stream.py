@@ -3,7 +3,6 @@ provider's running counts or by estimate), and every Lua call's keys sit in one 
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from redis.crc import key_slot
 from app.budget.store import limit_key, period_keys
 from app.config.budget_limits import period_id
 from tests.conftest import FakeProviderThread
-from tests.support import uvicorn_server
+from tests.support import raw_ask, uvicorn_server
 
 TOKEN = "admin-token-for-tests-0123456789"
 
@@ -38,12 +37,7 @@ def test_a_stream_the_client_leaves_is_settled_to_what_it_consumed(tmp_path: Pat
            "IVY_HEDGE_ENABLED": "false", "IVY_LOG_FILE": str(tmp_path / "ai_router.log")}
     try:
         with uvicorn_server(env) as base:
-            host, port = base.removeprefix("http://").split(":")
-            body = orjson.dumps({"query": "hello there", "stream": True})
-            with socket.create_connection((host, int(port)), timeout=10) as conn:
-                conn.sendall(b"POST /ai/router/v2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"X-User-ID: rep-1\r\nX-Org-ID: leaver\r\n"
-                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            with raw_ask(base, "leaver", orjson.dumps({"query": "hello there", "stream": True})) as conn:
                 seen = b""
                 while seen.count(b"event: delta") < 2:
                     seen += conn.recv(65536)

@@ -132,6 +132,8 @@ def test_every_shipped_price_has_its_date_and_source() -> None:
     assert {"gemini-2.5-flash", "gpt-4.1-mini"} <= set(PRICES.prices)
     for price in PRICES.prices.values():
         assert price.source.startswith("https://") and len(price.as_of) == 10 and price.input > 0
+        assert len(price.checked) == 10 and price.checked >= price.as_of  # checked against public pricing
+        assert price.cached_input <= price.input
 
 
 def _put(client: TestClient, org: str, limit: Any, unit: str = "usd", period: str = "month") -> Any:
