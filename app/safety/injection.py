@@ -41,7 +41,7 @@ _DIRECTIVE = (
     r"|\b(?:you are now|from now on,? you|act as (?:an? |the )?(?:admin|system|developer|assistant))\b"
     r"|\b(?:assistant|ai|ivy|model|chatbot|llm)\b.{0,20}\b(?:must|should|shall|will|needs? to)\b"
     r"|\b(?:send|forward|address|deliver|cc|bcc|redirect)\b.{0,30}\b(?:e-?mails?|drafts?|repl(?:y|ies)|messages?"
-    r"|follow-?ups?|responses?|it)\b.{0,10}\bto\b.{0,12}[\w.+\-]+@"
+    r"|follow-?ups?|responses?|it|this|that|them)\b.{0,10}\bto\b.{0,12}[\w.+\-]+@"
     r"|\b(?:set|change|put|use|update|replace)\b.{0,200}?\b(?:to[- ]field|to[- ]address|recipient|to line)\b"
     r"|\bin(?:to)? the (?:to|recipient|cc|bcc)[- ]?(?:field|line|box)\b"
     r"|\b(?:include|add|insert|append|put|embed|place)\b.{0,30}\b(?:links?|urls?|hyperlinks?|website)\b"
