@@ -12,12 +12,13 @@ body lose markup and foreign links, and a leak anywhere replaces the draft's tex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from app.safety.flags import SafetyReport
-from app.safety.leak import REFUSAL, LeakCheck, words
+from app.safety.leak import NGRAM, REFUSAL, LeakCheck, ascii_words, words
 from app.safety.links import strip_links
 from app.safety.markup import strip_markup
 from app.safety.recipient import check_recipient
@@ -107,7 +108,7 @@ class TextFilter:
     by one set test over their word 8-grams; the canary is looked for in the words run together,
     with the end of the previous chunk's, so a canary written in pieces is caught too."""
 
-    __slots__ = ("_guard", "_held", "_leak", "_run", "_seen", "_tail", "leaked")
+    __slots__ = ("_guard", "_held", "_leak", "_run", "_seen", "_starts", "_tail", "leaked")
 
     def __init__(self, guard: AnswerGuard) -> None:
         self._guard = guard
@@ -115,6 +116,7 @@ class TextFilter:
         self._tail: list[str] = []  # the unfinished last token, in pieces (no whitespace yet)
         self._held = ""  # checked text not shown yet: from the first word of `_run` on
         self._run: list[str] = []  # the words held: a proper prefix of a run of the system text
+        self._starts: list[int] = []  # where each one's token starts in `_held` (the first at 0)
         self._seen = ""  # the last characters of the words seen so far, run together
         self.leaked = False
 
@@ -123,17 +125,19 @@ class TextFilter:
             return ""
         if DATAMARK in chunk:
             chunk = chunk.replace(DATAMARK, " ")
+        tail = self._tail
         if chunk[-1].isspace():
-            split = len(chunk)
+            complete, rest = chunk, ""
         else:
             last = chunk.rsplit(None, 1)[-1]  # scans from the end: linear whatever the chunk holds
             if len(last) == len(chunk):
-                self._tail.append(chunk)
+                tail.append(chunk)
                 return ""
-            split = len(chunk) - len(last)
-        self._tail.append(chunk[:split])
-        complete = "".join(self._tail)
-        self._tail = [chunk[split:]] if split < len(chunk) else []
+            complete, rest = chunk[:len(chunk) - len(last)], last
+        if tail:
+            tail.append(complete)
+            complete = "".join(tail)
+        self._tail = [rest] if rest else []
         return self._take(complete, final=False)
 
     def whole(self, text: str) -> str:
@@ -142,7 +146,8 @@ class TextFilter:
             return ""
         if DATAMARK in text:
             text = text.replace(DATAMARK, " ")
-        return self._take("".join(self._tail) + text, final=True)
+        rest, self._tail = "".join(self._tail), []
+        return self._take(rest + text, final=True)
 
     def finish(self) -> str:
         if self.leaked:
@@ -152,46 +157,77 @@ class TextFilter:
         return self._take(rest, final=True)
 
     def _take(self, text: str, *, final: bool) -> str:
+        # The hot path of every stream (a chunk is a word or two): ASCII text that cannot hold a
+        # link (a few memchr scans) skips the link check, and its words are one translate.
         leak = self._leak
-        text = self._guard.clean(text)
-        ws = words(text)
-        seen = self._seen + "".join(ws)
-        run = self._run + ws if self._run else ws
-        if leak.marked(seen) or leak.repeats(run):
+        if text.isascii():
+            lowered = text.lower()
+            if "." in text or ":" in text or "@" in text or "/" in text or "ww" in lowered:
+                text = self._guard.clean(text)
+                lowered = text.lower()
+            ws = ascii_words(lowered)
+        else:
+            text = self._guard.clean(text)
+            ws = words(text)
+        seen = self._seen + (ws[0] if len(ws) == 1 else "".join(ws))
+        held = self._run
+        run = held + ws if held else ws
+        for mark in leak.marks:
+            if mark in seen:
+                self._leaked()
+                return ""
+        if len(run) >= NGRAM and leak.repeats(run):
             self._leaked()
             return ""
         self._seen = seen[-leak.overlap:] if leak.overlap else ""
-        shown = self._held + text if self._held else text
-        n = 0 if final else leak.held(run)
+        base = len(self._held)
+        shown = self._held + text if base else text
+        if final or not run:
+            n = 0
+        elif len(run) == 1:  # most chunks of a stream: one word, nothing held before it
+            n = 1 if (run[0],) in leak.prefixes else 0
+        else:
+            n = leak.held(run)
         if not n:
-            self._held, self._run = "", []
+            if base:
+                self._held, self._run, self._starts = "", [], []
             return shown
-        cut = _start_of_last_words(shown, n)
-        self._held, self._run = shown[cut:], run[-n:]
+        # Where each of the n words held starts: those of this text found from its end, the
+        # others kept from before (never a walk back through all that is held).
+        m = min(n, len(ws))
+        starts = [base + i for i in _token_starts(text, m)] if m else []
+        if m < n:
+            starts = self._starts[len(self._starts) - (n - m):] + starts
+        cut = starts[0]
+        self._held, self._run, self._starts = shown[cut:], run[-n:], [i - cut for i in starts]
         return shown[:cut]
 
     def _leaked(self) -> None:
         self.leaked = True
-        self._held, self._run, self._tail = "", [], []
+        self._held, self._run, self._starts, self._tail = "", [], [], []
         self._guard.report.flag("prompt_leak")
 
 
-def _start_of_last_words(text: str, n: int) -> int:
-    """Where the whitespace-delimited token holding the n-th word from the end of ``text`` starts
-    (a whole token, so a word is never cut; the tokens are looked at from the end only)."""
+_TOKEN = re.compile(r"\S+")
+
+
+def _token_starts(text: str, n: int) -> list[int]:
+    """Where the whitespace-delimited token of each of the last ``n`` words of ``text`` starts
+    (a whole token, so a word is never cut): the tokens are read from the end, as few as needed."""
+    stripped = text.rstrip()
+    last = stripped.rsplit(None, 1)[-1] if stripped else ""
+    if last and len(words(last)) >= n:  # most often: the words held are the last token's
+        return [len(stripped) - len(last)] * n
     k = n
     while True:
         parts = text.rsplit(None, k)
-        tokens = parts[1:] if len(parts) > k else parts
-        count = 0
-        for back, token in enumerate(reversed(tokens), 1):
-            count += len(words(token))
-            if count >= n:
-                head = text.rsplit(None, back)
-                if len(head) <= back:  # the first token of the text
-                    return len(text) - len(text.lstrip())
-                start = len(head[0])
-                return start + len(text[start:]) - len(text[start:].lstrip())
-        if len(parts) <= k:
-            return len(text) - len(text.lstrip())
+        base = len(parts[0]) if len(parts) > k else 0
+        starts: list[int] = []
+        for token in _TOKEN.finditer(text, base):
+            starts.extend([token.start()] * len(words(token.group())))
+        if len(starts) >= n or not base:
+            break
         k *= 2
+    if len(starts) < n:  # the text's words read whole and token by token differ: hold it all
+        return [0] * (n - len(starts)) + starts
+    return starts[-n:]

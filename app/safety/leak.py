@@ -41,6 +41,11 @@ def words(text: str) -> list[str]:
     return _WORD.findall(folded(text))
 
 
+def ascii_words(lowered: str) -> list[str]:
+    """`words` of ASCII text already in lower case."""
+    return lowered.translate(_ASCII_SEPARATORS).split()
+
+
 class LeakCheck:
     def __init__(self, system_texts: Iterable[str], canary: str) -> None:
         self.canary = canary
@@ -63,7 +68,7 @@ class LeakCheck:
 
     def marked(self, joined: str) -> bool:
         """Does ``joined`` (words run together) hold the canary?"""
-        return any(m in joined for m in self.marks)
+        return any(mark in joined for mark in self.marks)
 
     def repeats(self, ws: Sequence[str]) -> bool:
         """Are any NGRAM consecutive words of ``ws`` a run of the system text? (One C-level pass.)"""

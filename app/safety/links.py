@@ -108,6 +108,8 @@ def _candidate_spans(text: str) -> list[tuple[int, int]]:
     """The (start, end) of every whitespace-delimited token of ``text`` that could hold a link."""
     if not text.isascii():
         return [m.span() for m in _CANDIDATES.finditer(text)]
+    if not ("." in text or ":" in text or "@" in text or "/" in text or "ww" in text.lower()):
+        return []  # a few memchr scans: most chunks of a stream, a word or two, hold none of these
     classes = text.encode("ascii").translate(_CLASSES)
     spans: list[tuple[int, int]] = []
     hits = [classes.find(mark) for mark in _MARKS]

@@ -9,6 +9,7 @@ from app.providers import prompts
 from app.providers.base import Passage
 from app.safety import REFUSAL, AnswerGuard, LeakCheck, OutputPolicy, SafetyReport, injected
 from app.safety.guard import DATAMARK
+from app.safety.leak import words
 from app.safety.links import strip_links
 from app.safety.markup import strip_markup
 from app.safety.recipient import check_recipient
@@ -243,3 +244,31 @@ def test_a_secret_split_by_invisible_characters_is_masked_in_the_context() -> No
     assert record.context["lead"]["notes"] == ["key [REDACTED] here", "ok \u200b plain"]
     assert record.context["emails"][0]["body"] == "token [REDACTED]"
     assert record.secrets_masked == 2
+
+
+def test_any_answer_streamed_in_any_pieces_shows_what_the_whole_answer_shows_and_leaks_alike() -> None:
+    """Seeded: system-text runs, links, punctuation-only tokens and odd whitespace, cut anywhere."""
+    import random
+
+    rng = random.Random(19)
+    system = prompts.system_text("chat", CANARY).split()
+    pool = [*system, "Dana", "budget", "http://evil.example/x", "https://northwind.io/a", "—", "...", "é", "lead's"]
+    for _ in range(400):
+        tokens = [rng.choice(pool) for _ in range(rng.randint(0, 16))]
+        if rng.random() < 0.4:
+            start = rng.randrange(len(system) - 10)
+            at = rng.randint(0, len(tokens))
+            tokens[at:at] = system[start:start + rng.randint(1, 10)]
+        text = "".join(t + rng.choice([" ", "  ", "\n", " \t"]) for t in tokens)
+        whole, _ = guard()
+        expected = whole.text(text)
+        g, _ = guard()
+        f = g.text_filter()
+        cuts = sorted(rng.sample(range(1, max(len(text), 2)), min(len(text) // 3, 8)))
+        pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        shown = "".join(f.feed(p) for p in pieces) + f.finish()
+        assert f.leaked == (expected == REFUSAL), text
+        if f.leaked:  # what was shown before the leak holds no run of the system text
+            assert not POLICY.leak.repeats(words(shown)), text
+        else:
+            assert shown == expected, text
