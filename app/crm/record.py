@@ -169,6 +169,11 @@ class _Walk:
                     self.outside.append((path, value))
         elif depth < MAX_DEPTH:
             if isinstance(value, dict):
+                if trust is None and depth == 1 and path == "lead":  # the lead's fields: `trust_of`, inline
+                    for key, item in value.items():
+                        field = str(key).split("[", 1)[0].split(".", 1)[0]
+                        self.collect(item, f"lead.{key}", 2, "computed" if field in COMPUTED_FIELDS else "outside")
+                    return
                 for key, item in value.items():
                     self.collect(item, f"{path}.{key}" if path else str(key), depth + 1, trust)
             elif isinstance(value, list):
