@@ -41,9 +41,20 @@ _TRAILING = ".,;:!?"
 _HOSTLIKE = re.compile(r"(?i)(?<![@\w.\-])(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\b")
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function; the same few links (the KB's, the lead's) come back
 def host_of(link: str) -> str | None:
     """The host a link points at, lowercased; None for a scheme with no host (javascript:, data:)."""
+    return _cached_host_of(link) if len(link) <= _CACHED_LINK else _host_of(link)
+
+
+_CACHED_LINK = 512  # 4,096 links of at most this many characters: the cache holds at most 2 M of them
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function; the same few links (the KB's, the lead's) come back
+def _cached_host_of(link: str) -> str | None:
+    return _host_of(link)
+
+
+def _host_of(link: str) -> str | None:
     lowered = link.lower()
     if lowered.startswith("mailto:"):
         return lowered[7:].rpartition("@")[2].split("?")[0] or None
