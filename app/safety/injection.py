@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import re2
 from anyascii import anyascii
 
-from app.safety.text import LOOKALIKE, plain
+from app.safety.text import LOOKALIKE, plain, untagged
 
 MAX_SCAN = 48_000
 # RE2: Python's engine tried the run at every position, 1 ms per 64 KiB of ordinary words.
@@ -115,6 +115,7 @@ def _plain(text: str) -> str:
     budget counts what is read, normalised a slice at a time until it is spent."""
     if text.isascii():
         return text.lower()
+    text = untagged(text)
     out: list[str] = []
     size = 0
     for start in range(0, len(text), _SLICE):

@@ -7,8 +7,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Format characters that render as nothing: an attacker puts them inside a word, a key or an address.
-INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u202a\u202b\u202c\u202d\u202e"))
+# Characters that render as nothing: an attacker puts them inside a word, a key or an address.
+# Zero-width and joiners, invisible operators, soft hyphen, grapheme joiner, bidi controls, and
+# the tag characters (U+E0000-E007F, which carry "ASCII smuggling": see `untagged`).
+INVISIBLE = ("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e\u034f"
+             "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\U000e0000-\U000e007f")
 # Letters that look like Latin ones (UTS #39 confusables, the Cyrillic and Greek ones attackers use):
 # folded by shape, not by sound ("р" is "p" here, not "r").
 LOOKALIKE = str.maketrans(
@@ -17,16 +20,24 @@ LOOKALIKE = str.maketrans(
 )
 
 
-_INVISIBLE_CHARS = tuple(map(chr, INVISIBLE))
-_INVISIBLE_RE = re.compile("[" + "".join(_INVISIBLE_CHARS) + "]")
+_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
+_TAGS = re.compile("[\U000e0020-\U000e007e]+")
 
 
 def visible(text: str) -> str:
-    """``text`` without the invisible format characters. Looked for first (a dozen C-level finds):
+    """``text`` without the invisible characters. Looked for first (one character-class scan):
     removing them is the costly part, and most text has none (ASCII text never)."""
-    if text.isascii() or not any(c in text for c in _INVISIBLE_CHARS):
+    if text.isascii() or not _INVISIBLE_RE.search(text):
         return text
     return _INVISIBLE_RE.sub("", text)
+
+
+def untagged(text: str) -> str:
+    """Tag characters read as the ASCII they shadow (U+E0041 is "A"), each run set off by spaces:
+    a model's tokenizer may read an instruction hidden in them that no reader sees."""
+    if text.isascii() or not _TAGS.search(text):
+        return text
+    return _TAGS.sub(lambda run: " " + "".join(chr(ord(c) - 0xE0000) for c in run.group(0)) + " ", text)
 
 
 def plain(text: str) -> str:
