@@ -3,12 +3,13 @@
 For every case of the eval set (scripts/eval_data) and for worst-case 64 KiB contexts, times the
 safety work a request does: reading the context (`CrmRecord.read`: classing, masking secrets),
 scanning outside text for injected instructions, and the output checks over a realistic answer
-(~110 tokens, with two links and a citation snippet each) and a draft. Prints the median and p99
-per ordinary request and the worst case per hostile shape, in microseconds of CPU
-(time.process_time_ns), each the median of --repeat runs; and, as the baseline measured in the
-same run, the classifier on the same requests (work every request already does).
+(~110 tokens, with two links) and each citation's snippet. The baseline, measured in the same run
+and interleaved case by case, is the same request's work without the checks (normalise,
+classify, retrieve, render the prompt, as `pipeline.plan` does); "added" is, per request, the time
+with the checks less the time without, its p50 over the eval set. CPU time
+(time.process_time_ns), each figure the median of --repeat runs.
 
-    python scripts/bench_safety.py [--repeat 5]
+    flock /tmp/ivy-bench.lock python scripts/bench_safety.py [--repeat 5]
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ from typing import Any
 
 import _repo_root
 
+from app.config import Settings
 from app.crm import CrmRecord
 from app.intent.classifier import classify
+from app.intent.normalise import read
+from app.pipeline import build_generation_request
 from app.providers import prompts
+from app.providers.base import Passage
+from app.retrieval.retriever import KnowledgeBase, retrieve
 from app.safety import AnswerGuard, LeakCheck, OutputPolicy, SafetyReport, injected
 
 ANSWER = ("Dana's budget is $40k for 35 Growth seats [1]. She asked about Okta SSO on the 10/02 call [2]; "
@@ -59,17 +65,58 @@ def hostile() -> dict[str, dict[str, Any]]:
     }
 
 
-def checks(policy: OutputPolicy, context: dict[str, Any]) -> None:
+class Work:
+    """One request's work as `pipeline.plan` and the output checks do it, with or without the checks."""
+
+    def __init__(self) -> None:
+        self.kb = KnowledgeBase.from_folder(Settings(_env_file=None).ivy_knowledge_dir)
+        self.policy = OutputPolicy.build(allowed_domains=["ivycrm.com"], kb_hosts=[],
+                                         leak=LeakCheck(prompts.system_texts(), CANARY))
+
+    def plain(self, query: str, context: dict[str, Any], lead: dict[str, Any]) -> list[Passage]:
+        question = read(query)
+        c = classify(query, context, normalised=question)
+        passages = retrieve(query, context, self.kb, tokens=question.tokens) if c.intent == "rag" else []
+        build_generation_request(CANARY, query, lead, c, passages)
+        return passages
+
+    def without_checks(self, case: dict[str, Any]) -> None:
+        context = case["context"]
+        self.plain(case["query"], context, context.get("lead") if isinstance(context.get("lead"), dict) else {})
+
+    def with_checks(self, case: dict[str, Any]) -> None:
+        record, guard = read_checks(self.policy, case["context"])
+        output_checks(guard, self.plain(case["query"], record.context, record.lead))
+
+    def checks_only(self, case: dict[str, Any]) -> None:
+        checks(self.policy, case["context"])
+
+
+CANARY = "ivy-canary-0123456789abcdef"
+SNIPPET = [Passage("lead.notes[0]", ANSWER[:300])]
+
+
+def read_checks(policy: OutputPolicy, context: dict[str, Any]) -> tuple[CrmRecord, AnswerGuard]:
+    """The checks before the model: the record (classing, secrets) and the injection scan."""
     record = CrmRecord.read(context)
     report = SafetyReport()
     injected(text for _, text in record.outside)
-    guard = AnswerGuard(policy, addresses=record.addresses, primary=record.primary, hosts=record.hosts,
-                        correspondents=record.correspondents, report=report)
+    return record, AnswerGuard(policy, addresses=record.addresses, primary=record.primary, hosts=record.hosts,
+                               correspondents=record.correspondents, report=report)
+
+
+def output_checks(guard: AnswerGuard, passages: list[Passage]) -> None:
+    """The checks after: the answer and each citation's snippet."""
     guard.text(ANSWER)
-    guard.snippet(ANSWER[:300])
+    for passage in passages:
+        guard.snippet(passage.text[:300])
 
 
-def cpu_us(fn: Callable[[], None]) -> float:
+def checks(policy: OutputPolicy, context: dict[str, Any]) -> None:
+    output_checks(read_checks(policy, context)[1], SNIPPET)
+
+
+def cpu_us(fn: Callable[[], object]) -> float:
     start = time.process_time_ns()
     fn()
     return (time.process_time_ns() - start) / 1000
@@ -79,19 +126,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    policy = OutputPolicy.build(allowed_domains=["ivycrm.com"], kb_hosts=[],
-                                leak=LeakCheck(prompts.system_texts(), "ivy-canary-0"))
+    work = Work()
+    policy = work.policy
     ordinary = cases()
-    medians, p99s, base = [], [], []
+    for case in ordinary[:50]:  # warm-up: imports, caches
+        work.with_checks(case)
+        work.without_checks(case)
+    alone, alone99, base, checked, added = [], [], [], [], []
     for _ in range(args.repeat):
-        times = sorted(cpu_us(lambda c=c: checks(policy, c["context"])) for c in ordinary)
-        medians.append(times[len(times) // 2])
-        p99s.append(times[int(len(times) * 0.99)])
-        classify_times = sorted(cpu_us(lambda c=c: classify(c["query"], c["context"])) for c in ordinary)
-        base.append(classify_times[len(classify_times) // 2])
-    print(f"ordinary requests ({len(ordinary)}): checks p50 {statistics.median(medians):.0f} us, "
-          f"p99 {statistics.median(p99s):.0f} us; baseline (the classifier) p50 {statistics.median(base):.0f} us; "
-          f"ratio {statistics.median(medians) / statistics.median(base):.2f}")
+        plain_us, checked_us, diff = [], [], []
+        for case in ordinary:
+            a = cpu_us(lambda c=case: work.without_checks(c))
+            b = cpu_us(lambda c=case: work.with_checks(c))
+            plain_us.append(a)
+            checked_us.append(b)
+            diff.append(b - a)
+        times = sorted(cpu_us(lambda c=c: work.checks_only(c)) for c in ordinary)
+        alone.append(times[len(times) // 2])
+        alone99.append(times[int(len(times) * 0.99)])
+        base.append(statistics.median(plain_us))
+        checked.append(statistics.median(checked_us))
+        added.append(statistics.median(diff))
+    m = statistics.median
+    print(f"ordinary requests ({len(ordinary)}), median of {args.repeat} runs, us of CPU per request:")
+    print(f"  without checks p50 {m(base):.0f}; with checks p50 {m(checked):.0f}; added p50 {m(added):.0f}"
+          f" (paired, per request)")
+    print(f"  the checks alone: p50 {m(alone):.0f}, p99 {m(alone99):.0f}")
     draft_us = statistics.median(
         cpu_us(lambda: AnswerGuard(policy, addresses=frozenset({"dana@northwind.io"}), primary="dana@northwind.io",
                                    hosts=frozenset(), report=SafetyReport()).draft(DRAFT))
@@ -99,8 +159,9 @@ def main() -> None:
     print(f"a draft's checks: {draft_us:.0f} us")
     for name, context in hostile().items():
         size = len(json.dumps(context))
-        worst = statistics.median(cpu_us(lambda c=context: checks(policy, c)) for _ in range(args.repeat))
-        print(f"hostile {name:<22} ({size // 1024} KiB): {worst / 1000:.2f} ms")
+        worst = statistics.median(cpu_us(lambda c=context: checks(policy, c))
+                                  for _ in range(args.repeat))
+        print(f"hostile {name:<22} ({size // 1024} KiB): checks {worst / 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from app.intent.normalise import MAX_CONTEXT_VALUES
 from app.observability.redaction import mask_secrets, may_hold_secret
 from app.safety.links import hosts_in
 from app.safety.recipient import normalise_address
+from app.safety.text import visible
 
 Trust = Literal["query", "computed", "outside", "knowledge"]
 
@@ -115,8 +116,9 @@ class CrmRecord:
     def read(cls, context: dict[str, Any]) -> CrmRecord:
         walk = _Walk()
         walk.collect(context, "", 0)
-        # One RE2 pass over every string tells whether any needs masking (almost never): only then copy.
-        masked = walk.masked_copy(context, "", 0) if may_hold_secret("\n".join(walk.strings)) else context
+        # One RE2 pass over every string tells whether any needs masking (almost never): only then
+        # copy. Read without invisible characters: "AKIA\u200bIOSF..." is still a key to whoever reads it.
+        masked = walk.masked_copy(context, "", 0) if may_hold_secret(visible("\n".join(walk.strings))) else context
         assert isinstance(masked, dict)
         lead = masked.get("lead") if isinstance(masked.get("lead"), dict) else {}
         assert isinstance(lead, dict)
@@ -154,28 +156,37 @@ class _Walk:
         self.masked = 0
         self.leaves = MAX_LEAVES
 
-    def collect(self, value: Any, path: str, depth: int) -> None:
+    def collect(self, value: Any, path: str, depth: int, trust: Trust | None = None) -> None:
+        # A path's class is settled by its first one or two parts (`trust_of`): worked out there
+        # once and handed down, not again for every string below.
+        if trust is None and depth >= 1 and not (depth == 1 and path == "lead"):
+            trust = trust_of(path)
         if isinstance(value, str):
             self.strings.append(value)
             if self.leaves > 0:
                 self.leaves -= 1
-                if trust_of(path) == "outside":
+                if (trust or trust_of(path)) == "outside":
                     self.outside.append((path, value))
         elif depth < MAX_DEPTH:
             if isinstance(value, dict):
+                if trust is None and depth == 1 and path == "lead":  # the lead's fields: `trust_of`, inline
+                    for key, item in value.items():
+                        field = str(key).split("[", 1)[0].split(".", 1)[0]
+                        self.collect(item, f"lead.{key}", 2, "computed" if field in COMPUTED_FIELDS else "outside")
+                    return
                 for key, item in value.items():
-                    self.collect(item, f"{path}.{key}" if path else str(key), depth + 1)
+                    self.collect(item, f"{path}.{key}" if path else str(key), depth + 1, trust)
             elif isinstance(value, list):
                 for i, item in enumerate(value):
-                    self.collect(item, f"{path}[{i}]", depth + 1)
+                    self.collect(item, f"{path}[{i}]", depth + 1, trust)
 
     def masked_copy(self, value: Any, path: str, depth: int) -> Any:
         if isinstance(value, str):
             if len(value) < 8:
                 return value
-            text, n = mask_secrets(value)
+            text, n = mask_secrets(visible(value))
             self.masked += n
-            return text
+            return text if n else value
         if depth >= MAX_DEPTH:
             return value
         if isinstance(value, dict):

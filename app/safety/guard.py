@@ -1,10 +1,10 @@
 """The output checks, in code, on every answer before it leaves: one `AnswerGuard` per request.
 
 Text (plain answers, streamed or not, and a lead-insights summary) goes through `TextFilter`:
-word by word, so a stream is checked before each word is shown. A word that could begin a run of
-the system text is held until the run is decided, so no word of a leaked run reaches the client;
-links are checked per word. A whole answer is the same filter fed once, so JSON and the stream
-give the same text.
+a stream is checked chunk by chunk before any of it is shown. Words that could begin a run of
+the system text are held until the run is decided, so no word of a leaked run reaches the
+client; links are checked in whole tokens. A whole answer is the same filter fed once, so JSON
+and the stream give the same text.
 
 An email draft is checked field by field: `to` is one of the lead's own addresses, subject and
 body lose markup and foreign links, and a leak anywhere replaces the draft's text.
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.safety.flags import SafetyReport
-from app.safety.leak import NGRAM, REFUSAL, WORD_EDGES, LeakCheck
-from app.safety.links import MAYBE_LINK, strip_links
+from app.safety.leak import NGRAM, REFUSAL, LeakCheck, ascii_words, words
+from app.safety.links import strip_links
 from app.safety.markup import strip_markup
 from app.safety.recipient import check_recipient
 
 # The spotlighting mark (app/providers/prompts.py) a model may copy into its answer.
 DATAMARK = "\u02c6"
-_TOKENS = re.compile(r"\S+\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class AnswerGuard:
     def text(self, answer: str) -> str:
         """A whole answer through the same filter a stream uses."""
         f = self.text_filter()
-        shown = f.feed(answer) + f.finish()
+        shown = f.whole(answer)
         return REFUSAL if f.leaked else shown
 
     def draft(self, draft: dict[str, Any]) -> dict[str, Any]:
@@ -89,10 +88,9 @@ class AnswerGuard:
             self.report.flag("link_removed")
         return cleaned
 
-    def clean_word(self, token: str) -> str:
-        if DATAMARK in token:
-            token = token.replace(DATAMARK, " ")
-        cleaned, removed = strip_links(token, self.domains, self.mentionable)
+    def clean(self, text: str) -> str:
+        """Answer text: foreign links and addresses removed (whole tokens only: see TextFilter)."""
+        cleaned, removed = strip_links(text, self.domains, self.mentionable)
         if removed:
             self.report.links_removed += removed
             self.report.flag("link_removed")
@@ -100,87 +98,136 @@ class AnswerGuard:
 
 
 class TextFilter:
-    """Feed chunks, get back what may be shown; `finish` releases the rest. A word is held only
-    while the words from it on are the start of a run of the system text; after a leak nothing
-    more is released and `leaked` is set (the answer becomes the refusal)."""
+    """Feed chunks, get back what may be shown; `finish` releases the rest. Words are held only
+    while the words from the first of them on are the start of a run of the system text; after a
+    leak nothing more is released and `leaked` is set (the answer becomes the refusal).
 
-    __slots__ = ("_canary", "_grams", "_guard", "_held", "_prefixes", "_run", "_tail", "leaked")
+    Each chunk is checked whole, never word by word: only whole whitespace-delimited tokens are
+    checked (the unfinished last one waits for the next chunk, so a link or the canary split
+    across chunks is read whole), links by one pattern search over them, the system text's runs
+    by one set test over their word 8-grams; the canary is looked for in the words run together,
+    with the end of the previous chunk's, so a canary written in pieces is caught too."""
+
+    __slots__ = ("_guard", "_held", "_leak", "_run", "_seen", "_starts", "_tail", "leaked")
 
     def __init__(self, guard: AnswerGuard) -> None:
         self._guard = guard
-        leak = guard.policy.leak
-        self._canary, self._grams, self._prefixes = leak.canary, leak.grams, leak.prefixes
-        self._tail = ""
-        self._held: list[tuple[str, str]] = []  # (text to show, normalised word or "")
-        self._run: list[str] = []  # the normalised words held: a proper prefix of a system-text gram
+        self._leak = guard.policy.leak
+        self._tail: list[str] = []  # the unfinished last token, in pieces (no whitespace yet)
+        self._held = ""  # checked text not shown yet: from the first word of `_run` on
+        self._run: list[str] = []  # the words held: a proper prefix of a run of the system text
+        self._starts: list[int] = []  # where each one's token starts in `_held` (the first at 0)
+        self._seen = ""  # the last characters of the words seen so far, run together
         self.leaked = False
 
     def feed(self, chunk: str) -> str:
+        if self.leaked or not chunk:
+            return ""
+        if DATAMARK in chunk:
+            chunk = chunk.replace(DATAMARK, " ")
+        tail = self._tail
+        if chunk[-1].isspace():
+            complete, rest = chunk, ""
+        else:
+            last = chunk.rsplit(None, 1)[-1]  # scans from the end: linear whatever the chunk holds
+            if len(last) == len(chunk):
+                tail.append(chunk)
+                return ""
+            complete, rest = chunk[:len(chunk) - len(last)], last
+        if tail:
+            tail.append(complete)
+            complete = "".join(tail)
+        self._tail = [rest] if rest else []
+        return self._take(complete, final=False)
+
+    def whole(self, text: str) -> str:
+        """A whole answer in one piece: what `feed` then `finish` would show, with nothing to hold."""
         if self.leaked:
             return ""
-        text = self._tail + chunk
-        out: list[str] = []
-        end = 0
-        for match in _TOKENS.finditer(text):
-            self._take(match.group(0), out)
-            end = match.end()
-        self._tail = text[end:]
-        return "" if self.leaked else "".join(out)
+        if DATAMARK in text:
+            text = text.replace(DATAMARK, " ")
+        rest, self._tail = "".join(self._tail), []
+        return self._take(rest + text, final=True)
 
     def finish(self) -> str:
         if self.leaked:
             return ""
-        out: list[str] = []
-        if self._tail:
-            self._take(self._tail, out)
-            self._tail = ""
-        if self.leaked:
+        rest = "".join(self._tail)
+        self._tail = []
+        return self._take(rest, final=True)
+
+    def _take(self, text: str, *, final: bool) -> str:
+        # The hot path of every stream (a chunk is a word or two): ASCII text that cannot hold a
+        # link (a few memchr scans) skips the link check, and its words are one translate.
+        leak = self._leak
+        if text.isascii():
+            lowered = text.lower()
+            if "." in text or ":" in text or "@" in text or "/" in text or "ww" in lowered:
+                text = self._guard.clean(text)
+                lowered = text.lower()
+            ws = ascii_words(lowered)
+        else:
+            text = self._guard.clean(text)
+            ws = words(text)
+        seen = self._seen + (ws[0] if len(ws) == 1 else "".join(ws))
+        held = self._run
+        run = held + ws if held else ws
+        for mark in leak.marks:
+            if mark in seen:
+                self._leaked()
+                return ""
+        if len(run) >= NGRAM and leak.repeats(run):
+            self._leaked()
             return ""
-        out.extend(shown for shown, _ in self._held)
-        self._held.clear()
-        self._run.clear()
-        return "".join(out)
-
-    def _take(self, token: str, out: list[str]) -> None:
-        # The per-word hot path of every answer: the cheap tests inline, the link pattern only for
-        # words that could hold a link.
-        if self._canary in token:
-            self._leaked()
-            return
-        word = token.lower().strip(WORD_EDGES)
-        shown = self._guard.clean_word(token) if MAYBE_LINK.search(token) or DATAMARK in token else token
-        run = self._run
-        if not run and (word,) not in self._prefixes:  # most words: nothing held, nothing to hold
-            out.append(shown)
-            return
-        held = self._held
-        held.append((shown, word))
-        if not word:
-            if not run:
-                out.extend(shown for shown, _ in held)
-                held.clear()
-            return
-        run.append(word)
-        if len(run) == NGRAM and tuple(run) in self._grams:
-            self._leaked()
-            return
-        prefixes = self._prefixes
-        while run and (len(run) >= NGRAM or tuple(run) not in prefixes):
-            run.pop(0)
-            self._release_first_word(out)
-        if not run:
-            out.extend(shown for shown, _ in held)
-            held.clear()
-
-    def _release_first_word(self, out: list[str]) -> None:
-        while self._held:
-            shown, word = self._held.pop(0)
-            out.append(shown)
-            if word:
-                return
+        self._seen = seen[-leak.overlap:] if leak.overlap else ""
+        base = len(self._held)
+        shown = self._held + text if base else text
+        if final or not run:
+            n = 0
+        elif len(run) == 1:  # most chunks of a stream: one word, nothing held before it
+            n = 1 if (run[0],) in leak.prefixes else 0
+        else:
+            n = leak.held(run)
+        if not n:
+            if base:
+                self._held, self._run, self._starts = "", [], []
+            return shown
+        # Where each of the n words held starts: those of this text found from its end, the
+        # others kept from before (never a walk back through all that is held).
+        m = min(n, len(ws))
+        starts = [base + i for i in _token_starts(text, m)] if m else []
+        if m < n:
+            starts = self._starts[len(self._starts) - (n - m):] + starts
+        cut = starts[0]
+        self._held, self._run, self._starts = shown[cut:], run[-n:], [i - cut for i in starts]
+        return shown[:cut]
 
     def _leaked(self) -> None:
         self.leaked = True
-        self._held.clear()
-        self._run.clear()
+        self._held, self._run, self._starts, self._tail = "", [], [], []
         self._guard.report.flag("prompt_leak")
+
+
+_TOKEN = re.compile(r"\S+")
+
+
+def _token_starts(text: str, n: int) -> list[int]:
+    """Where the whitespace-delimited token of each of the last ``n`` words of ``text`` starts
+    (a whole token, so a word is never cut): the tokens are read from the end, as few as needed."""
+    stripped = text.rstrip()
+    last = stripped.rsplit(None, 1)[-1] if stripped else ""
+    if last and len(words(last)) >= n:  # most often: the words held are the last token's
+        return [len(stripped) - len(last)] * n
+    k = n
+    while True:
+        parts = text.rsplit(None, k)
+        base = len(parts[0]) if len(parts) > k else 0
+        starts: list[int] = []
+        for token in _TOKEN.finditer(text, base):
+            starts.extend([token.start()] * len(words(token.group())))
+        if len(starts) >= n or not base:
+            break
+        k *= 2
+    if len(starts) < n:  # the text's words read whole and token by token differ: hold it all
+        return [0] * (n - len(starts)) + starts
+    return starts[-n:]

@@ -19,22 +19,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import unicodedata
 from collections.abc import Iterable
 
 import re2
 from anyascii import anyascii
 
+from app.safety.text import LOOKALIKE, plain, untagged
+
 MAX_SCAN = 48_000
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e\u202a\u202b\u202c\u202d\u202e"))
-# Letters that look like Latin ones (UTS #39 confusables, the Cyrillic and Greek ones attackers use):
-# folded by shape, not by sound ("р" is "p" here, not "r").
-_LOOKALIKE = str.maketrans(
-    "аеорсухіјѕԁһӏԛԝвкмнтьзАВЕКМНОРСТХУІЈЅαβγδεικνορτυχωΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
-    "aeopcyxijsdhlqwbkmhtb3ABEKMHOPCTXYIJSabydeiknoptuxwABEHIKMNOPTYXZ",
-)
-_B64 = re.compile(r"[A-Za-z0-9+/_\-]{16,}={0,2}")
+# RE2: Python's engine tried the run at every position, 1 ms per 64 KiB of ordinary words.
+_B64 = re2.compile(r"[A-Za-z0-9+/_\-]{16,}={0,2}")
 _DIRECTIVE = (
     # English
     r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,30}\b(?:instructions?|prompts?|rules|guidelines|directions"
@@ -46,7 +41,7 @@ _DIRECTIVE = (
     r"|\b(?:you are now|from now on,? you|act as (?:an? |the )?(?:admin|system|developer|assistant))\b"
     r"|\b(?:assistant|ai|ivy|model|chatbot|llm)\b.{0,20}\b(?:must|should|shall|will|needs? to)\b"
     r"|\b(?:send|forward|address|deliver|cc|bcc|redirect)\b.{0,30}\b(?:e-?mails?|drafts?|repl(?:y|ies)|messages?"
-    r"|follow-?ups?|responses?|it)\b.{0,10}\bto\b.{0,12}[\w.+\-]+@"
+    r"|follow-?ups?|responses?|it|this|that|them)\b.{0,10}\bto\b.{0,12}[\w.+\-]+@"
     r"|\b(?:set|change|put|use|update|replace)\b.{0,200}?\b(?:to[- ]field|to[- ]address|recipient|to line)\b"
     r"|\bin(?:to)? the (?:to|recipient|cc|bcc)[- ]?(?:field|line|box)\b"
     r"|\b(?:include|add|insert|append|put|embed|place)\b.{0,30}\b(?:links?|urls?|hyperlinks?|website)\b"
@@ -83,37 +78,90 @@ _DIRECTIVE = (
 )
 # RE2 (linear time, one pass for all the alternatives): Python's backtracking engine tried each
 # alternative at each position, 11x slower on the eval set, and a crafted text could cost more.
+# All the request's outside texts are read in one pass, joined by SEPARATOR: the pattern's "."
+# is "[^\x00]", so no match spans two texts (one text's "send the email" and the next one's
+# "to x@y" are two harmless texts, as they were read one by one), and "\n" starts each text's line.
+SEPARATOR = "\x00\n"
 _OPTIONS = re2.Options()
-_OPTIONS.dot_nl = True
 _OPTIONS.max_mem = 32 << 20
-_PATTERN = re2.compile(_DIRECTIVE, _OPTIONS)
+_PATTERN = re2.compile(_DIRECTIVE.replace(".{", "[^\\x00]{"), _OPTIONS)
+
+
+def _joined(parts: list[str]) -> str:
+    text = SEPARATOR.join(parts)
+    if text.count("\x00") != len(parts) - 1:  # a text's own NUL would end a match inside it
+        text = SEPARATOR.join(part.replace("\x00", " ") for part in parts)
+    return text
+
+
+class _Fold(dict[int, str]):
+    """Look-alike letters folded by shape, then every letter to ASCII (anyascii, which works
+    character by character): one `str.translate` pass, 3x faster than the two; each character's
+    result kept, at most _FOLD_CACHE of them (a body can hold thousands of distinct ones)."""
+
+    def __missing__(self, code: int) -> str:
+        if len(self) >= _FOLD_CACHE:
+            self.clear()
+        folded = self[code] = anyascii(chr(code).translate(LOOKALIKE))
+        return folded
+
+
+_FOLD_CACHE = 65_536
+_FOLD = _Fold()
+
+
+def _plain(text: str) -> str:
+    """`plain`, at most MAX_SCAN characters of it: NFKC can make a character 18 (U+FDFA), so the
+    budget counts what is read, normalised a slice at a time until it is spent."""
+    if text.isascii():
+        return text.lower()
+    text = untagged(text)
+    out: list[str] = []
+    size = 0
+    for start in range(0, len(text), _SLICE):
+        out.append(plain(text[start:start + _SLICE]))
+        size += len(out[-1])
+        if size >= MAX_SCAN:
+            break
+    return "".join(out)[:MAX_SCAN]
+
+
+_SLICE = 2048
 
 
 def _readings(text: str) -> Iterable[str]:
-    plain = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).lower()
-    yield plain
-    if not plain.isascii():
-        folded = anyascii(plain.translate(_LOOKALIKE)).lower()
-        if folded != plain:
-            yield folded
+    """The joined texts as written (NFKC, invisible characters removed, lower case), with
+    look-alike letters folded, and their base64 runs decoded (runs never span two texts)."""
+    read = _plain(text)
+    yield read
+    if not read.isascii():
+        fold = read.translate(_FOLD).lower()
+        if fold != read:
+            yield fold
+    decoded: list[str] = []
     for run in _B64.findall(text):
         try:
-            decoded = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_" if "-" in run or "_" in run
-                                       else None, validate=False).decode("utf-8")
+            value = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_" if "-" in run or "_" in run
+                                     else None, validate=False).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             continue
-        if decoded.isprintable() or "\n" in decoded:
-            yield unicodedata.normalize("NFKC", decoded).lower()
+        if value.isprintable() or "\n" in value:
+            decoded.append(value)
+    if decoded:
+        yield unicodedata.normalize("NFKC", _joined(decoded)).lower()
 
 
 def injected(texts: Iterable[str]) -> bool:
-    """Does any of ``texts`` (outside text) try to instruct the model? Reads at most MAX_SCAN characters."""
+    """Does any of ``texts`` (outside text) try to instruct the model? Reads at most MAX_SCAN
+    characters, in one pattern pass per reading however many texts there are."""
     budget = MAX_SCAN
+    parts: list[str] = []
     for text in texts:
         if budget <= 0:
             break
         text = text[:budget]
         budget -= len(text)
-        if any(_PATTERN.search(reading) for reading in _readings(text)):
-            return True
-    return False
+        parts.append(text)
+    if not parts:
+        return False
+    return any(_PATTERN.search(reading) for reading in _readings(_joined(parts)))
