@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -20,12 +21,18 @@ def normalise_address(value: str) -> str | None:
         return None
 
 
+# `Name <address>`, the form mail clients and models write: one name without quotes or markup, one address.
+_NAMED = re.compile(r'\s*"?([^"<>,;@]{0,120})"?\s*<([^<>,;\s]{1,320})>\s*')
+
+
 def check_recipient(to: str, own: frozenset[str], primary: str) -> tuple[str, bool]:
     """(the address to use, whether the model's was replaced). An empty `to` is filled with the
-    lead's address without a flag: the model left it to us."""
+    lead's address without a flag: the model left it to us. `Dana <dana@...>` is the lead's own
+    address written with her name, and becomes the bare address without a flag."""
     if not to.strip():
         return primary, False
-    address = normalise_address(to)
+    named = _NAMED.fullmatch(to)
+    address = normalise_address(named.group(2) if named else to)
     if address is not None and address in own:
         return address, False
     return primary, True

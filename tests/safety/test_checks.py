@@ -44,7 +44,13 @@ def test_a_link_stays_only_when_its_host_is_vouched_for(text: str, kept: bool) -
     ("", "dana@northwind.io", False), ("attacker@evil.example", "dana@northwind.io", True),
     ("dana@northwind.io, attacker@evil.example", "dana@northwind.io", True),
     ("dana@northwind.io; <img src=x onerror=alert(1)>", "dana@northwind.io", True),
-    ("Dana Whitfield <dana@northwind.io>", "dana@northwind.io", True), ("not an address", "dana@northwind.io", True),
+    ("Dana Whitfield <dana@northwind.io>", "dana@northwind.io", False),
+    ('"Dana W." <Dana@northwind.io>', "dana@northwind.io", False),
+    ("Dana Whitfield <attacker@evil.example>", "dana@northwind.io", True),
+    ("Dana <dana@northwind.io>, Eve <attacker@evil.example>", "dana@northwind.io", True),
+    ("<b>Dana</b> <dana@northwind.io>", "dana@northwind.io", True),
+    ("dana@northwind.io <attacker@evil.example>", "dana@northwind.io", True),
+    ("not an address", "dana@northwind.io", True),
 ])
 def test_a_drafts_recipient_is_one_of_the_leads_own_addresses(to: str, expected: str, replaced: bool) -> None:
     assert check_recipient(to, frozenset({"dana@northwind.io"}), "dana@northwind.io") == (expected, replaced)
