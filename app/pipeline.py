@@ -96,7 +96,8 @@ async def admit(state: State, caller: Caller) -> dict[str, str]:
     state.limiter_health.last_ok_at = time.monotonic()
     outcome = "allowed" if decision.allowed else "refused"
     state.metrics.limiter_decisions.labels(outcome, decision.bucket or "none").inc()
-    tracing.annotate(**{"ivy.rate_limit": outcome, "ivy.bucket": decision.bucket})
+    if tracing.on():  # off: one check, no attribute dicts built
+        tracing.annotate(**{"ivy.rate_limit": outcome, "ivy.bucket": decision.bucket})
     headers = rate_limit_headers(decision)
     if decision.allowed:
         return headers
@@ -112,7 +113,8 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
     health.last_error, health.last_error_at = f"{type(exc).__name__}: {exc}"[:200], now
     health.failures += 1
     fail_open = state.settings.ai_rate_limit_fail_open
-    tracing.annotate(**{"ivy.rate_limit": "failed_open" if fail_open else "failed_closed"})
+    if tracing.on():
+        tracing.annotate(**{"ivy.rate_limit": "failed_open" if fail_open else "failed_closed"})
     (state.limiter_metrics.failed_open if fail_open else state.limiter_metrics.failed_closed).inc()
     state.limiter_metrics.up.set(0)
     if health.warnings.ready(now):  # one line per 10 s in a storm, with the count
@@ -199,11 +201,13 @@ def plan(state: State, query: str, context: dict[str, Any], flags: Flags, timer:
         question = read(query)
         c = classify(query, record.context, modal_heuristics=flags.modal_heuristics,
                      modal_min_confidence=state.settings.ivy_modal_min_confidence, normalised=question)
-        tracing.annotate(**{"ivy.intent": c.intent, "ivy.confidence": c.confidence, "ivy.modal": c.modal_type})
+        if tracing.on():
+            tracing.annotate(**{"ivy.intent": c.intent, "ivy.confidence": c.confidence, "ivy.modal": c.modal_type})
     timer.lap("classify")
     with tracing.stage("retrieve"):
         passages = retrieve(query, record.context, state.kb, tokens=question.tokens) if c.intent == "rag" else []
-        tracing.annotate(**{"ivy.passages": len(passages)})
+        if tracing.on():
+            tracing.annotate(**{"ivy.passages": len(passages)})
     timer.lap("retrieve")
     request = build_generation_request(state.canary, query, record.lead, c, passages,
                                        state.settings.max_output_tokens(c.intent))
@@ -248,7 +252,8 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
             (key, cache, hit), refusal = await lookup_and_reserve(
                 state, tab, cache_lookup(state, caller, p, flags, _recipe(caller, query, context, flags),
                                          use_cache=use_cache))
-            tracing.annotate(**{"ivy.cache": cache})
+            if tracing.on():
+                tracing.annotate(**{"ivy.cache": cache})
     if hit is not None:
         tab.close()  # a hit costs nothing: its first call's reservation goes back
     elif refusal is not None and state.budgets.exhausted == "refuse":
@@ -299,7 +304,8 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
         record_safety(state, p.report)
         with tracing.stage("cache_store"):
             stored = await cache_store(state, key if p.cacheable else None, trace, response)
-            tracing.annotate(**{"ivy.cache.stored": stored})
+            if tracing.on():
+                tracing.annotate(**{"ivy.cache.stored": stored})
         if not piecewise:
             yield Delta(response.answer)
         yield Done(response, trace, stored, p.report)
@@ -462,7 +468,8 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
         with tracing.stage("tool", **{"ivy.tool": "email_json"}):
             draft, reason = email_tool(text, request, trace)
             draft = p.guard.draft(draft)
-            tracing.annotate(**{"ivy.tool.fallback": reason})
+            if tracing.on():
+                tracing.annotate(**{"ivy.tool.fallback": reason})
         timer.lap("tool")
         modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
@@ -487,7 +494,8 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
 
 
 def record_safety(state: State, report: SafetyReport) -> None:
-    tracing.annotate(**{"ivy.safety.flags": len(report.flags)})  # the request's span: the whole answer's checks
+    if tracing.on():
+        tracing.annotate(**{"ivy.safety.flags": len(report.flags)})  # the request's span: the whole answer's checks
     for flag in report.flags:
         state.metrics.safety_flags.labels(flag).inc()
 

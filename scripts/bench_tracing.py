@@ -202,6 +202,48 @@ def on_path_us() -> dict[str, float]:
     return {"server span opened, attributed, ended (SDK)": span_us, "OTLP encoding, per span": encode_us}
 
 
+def children() -> None:
+    """An answered, streamed rag request's stages and its one attempt, through the helpers as
+    app/pipeline.py and race.py call them (attributes built only when `on()`)."""
+    from opentelemetry.trace import INVALID_SPAN, SpanKind
+
+    from app.observability import tracing as spans
+
+    with spans.stage("rate_limit"):
+        if spans.on():
+            spans.annotate(**{"ivy.rate_limit": "allowed", "ivy.bucket": None})
+    with spans.stage("classify"):
+        if spans.on():
+            spans.annotate(**{"ivy.intent": "rag", "ivy.confidence": 0.86, "ivy.modal": None})
+    with spans.stage("retrieve"):
+        if spans.on():
+            spans.annotate(**{"ivy.passages": 3})
+    with spans.stage("cache"):
+        if spans.on():
+            spans.annotate(**{"ivy.cache": "miss"})
+    with spans.stage("generate", **{"ivy.streamed": True}):
+        attempt = spans.start_span("chat gemini-2.5-flash", kind=SpanKind.CLIENT, **{
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "gcp.gemini",
+            "gen_ai.request.model": "gemini-2.5-flash", "gen_ai.request.max_tokens": 512,
+            "ivy.attempt.role": "first"}) if spans.on() else INVALID_SPAN
+        if attempt.is_recording():
+            attempt.add_event("ivy.first_token", {"ivy.first_token_ms": 331.2})
+            attempt.set_attributes({"ivy.attempt.outcome": "won", "gen_ai.response.model": "gemini-2.5-flash",
+                                    "gen_ai.response.finish_reasons": ("STOP",),
+                                    "gen_ai.usage.input_tokens": 611, "gen_ai.usage.output_tokens": 87})
+        attempt.end()
+    with spans.stage("cache_store"):
+        if spans.on():
+            spans.annotate(**{"ivy.cache.stored": True})
+    if spans.on():
+        spans.annotate(**{"ivy.safety.flags": 0})
+
+
+def off_helpers_us(n: int = 50_000) -> float:
+    """us per request of the stage and attempt helpers with tracing off (no tracer in the context)."""
+    return timeit.timeit(children, number=n) / n * 1e6
+
+
 def traced_cpu_us(receiver_port: int, n: int = 2000) -> dict[str, float]:
     """CPU per request of the whole traced path in one process, every thread counted
     (time.process_time): the server span opened, one request log line written inside it (structlog,
@@ -210,35 +252,10 @@ def traced_cpu_us(receiver_port: int, n: int = 2000) -> dict[str, float]:
     answered request has under it, through the same helpers as app/pipeline.py and race.py: six
     stage spans with their outcome attributes and one attempt span (GenAI attributes, the
     first-token event, usage at its end)."""
-    from opentelemetry.trace import SpanKind
 
     from app.config import Settings
-    from app.observability import tracing as spans
     from app.observability.logging import configure_logging, get_logger, shutdown_logging
     from app.observability.tracing import build_tracing
-
-    def children() -> None:  # an answered, streamed rag request's stages and its one attempt
-        with spans.stage("rate_limit"):
-            spans.annotate(**{"ivy.rate_limit": "allowed", "ivy.bucket": None})
-        with spans.stage("classify"):
-            spans.annotate(**{"ivy.intent": "rag", "ivy.confidence": 0.86, "ivy.modal": None})
-        with spans.stage("retrieve"):
-            spans.annotate(**{"ivy.passages": 3})
-        with spans.stage("cache"):
-            spans.annotate(**{"ivy.cache": "miss"})
-        with spans.stage("generate", **{"ivy.streamed": True}):
-            attempt = spans.start_span("chat gemini-2.5-flash", kind=SpanKind.CLIENT, **{
-                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "gcp.gemini",
-                "gen_ai.request.model": "gemini-2.5-flash", "gen_ai.request.max_tokens": 512,
-                "ivy.attempt.role": "first"})
-            attempt.add_event("ivy.first_token", {"ivy.first_token_ms": 331.2})
-            attempt.set_attributes({"ivy.attempt.outcome": "won", "gen_ai.response.model": "gemini-2.5-flash",
-                                    "gen_ai.response.finish_reasons": ("STOP",), "gen_ai.usage.input_tokens": 611,
-                                    "gen_ai.usage.output_tokens": 87})
-            attempt.end()
-        with spans.stage("cache_store"):
-            spans.annotate(**{"ivy.cache.stored": True})
-        spans.annotate(**{"ivy.safety.flags": 0})
 
     settings = Settings(_env_file=None, otel_exporter_otlp_endpoint=f"http://127.0.0.1:{receiver_port}")
     log_dir = Path(tempfile.mkdtemp(prefix="ivy-bench-tracing-log-"))
@@ -318,6 +335,7 @@ def in_process_figures() -> None:
     print("what the off path added, per call (this process):")
     for what, ns in off_path_ns().items():
         print(f"  {what:45} {ns:7.0f} ns")
+    print(f"  {'stage and attempt helpers of one request, off':45} {off_helpers_us() * 1000:7.0f} ns")
     print("the span work of one traced request (this process):")
     for what, us in on_path_us().items():
         print(f"  {what:45} {us:7.1f} us")

@@ -140,10 +140,12 @@ class RouterEndpoints:
         streamed = version == "v2" and body.stream
         answer = pipeline.answer(state, caller, body.query, body.context, flags, stream=streamed, use_cache=use_cache)
         if streamed:  # the drain ends an open stream at shutdown; a JSON answer just finishes
-            events = ctx.recorded(services.drain.guard(answer, caller.request_id))
+            events = services.drain.guard(answer, caller.request_id)
             meta = await anext(events)  # admit, plan, cache lookup: a refusal is still a real 429
+            ctx.record(meta)
             headers = {**(meta.rate_headers if isinstance(meta, Meta) else {}), "Cache-Control": "no-cache"}
-            response = StreamingResponse(sse.encoded(meta, events), media_type="text/event-stream", headers=headers)
+            response = StreamingResponse(sse.encoded(meta, events, ctx.record), media_type="text/event-stream",
+                                         headers=headers)
             await response(scope, receive, send)
             return
         meta, done = await pipeline.fold(ctx.recorded(answer))

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
@@ -33,9 +33,13 @@ def encode(event: Event) -> bytes:
     return frame(b"error", orjson.dumps({k: v for k, v in error.items() if v is not None}))
 
 
-async def encoded(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    """``first`` (already pulled, so that a refusal was still an HTTP error) and the rest, as SSE."""
+async def encoded(first: Event, rest: AsyncIterator[Event], record: Callable[[Event], None]
+                  ) -> AsyncIterator[bytes]:
+    """``first`` (already pulled and recorded, so that a refusal was still an HTTP error) and the
+    rest, each passed to ``record`` (the request's log line) as it is encoded: one generator per
+    chunk fewer than a recording layer of its own."""
     yield encode(first)
     async for event in rest:
+        record(event)
         yield encode(event)
 

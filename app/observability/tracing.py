@@ -14,7 +14,8 @@ tracer provider is installed, so every app (and every test) has its own. Per req
 - `add_trace_ids` puts `trace_id` and `span_id` on every log line written inside a traced request.
 
 Off (no endpoint) nothing here runs per request: the HTTP layer holds no `Tracing`, and the
-helpers see no tracer in the request's context (one ContextVar read) and return a shared no-op.
+helpers see no tracer in the request's context (one ContextVar read) and return a shared no-op;
+call sites that build attributes check `on()` first, so no dict is built for nothing.
 Spans carry no query or answer text.
 """
 
@@ -259,6 +260,12 @@ def start_task(span: Span, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         return asyncio.ensure_future(work)
     finally:
         otel_context.detach(token)
+
+
+def on() -> bool:
+    """Inside a traced request: the guard of call sites that build attributes, so that off a
+    request pays this one check and no attribute dicts."""
+    return _TRACER.get() is not None
 
 
 def add_event(name: str, **attributes: Attribute | None) -> None:

@@ -73,9 +73,9 @@ class GeminiProvider:
         return body
 
     @staticmethod
-    def _count(payload: dict[str, Any], usage: Usage) -> None:
-        """Token counts from ``usageMetadata`` (each stream chunk carries the running totals)."""
-        counts = payload.get("usageMetadata")
+    def _count(counts: Any, usage: Usage) -> None:
+        """Token counts from ``usageMetadata`` (each stream chunk carries the running totals, so
+        the stream counts the last chunk's once, at its end, not every chunk's)."""
         if not isinstance(counts, dict):
             return
         output = optional_int(counts.get("candidatesTokenCount"))
@@ -120,25 +120,29 @@ class GeminiProvider:
             body=self._body(request, json_mode=json_mode), deadline=deadline, secret=self._api_key,
             idle_seconds=self.stream_idle_seconds,
         )
-        async with contextlib.aclosing(events):
-            async for data in events:
-                event = parse_event(self.name, data)
-                if "error" in event:
-                    raise error_in_stream(self.name, event, self._api_key)
-                if usage is not None:
-                    self._count(event, usage)
-                if not event.get("candidates") and not event.get("promptFeedback"):
-                    continue  # e.g. a usage-only chunk
-                text, finish = self._candidate_text(event)
-                if text:
-                    produced = True
-                    if usage is not None:
-                        usage.received_chars += len(text)
-                    yield text
-                if finish is not None:
-                    finished = True
-                    if usage is not None:
-                        usage.finish_reason, usage.model = finish, event.get("modelVersion") or usage.model
+        counts: Any = None  # the last usageMetadata seen, counted when the stream ends however it ends
+        try:
+            async with contextlib.aclosing(events):
+                async for data in events:
+                    event = parse_event(self.name, data)
+                    if "error" in event:
+                        raise error_in_stream(self.name, event, self._api_key)
+                    counts = event.get("usageMetadata", counts)
+                    if not event.get("candidates") and not event.get("promptFeedback"):
+                        continue  # e.g. a usage-only chunk
+                    text, finish = self._candidate_text(event)
+                    if text:
+                        produced = True
+                        if usage is not None:
+                            usage.received_chars += len(text)
+                        yield text
+                    if finish is not None:
+                        finished = True
+                        if usage is not None:
+                            usage.finish_reason, usage.model = finish, event.get("modelVersion") or usage.model
+        finally:
+            if usage is not None:
+                self._count(counts, usage)
         if not finished:
             raise ProviderUnavailable(self.name, "stream ended before a finishReason")
         if not produced:

@@ -169,12 +169,16 @@ async def stream_sse(
             buffer = bytearray()
             data: list[str] = []
             async for piece in resp.content.iter_any():
-                first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
-                flowing = True
+                if not flowing:
+                    first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
+                    flowing = True
                 buffer += piece
-                while (newline := buffer.find(b"\n")) >= 0:
-                    line = bytes(buffer[:newline]).rstrip(b"\r")
-                    del buffer[: newline + 1]
+                if b"\n" not in piece:
+                    continue
+                *lines, rest = buffer.split(b"\n")  # whole lines; a partial last one waits for more
+                buffer = bytearray(rest)
+                for whole in lines:
+                    line = whole.rstrip(b"\r")
                     if not line:  # blank line: dispatch the event
                         if data:
                             yield "\n".join(data)

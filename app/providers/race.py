@@ -179,7 +179,7 @@ class Race:
         span = tracing.start_span(f"chat {model}", kind=SpanKind.CLIENT, **{
             "gen_ai.operation.name": "chat", "gen_ai.provider.name": GEN_AI_PROVIDER.get(link.provider.name),
             "gen_ai.request.model": model, "gen_ai.request.max_tokens": self.request.max_output_tokens,
-            "ivy.attempt.role": role})
+            "ivy.attempt.role": role}) if tracing.on() else INVALID_SPAN
         stream = link.provider.stream(self.request, deadline=self.deadline, json_mode=self.json_mode, usage=usage)
         attempt = Attempt(link, generation, role, now, self.referee.hedge_delay(link), usage, stream,
                           tracing.start_task(span, first_chunk(stream)), hold, span, self.deadline)

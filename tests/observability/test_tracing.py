@@ -201,3 +201,14 @@ def test_the_otlp_endpoint_and_headers_are_read_as_the_specification_says(
     assert load_settings().otel_traces_endpoint == "http://traces:4318/custom"
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert load_settings().otel_traces_endpoint is None
+
+
+def test_on_is_true_only_inside_a_traced_request(make_settings, exporter: InMemorySpanExporter) -> None:
+    traces = build_tracing(make_settings(), exporter)
+    assert traces is not None
+    assert tracing.on() is False
+    request = traces.start_request("POST", "/ai/router/v2", [])
+    assert tracing.on() is True
+    request.end(200, {})
+    traces.shutdown()
+    assert tracing.on() is False  # the request's context was restored
