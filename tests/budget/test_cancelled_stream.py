@@ -40,7 +40,9 @@ def test_a_stream_the_client_leaves_is_settled_to_what_it_consumed(tmp_path: Pat
             with raw_ask(base, "leaver", orjson.dumps({"query": "hello there", "stream": True})) as conn:
                 seen = b""
                 while seen.count(b"event: delta") < 2:
-                    seen += conn.recv(65536)
+                    piece = conn.recv(65536)
+                    assert piece, f"the server closed the stream before two deltas: {seen!r}"
+                    seen += piece
             # The client is gone; the server settles the call when it notices (its next write).
             for _ in range(100):
                 snapshot = _budgets(base)
