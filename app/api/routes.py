@@ -88,6 +88,8 @@ async def router_health(state: IvyState) -> FastJSONResponse:
             "AI_RATE_LIMIT_FAIL_OPEN": s.ai_rate_limit_fail_open,
             "backend_degraded": state.limiter_health.degraded,
         },
+        # This host is full (loop late, shedding) vs the provider is slow (its norm, hedging above).
+        "load": state.admission.snapshot(),
         "knowledge_base": {"warm": state.kb.warm, "sections": len(state.kb.sections), "version": state.kb.version},
         "cache": {**await state.cache.snapshot(), "warmup": state.warmer.snapshot()},
     })
