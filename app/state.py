@@ -26,8 +26,8 @@ from app.providers import prompts
 from app.providers.chain import ProviderChain
 from app.providers.wiring import build_chain
 from app.resilience.breaker import CircuitBreaker
-from app.resilience.ratelimit import RateLimiter
 from app.resilience.load import Admission
+from app.resilience.ratelimit import RateLimiter
 from app.resilience.wiring import build_admission, build_limiter, build_redis, warm_limiter
 from app.retrieval.retriever import KnowledgeBase
 from app.safety import LeakCheck, OutputPolicy, new_canary

@@ -63,8 +63,8 @@ from app.providers.links import Link, LinkFailure, Trace
 from app.providers.local import LocalProvider
 from app.providers.prompts import PROMPT_VERSION
 from app.providers.race import Attempt, Race, deadline_error
-from app.resilience.load import NEVER_LATE, LagSource
 from app.resilience.breaker_store import SharedBreakerStore
+from app.resilience.load import NEVER_LATE, LagSource
 from app.vocabulary import ProviderName
 
 log = get_logger()
@@ -314,8 +314,11 @@ class ProviderChain:
                 continue
             loser.end("outrun")
             was = breaker.state
-            breaker.record_slow(loser.generation)
-            self.norms[loser.name].troubled()
+            if self.norms[loser.name].known:
+                breaker.record_slow(loser.generation)
+                self.norms[loser.name].troubled()
+            else:  # slow for this request, but no norm yet to be slow against (a thinking model's cold start)
+                breaker.release(loser.generation)
             self.metrics.provider_latency.labels(loser.name, "outrun").observe(now - loser.started)
             if loser.name != winner.name:
                 trace.failures.append(LinkFailure(loser.name, "slow"))

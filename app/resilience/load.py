@@ -10,9 +10,10 @@ and the time it was last above the bound. Nothing of it runs per request.
   Then the call's timing is about the router, not the provider: no hedge, no outrun, no
   first-token or answer sample into the provider's norm, no deadline counted against its breaker.
 - `Admission` sheds requests at the door (503 ``overloaded``) with an adaptive concurrency limit
-  that only shrinks while the loop is late: a slow but healthy provider legitimately holds many
-  requests in flight on an idle CPU (Little: 50/s x 5 s = 250), so in-flight work alone is no
-  evidence that the worker is full; lag is. While late the limit falls towards what is in flight
+  that only shrinks while the loop has been late for a while (over ``shed_factor`` x the bound for
+  ``sustain`` seconds: a burst the worker clears within a second is absorbed, not shed). A slow
+  but healthy provider legitimately holds many requests in flight on an idle CPU (Little: 50/s x
+  5 s = 250), so in-flight work alone is no evidence that the worker is full; lag is. While late the limit falls towards what is in flight
   (x ``decrease`` per tick), so arrivals beyond what the worker completes are refused at once and
   nothing queues; once on time it grows back (+``increase`` of itself per tick) to ``max_in_flight``,
   the hard bound that also stops an unbounded pile-up. docs/PERFORMANCE.md has the measurements.
@@ -55,6 +56,8 @@ class LoadConfig:
     max_in_flight: int = 1000  # hard bound on router requests in flight in this worker
     min_in_flight: int = 8  # the adaptive limit never shrinks below this
     decrease: float = 0.9  # the limit's factor per late tick
+    shed_factor: float = 2.0  # the limit shrinks above shed_factor x lag_bound ...
+    sustain: float = 1.0  # ... held for this many seconds
     increase: float = 0.05  # the limit's growth per on-time tick, as a share of itself
     enabled: bool = True
 
@@ -68,6 +71,7 @@ class LoopLag:
         self.lag = 0.0  # seconds: jumps to a higher reading, decays by half per on-time tick
         self.max_recent = 0.0  # the highest reading over the last ~100 ticks
         self.late_at = float("-inf")  # when a reading was last above the bound
+        self.full_since: float | None = None  # since when every reading was above shed_factor x bound
         self.ticks = 0
         self.late_ticks = 0
         self._window_max = 0.0
@@ -88,6 +92,10 @@ class LoopLag:
         else:
             self.max_recent = max(self.max_recent, lag)
         late = self.late
+        if lag <= self.config.shed_factor * self.config.lag_bound:
+            self.full_since = None
+        elif self.full_since is None:
+            self.full_since = self.clock()
         if late:
             self.late_at = self.clock()
             self.late_ticks += 1
@@ -96,6 +104,11 @@ class LoopLag:
 
     def late_since(self, since: float) -> bool:
         return self.late or self.late_at >= since
+
+    @property
+    def full(self) -> bool:
+        """Late beyond doubt: over shed_factor x the bound for ``sustain`` seconds."""
+        return self.full_since is not None and self.clock() - self.full_since >= self.config.sustain
 
     async def run(self) -> None:
         """The timer: sleep ``interval``, record how much later it woke (until cancelled)."""
@@ -107,7 +120,7 @@ class LoopLag:
 
     def snapshot(self) -> dict[str, object]:
         return {"lag_ms": round(self.lag * 1000, 1), "max_recent_ms": round(self.max_recent * 1000, 1),
-                "late": self.late, "bound_ms": round(self.config.lag_bound * 1000, 1),
+                "late": self.late, "full": self.full, "bound_ms": round(self.config.lag_bound * 1000, 1),
                 "late_ticks": self.late_ticks, "ticks": self.ticks}
 
 
@@ -124,9 +137,10 @@ class Admission:
 
     def _tick(self, _: float, late: bool) -> None:
         c = self.config
-        if late:
-            self.limit = max(float(c.min_in_flight), min(self.limit, float(self.in_flight)) * c.decrease)
-        elif self.limit < c.max_in_flight:
+        if self.lag.full:
+            if self.in_flight:  # lag with nothing in flight is not the requests' doing (start-up, GC)
+                self.limit = max(float(c.min_in_flight), min(self.limit, float(self.in_flight)) * c.decrease)
+        elif not late and self.limit < c.max_in_flight:
             self.limit = min(float(c.max_in_flight), self.limit * (1 + c.increase) + 1)
 
     def try_enter(self) -> bool:
