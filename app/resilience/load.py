@@ -13,10 +13,11 @@ and the time it was last above the bound. Nothing of it runs per request.
   that only shrinks while the loop has been late for a while (over ``shed_factor`` x the bound for
   ``sustain`` seconds: a burst the worker clears within a second is absorbed, not shed). A slow
   but healthy provider legitimately holds many requests in flight on an idle CPU (Little: 50/s x
-  5 s = 250), so in-flight work alone is no evidence that the worker is full; lag is. While late the limit falls towards what is in flight
-  (x ``decrease`` per tick), so arrivals beyond what the worker completes are refused at once and
-  nothing queues; once on time it grows back (+``increase`` of itself per tick) to ``max_in_flight``,
-  the hard bound that also stops an unbounded pile-up. docs/PERFORMANCE.md has the measurements.
+  5 s = 250), so in-flight work alone is no evidence that the worker is full; lag is.
+  While full the limit falls towards what is in flight (x ``decrease`` per tick), so arrivals
+  beyond what the worker completes are refused at once and nothing queues; once on time it grows
+  back (+``increase`` of itself per tick) to ``max_in_flight``, the hard bound that also stops an
+  unbounded pile-up. docs/PERFORMANCE.md has the measurements.
 
 Both take their time from an injected clock and their lag from `observe`, so tests drive them
 without sleeping (tests/resilience/test_load.py); `run()` is the real timer.
