@@ -50,7 +50,8 @@ from tools.bench import ROOT
 from tools.bench.servers import Server, pinned, raise_fd_limit, realistic_fake
 from tools.ports import free_port
 
-LADDER = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600)
+LADDER = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1000)
+SETTLE_SECONDS = 3.0  # between steps: the last one's answers drain and the admission limit grows back
 THINKING = {"gemini": {"ttft_median": 3.0, "speed_min": 38.0, "speed_max": 42.0}}
 
 
@@ -129,6 +130,7 @@ async def open_loop(session: aiohttp.ClientSession, target: Target, rate: float,
         at += rng.expovariate(rate)
     await asyncio.gather(*tasks)
     cpu = cpu_seconds(target.server.pid) - cpu_before
+    await asyncio.sleep(SETTLE_SECONDS)
     ok = [s for s in out if s.status == 200]
     shed = [s for s in out if s.code == "overloaded"]
     return {"rate": rate, "sent": len(out), "ok": len(ok), "real": sum(s.real for s in ok), "shed": len(shed),

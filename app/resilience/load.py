@@ -72,7 +72,7 @@ class LoopLag:
         self.lag = 0.0  # seconds: jumps to a higher reading, decays by half per on-time tick
         self.max_recent = 0.0  # the highest reading over the last ~100 ticks
         self.late_at = float("-inf")  # when a reading was last above the bound
-        self.full_since: float | None = None  # since when every reading was above shed_factor x bound
+        self.full_since: float | None = None  # since when the lag has stayed above shed_factor x bound
         self.ticks = 0
         self.late_ticks = 0
         self._window_max = 0.0
@@ -93,7 +93,7 @@ class LoopLag:
         else:
             self.max_recent = max(self.max_recent, lag)
         late = self.late
-        if lag <= self.config.shed_factor * self.config.lag_bound:
+        if self.lag <= self.config.shed_factor * self.config.lag_bound:  # smoothed: one on-time tick is not relief
             self.full_since = None
         elif self.full_since is None:
             self.full_since = self.clock()
