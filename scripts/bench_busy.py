@@ -88,8 +88,15 @@ class Target:
     async def transitions(self, session: aiohttp.ClientSession) -> float:
         if self.name == "floor":
             return 0.0
-        async with session.get(self.base + "/metrics") as r:
-            text = await r.text()
+        for _ in range(3):  # a keep-alive connection the server closed under load: ask again
+            try:
+                async with session.get(self.base + "/metrics") as r:
+                    text = await r.text()
+                break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.5)
+        else:
+            return float("nan")
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("ivy_breaker_transitions_total{"))
 

@@ -59,7 +59,7 @@ class LoadConfig:
     decrease: float = 0.9  # the limit's factor per late tick
     shed_factor: float = 2.0  # the limit shrinks above shed_factor x lag_bound ...
     sustain: float = 1.0  # ... held for this many seconds
-    increase: float = 0.05  # the limit's growth per on-time tick, as a share of itself
+    increase: float = 0.02  # the limit's growth per on-time tick, as a share of itself (slower than the fall)
     enabled: bool = True
 
 
