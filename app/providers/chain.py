@@ -115,7 +115,7 @@ class ProviderChain:
     def deadline(self, first: str | None = None) -> Deadline:
         """A request's deadline, from now, on the chain's clock: twice the p99 of the first
         provider's answers, within IVY_REQUEST_DEADLINE_SECONDS .. _MAX_SECONDS; before that norm
-        is known, twice the least (a thinking model's first answers are not cut at 8 s)."""
+        is known (256 answers), twice the least (a thinking model's first answers are not cut at 8 s)."""
         return Deadline.after(self.deadline_for(first), self.clock)
 
     def deadline_for(self, first: str | None = None) -> float:

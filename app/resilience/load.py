@@ -140,7 +140,9 @@ class Admission:
         c = self.config
         if self.lag.full:
             if self.in_flight:  # lag with nothing in flight is not the requests' doing (start-up, GC)
-                self.limit = max(float(c.min_in_flight), min(self.limit, float(self.in_flight)) * c.decrease)
+                # Faster the later it is (halved at most per tick): a tick comes only every interval + lag.
+                factor = max(0.5, min(c.decrease, c.shed_factor * c.lag_bound / self.lag.lag))
+                self.limit = max(float(c.min_in_flight), min(self.limit, float(self.in_flight)) * factor)
         elif not late and self.limit < c.max_in_flight:
             self.limit = min(float(c.max_in_flight), self.limit * (1 + c.increase) + 1)
 
