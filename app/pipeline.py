@@ -230,7 +230,7 @@ async def answer(state: State, caller: Caller, query: str, context: dict[str, An
 
     RateLimitExceeded and BudgetExhausted are raised before Meta, so a streamed 429 is still a real 429."""
     timer = Timer()
-    deadline = state.chain.deadline()
+    deadline = state.chain.deadline(flags.active_model)
     warmup = warmup_key is not None
     if warmup:
         rate_headers = {}

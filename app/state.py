@@ -26,8 +26,9 @@ from app.providers import prompts
 from app.providers.chain import ProviderChain
 from app.providers.wiring import build_chain
 from app.resilience.breaker import CircuitBreaker
+from app.resilience.load import Admission
 from app.resilience.ratelimit import RateLimiter
-from app.resilience.wiring import build_limiter, build_redis, warm_limiter
+from app.resilience.wiring import build_admission, build_limiter, build_redis, warm_limiter
 from app.retrieval.retriever import KnowledgeBase
 from app.safety import LeakCheck, OutputPolicy, new_canary
 from app.safety.links import hosts_in
@@ -69,6 +70,7 @@ class State:
     canary: str  # in every system text, per process: an answer holding it leaked the prompt
     output_policy: OutputPolicy
     budgets: Budgets
+    admission: Admission  # the loop's lag and the door's limit (app/resilience/load.py)
     started_at: float = field(default_factory=time.time)
     limiter_health: LimiterHealth = field(default_factory=LimiterHealth)
     missing_user_warned: Throttle = field(default_factory=lambda: Throttle(60.0))
@@ -86,7 +88,8 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
     )
     redis = build_redis(settings)
     budgets = build_budgets(settings, redis, metrics)
-    chain, breakers = build_chain(settings, http, metrics, redis, budgets)
+    admission = build_admission(settings, metrics)
+    chain, breakers = build_chain(settings, http, metrics, redis, budgets, lag=admission.lag)
     cache, warmer = build_cache(settings, redis, metrics)
     kb = KnowledgeBase.from_folder(settings.ivy_knowledge_dir)
     canary = new_canary()
@@ -98,7 +101,7 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
         settings=settings, metrics=metrics, latency=LatencyView(metrics, settings.ivy_latency_window_seconds),
         limiter=limiter, limiter_metrics=metrics.for_limiter(limiter.backend), chain=chain, breakers=breakers,
         kb=kb, http=http, flags=RuntimeFlags(settings, redis), cache=cache, warmer=warmer, canary=canary,
-        output_policy=policy, budgets=budgets,
+        output_policy=policy, budgets=budgets, admission=admission,
     )
     log.info("router_started", version=__version__, provider_chain=" -> ".join(chain.names),
              model_provider=chain.names[0], limiter_backend=state.limiter.backend,
@@ -108,7 +111,8 @@ async def running_state(settings: Settings) -> AsyncIterator[State]:
              answer_cache=cache.backend.name if cache.enabled else "off",
              budgets=(budgets.store.backend if budgets.store is not None else "off"))
     await warm_limiter(state.limiter, metrics, fail_open=settings.ai_rate_limit_fail_open)
-    tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds))]
+    tasks = [asyncio.create_task(latency_summaries(state.latency, settings.ivy_latency_summary_seconds)),
+             asyncio.create_task(admission.lag.run())]
     if budgets.store is not None:
         tasks.append(asyncio.create_task(budgets.run()))
     if redis is not None:

@@ -10,7 +10,7 @@ code; `as_ivy_error` maps them (and anything else) to this tree::
     ├── Unauthorized (401), NotFound (404), MethodNotAllowed (405), Conflict (409), PayloadTooLarge (413)
     ├── UnsupportedMediaType (415), ValidationFailed (422), RateLimited (429) <- RateLimitExceeded,
     │                       BudgetExhausted (code budget_exhausted / budget_unavailable)
-    ├── ShuttingDown (503)
+    ├── ShuttingDown (503), Overloaded (503: this worker is full, shed at the door)
     └── auth errors (app/api/auth.py: 401 / 403 / 503)
 """
 
@@ -71,6 +71,11 @@ class UnsupportedMediaType(IvyError):
 class ShuttingDown(IvyError):
     status_code = 503
     code = "shutting_down"
+
+
+class Overloaded(IvyError):
+    status_code = 503
+    code = "overloaded"
 
 
 class RateLimited(IvyError):

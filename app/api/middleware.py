@@ -1,4 +1,7 @@
-"""Request context for every HTTP request: id, body-size limit, the request log line, metrics.
+"""Request context for every HTTP request: id, body-size limit, the request log line, metrics, and
+the door: a router request that finds this worker full is shed here (503 `overloaded`, before
+the body is read, the rate limiter asked or a span started; app/resilience/load.py). Only the
+router endpoints are ever shed: /health, /ai/router/health and /metrics always answer.
 
 A plain ASGI middleware (not BaseHTTPMiddleware): it wraps receive/send without copying
 bodies or spawning tasks, so it stays cheap on the hot path and works for streamed answers.
@@ -15,12 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.context import CTX, RequestContext
-from app.api.errors import PayloadTooLarge, render
+from app.api.errors import Overloaded, PayloadTooLarge, render
 from app.api.responses import send_json
 from app.api.router_endpoints import ENDPOINTS
 from app.api.services import SERVICES, ApiServices
 from app.observability.greppable import REFUSAL
 from app.observability.logging import get_logger
+from app.observability.throttle import STORM_WARNING_SECONDS, Throttle
 from app.observability.tracing import RequestSpan
 from app.state import State
 
@@ -50,6 +54,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.shed_warnings = Throttle(STORM_WARNING_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +68,10 @@ class RequestContextMiddleware:
         ivy: State | None = state_dict.get("ivy")
         path = scope["path"]
         is_router = path in ROUTER_PATHS
+        admitted = ivy is not None and is_router
+        if admitted and not ivy.admission.try_enter():  # type: ignore[union-attr]
+            await self._shed(ivy, send, ctx, path)  # type: ignore[arg-type]
+            return
         status_holder = [500]
         services: ApiServices | None = state_dict.get(SERVICES)
         tracing = services.tracing if services is not None and is_router else None
@@ -100,18 +109,38 @@ class RequestContextMiddleware:
                     raise HTTPException(413, f"request body over {self.max_body} bytes")
             return message
 
-        if ivy is not None and is_router:
-            ivy.metrics.in_flight.inc()
+        if admitted:
+            ivy.metrics.in_flight.inc()  # type: ignore[union-attr]
         try:
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            if ivy is not None and is_router:
-                ivy.metrics.in_flight.dec()
+            if admitted:
+                ivy.admission.leave()  # type: ignore[union-attr]
+                ivy.metrics.in_flight.dec()  # type: ignore[union-attr]
             # 499 (nginx's "client closed request"): not our error, so not a 5xx for the alerts.
             status = 499 if ctx.client_gone else status_holder[0]
             self._finish(ivy, scope, ctx, status, started, is_router)  # inside the span: the line has its ids
             if span is not None:
                 _end_span(span, ctx, status)
+
+    async def _shed(self, ivy: State, send: Send, ctx: RequestContext, path: str) -> None:
+        """The worker is full: a fast 503 the load balancer retries elsewhere. Counted, not logged one
+        line each (a line per shed request would cost the CPU the shedding saves): one warning per
+        10 s with the running count."""
+        admission = ivy.admission
+        retry = str(admission.retry_after)
+        error, body = render(Overloaded(f"this worker is full; retry in {retry}s (another host may answer)",
+                                        headers={"Retry-After": retry}, retry_after=admission.retry_after), ctx)
+        await send_json(send, error.status_code, body,
+                        {**error.headers, "x-request-id": ctx.request_id})
+        metrics = ivy.metrics
+        metrics.admission_shed.inc()
+        metrics.requests.labels("v2" if path.endswith("v2") else "v1", "none", "none", "503").inc()
+        metrics.errors.labels(Overloaded.code).inc()
+        if self.shed_warnings.ready(time.monotonic()):
+            log.warning("admission_shed", code=Overloaded.code, shed_total=admission.shed,
+                        in_flight=admission.in_flight, limit=int(admission.limit),
+                        loop_lag_ms=round(admission.lag.lag * 1000, 1))
 
     async def _reject_too_large(self, send: Send, ctx: RequestContext) -> None:
         error, body = render(PayloadTooLarge(f"request body over {self.max_body} bytes"), ctx)

@@ -32,7 +32,8 @@ _ERROR_STATUSES = {
     "429": "Rate limited, or the org's budget is exhausted (error.code budget_exhausted); Retry-After says "
            "when to come back", "500": "Internal error",
     "503": "IVY_AUTH_MODE=jwt: the token's signing key could not be fetched (auth_unavailable); or the server "
-           "was restarting and the request was cut at its shutdown bound (shutting_down)",
+           "was restarting and the request was cut at its shutdown bound (shutting_down); or this worker was full "
+           "and shed the request at once (overloaded, with Retry-After: another host may answer)",
 }
 
 SSE_DESCRIPTION = (

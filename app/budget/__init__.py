@@ -36,4 +36,4 @@ def build_budgets(settings: Settings, redis: aioredis.Redis | None, metrics: Met
     return Budgets(prices, store, metrics, default=settings.budget_default, enabled=enabled,
                    exhausted=settings.ivy_budget_exhausted, soft_threshold=settings.ivy_budget_soft_threshold,
                    fail_open=settings.ai_rate_limit_fail_open,
-                   hold_seconds=settings.ivy_request_deadline_seconds + 60)
+                   hold_seconds=settings.ivy_request_deadline_max_seconds + 60)

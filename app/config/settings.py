@@ -65,15 +65,25 @@ class Settings(BaseSettings):
     # Provider time policy (see app/providers/chain.py). The deadline is the hard limit of one
     # request's provider calls, sized to the slowest healthy provider's tail (gpt-4.1-mini writing
     # a long answer), not to the SLO: past it the offline provider answers.
+    # The deadline follows the first provider's own answer times (twice their p99); these are its
+    # bounds: never less than IVY_REQUEST_DEADLINE_SECONDS, never more than the MAX (docs/HEDGING.md).
     ivy_request_deadline_seconds: float = Field(default=8.0, ge=0.5, le=120)
+    ivy_request_deadline_max_seconds: float = Field(default=60.0, ge=0.5, le=600)
     ivy_hedge_enabled: bool = True
     ivy_hedge_percentile: float = Field(default=97.0, ge=50, le=99.9)
     ivy_hedge_min_delay_ms: int = Field(default=100, ge=1, le=60_000)
-    ivy_hedge_max_delay_ms: int = Field(default=3000, ge=1, le=60_000)
+    # An upper limit, not the policy: the hedge delay and the presumed-hung ceiling follow each
+    # provider's first-token norm (a thinking model's 3 s first token is its norm, not a hang).
+    ivy_hedge_max_delay_ms: int = Field(default=30_000, ge=1, le=120_000)
     ivy_hedge_initial_delay_ms: int = Field(default=1000, ge=1, le=60_000)
     ivy_hedge_budget_ratio: float = Field(default=0.3, ge=0, le=1)
     ivy_hedge_budget_floor: int = Field(default=5, ge=0, le=10_000)
     ivy_hedge_budget_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Load (app/resilience/load.py): above this event-loop lag the worker is late (no hedging, no
+    # outrun or norm samples, and the admission limit shrinks); MAX_IN_FLIGHT is the hard bound.
+    ivy_loop_lag_bound_ms: int = Field(default=40, ge=5, le=5000)
+    ivy_admission_enabled: bool = True
+    ivy_admission_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
     # Output-token caps per intent: they bound the answer's share of the latency.
     ivy_max_output_tokens_conversational: int = Field(default=256, ge=16, le=65_536)
     ivy_max_output_tokens_rag: int = Field(default=512, ge=16, le=65_536)
@@ -312,6 +322,8 @@ class Settings(BaseSettings):
     def _check_hedge_delays(self) -> Settings:
         if self.ivy_hedge_min_delay_ms > self.ivy_hedge_max_delay_ms:
             raise ValueError("IVY_HEDGE_MIN_DELAY_MS must not exceed IVY_HEDGE_MAX_DELAY_MS")
+        if self.ivy_request_deadline_seconds > self.ivy_request_deadline_max_seconds:
+            raise ValueError("IVY_REQUEST_DEADLINE_SECONDS must not exceed IVY_REQUEST_DEADLINE_MAX_SECONDS")
         return self
 
     def max_output_tokens(self, intent: str) -> int:

@@ -165,6 +165,16 @@ class Metrics:
         )
         self.in_flight = Gauge("ivy_in_flight_requests", "Requests being processed now.", registry=r,
                                multiprocess_mode="livesum")
+        self.admission_shed = Counter("ivy_admission_shed_total",
+                                      "Router requests refused at the door (503 overloaded): this worker was full.",
+                                      registry=r)
+        self.admission_limit = Gauge("ivy_admission_limit", "The adaptive limit on router requests in flight.",
+                                     registry=r, multiprocess_mode="livesum")
+        self.loop_lag = Gauge("ivy_event_loop_lag_seconds", "The event loop's recent lag (fast rise, slow fall).",
+                              registry=r, multiprocess_mode="livemax")
+        self.loop_lag_seconds = Histogram(
+            "ivy_event_loop_lag_tick_seconds", "How late each 50 ms tick of the loop-lag timer woke.", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28))
         self.errors = Counter(
             "ivy_request_errors", "Requests that ended in an error response, by code.", ["code"], registry=r,
         )

@@ -15,13 +15,19 @@ one request with one hard deadline::
     + hedge delay         no first chunk yet: hedge, one more call within the hedge budget, to
                           the same provider when it is the faster and not suspect, else the next
                           link (the delay is that provider's own first-token percentile)
-    + max hedge delay     still nothing: the call is presumed hung, fail over to the next untried
-                          link whatever the budget (the budget caps hedges, never a failover);
-                          sooner (twice the hedge's delay) when the hedge went to the same provider
+    + presumed hung       still nothing (4 x the provider's hedge delay, 3 s at least, at most
+                          IVY_HEDGE_MAX_DELAY_MS): fail over to the next untried link whatever
+                          the budget (the budget caps hedges, never a failover); sooner (twice
+                          the hedge's delay) when the hedge went to the same provider
     a first chunk         that call wins; the others are cancelled and their connections closed
     deadline              the calls still running are cancelled (a failure for their breakers)
                           and the offline provider answers; the deadline bounds the whole
-                          answer, the chunks after the first included
+                          answer, the chunks after the first included, and follows the first
+                          provider's own answer times (twice their p99, within its bounds)
+
+While the worker's event loop is late (app/resilience/load.py) its timings are about the router,
+not the provider: no hedge fires, no call is judged outrun or presumed hung, no sample enters a
+provider's norm, and a deadline reached counts nothing against the provider's breaker.
 
 Why race for the first chunk rather than the whole answer: the length of an answer belongs to
 the question (a hedge would write as much), the wait before the first token belongs to the
@@ -58,6 +64,7 @@ from app.providers.local import LocalProvider
 from app.providers.prompts import PROMPT_VERSION
 from app.providers.race import Attempt, Race, deadline_error
 from app.resilience.breaker_store import SharedBreakerStore
+from app.resilience.load import NEVER_LATE, LagSource
 from app.vocabulary import ProviderName
 
 log = get_logger()
@@ -75,13 +82,15 @@ class ProviderChain:
 
     def __init__(self, links: list[Link], metrics: Metrics, *, shared: SharedBreakerStore | None = None,
                  local: LocalProvider | None = None, deadline: float = 8.0,
-                 hedge: HedgeConfig | None = None, clock: Clock = MONOTONIC, budgets: Budgets | None = None
-                 ) -> None:
+                 hedge: HedgeConfig | None = None, clock: Clock = MONOTONIC, budgets: Budgets | None = None,
+                 deadline_max: float | None = None, lag: LagSource = NEVER_LATE) -> None:
         self.links = links
         self.metrics = metrics
         self.shared = shared
         self.local = local or LocalProvider()
-        self.deadline_seconds = deadline
+        self.deadline_seconds = deadline  # the least deadline; the norm's, up to deadline_max
+        self.deadline_max = deadline if deadline_max is None else max(deadline, deadline_max)
+        self.lag = lag
         self.hedge = hedge or HedgeConfig()
         self.clock = clock
         self.budgets = budgets or Budgets.off(metrics)  # a request without a tab is billed, not budgeted
@@ -103,9 +112,19 @@ class ProviderChain:
             return self.links
         return sorted(self.links, key=lambda link: link.provider.name != first)
 
-    def deadline(self) -> Deadline:
-        """A request's deadline, from now (IVY_REQUEST_DEADLINE_SECONDS), on the chain's clock."""
-        return Deadline.after(self.deadline_seconds, self.clock)
+    def deadline(self, first: str | None = None) -> Deadline:
+        """A request's deadline, from now, on the chain's clock: twice the p99 of the first
+        provider's answers, within IVY_REQUEST_DEADLINE_SECONDS .. _MAX_SECONDS; before that norm
+        is known (256 answers), twice the least (a thinking model's first answers are not cut at 8 s)."""
+        return Deadline.after(self.deadline_for(first), self.clock)
+
+    def deadline_for(self, first: str | None = None) -> float:
+        least, most = self.deadline_seconds, self.deadline_max
+        if least >= most or not self.links:
+            return least
+        lead = self.ordered(first)[0].provider.name
+        p99 = self.norms[lead].answer_p99()
+        return min(most, 2 * least if p99 is None else max(least, 2 * p99))
 
     # --- the one entry point -------------------------------------------------------------------
 
@@ -209,8 +228,12 @@ class ProviderChain:
         return self.hedge.enabled
 
     @property
-    def max_hedge_delay(self) -> float:
-        return self.hedge.max_delay
+    def late(self) -> bool:
+        """The event loop is late now: timings are the router's, not the providers'."""
+        return self.lag.late_since(self.clock.now())
+
+    def presumed_hung(self, link: Link) -> float:
+        return self.norms[link.provider.name].presumed_hung()
 
     async def reserve(self, link: Link, tab: Tab | None, trace: Trace) -> Hold | None:
         tab = tab or self.budgets.tab(None, "", "", 0, "none")  # a race run on its own (tests)
@@ -279,7 +302,8 @@ class ProviderChain:
         # A call that answered is a success however long it took: slowness is what hedges are
         # for. Judged against an old norm, a provider whose latency shifts (every call 2 s, or
         # 300 ms instead of 3) would open its breaker before the norm caught up.
-        self.norms[winner.name].first_token(first_token)
+        if not self.lag.late_since(winner.started):  # a late loop's first token says nothing of the provider
+            self.norms[winner.name].first_token(first_token)
         winner.span.add_event("ivy.first_token", {"ivy.first_token_ms": round(first_token * 1000, 3)})
         self._first_token[winner.name].observe(first_token)
         trace.provider, trace.model = winner.name, winner.link.provider.model
@@ -289,14 +313,18 @@ class ProviderChain:
             self.metrics.hedges.labels(loser.name, "cancelled").inc()
             self.settle(loser, trace, stopped=True)
             breaker = loser.link.breaker
-            if loser.role == "hedge" or now - loser.started < loser.delay:
-                breaker.release(loser.generation)  # a cancelled hedge, or a call not yet past its norm
+            if loser.role == "hedge" or now - loser.started < loser.delay or self.lag.late_since(loser.started):
+                # A cancelled hedge, a call not yet past its norm, or one timed by a late loop.
+                breaker.release(loser.generation)
                 loser.end("cancelled")
                 continue
             loser.end("outrun")
             was = breaker.state
-            breaker.record_slow(loser.generation)
-            self.norms[loser.name].troubled()
+            if self.norms[loser.name].known:
+                breaker.record_slow(loser.generation)
+                self.norms[loser.name].troubled()
+            else:  # slow for this request, but no norm yet to be slow against (a thinking model's cold start)
+                breaker.release(loser.generation)
             self.metrics.provider_latency.labels(loser.name, "outrun").observe(now - loser.started)
             if loser.name != winner.name:
                 trace.failures.append(LinkFailure(loser.name, "slow"))
@@ -308,9 +336,12 @@ class ProviderChain:
         self.settle(attempt, trace, stopped=isinstance(exc, ProviderTimeout))
         trace.failures.append(LinkFailure(name, exc.reason))
         attempt.end("failed", exc)
-        self.norms[name].troubled()
         self.metrics.provider_latency.labels(name, exc.reason).observe(seconds)
-        if isinstance(exc, ProviderRateLimited):
+        # Out of time on a late loop: no evidence about the provider.
+        excused = isinstance(exc, ProviderTimeout) and self.lag.late_since(attempt.started)
+        if excused:
+            breaker.release(attempt.generation)
+        elif isinstance(exc, ProviderRateLimited):
             breaker.record_failure(attempt.generation, exc.reason, open_for=exc.retry_after)
         elif isinstance(exc, ProviderAuthError):
             log.error("provider_auth_rejected", model_provider=name,
@@ -320,6 +351,8 @@ class ProviderChain:
             breaker.record_failure(attempt.generation, exc.reason)
         else:
             breaker.release(attempt.generation)
+        if not excused:
+            self.norms[name].troubled()
         log.warning("provider_call", model_provider=name, model=attempt.link.provider.model, outcome=exc.reason,
                     role=attempt.role, latency_ms=round(seconds * 1000, 1), error=exc.message[:300],
                     prompt_version=PROMPT_VERSION)
@@ -340,7 +373,8 @@ class ProviderChain:
         # a second INFO line per request cost more than the rest of the logging.
         seconds = self.clock.now() - attempt.started
         name = attempt.name
-        self.norms[name].answered(seconds)
+        if not self.lag.late_since(attempt.started):
+            self.norms[name].answered(seconds)
         self._answered_in[name].observe(seconds)
         trace.input_tokens, trace.output_tokens = attempt.usage.input_tokens, attempt.usage.output_tokens
         self.settle(attempt, trace, stopped=False)  # its tokens and cost are counted there, per call
@@ -390,7 +424,8 @@ class ProviderChain:
         """Each provider's norm and hedge delay, and the hedge budget, for /ai/router/health."""
         return {
             "enabled": self.hedge.enabled,
-            "deadline_seconds": self.deadline_seconds,
+            "deadline_seconds": round(self.deadline_for(), 2),
+            "deadline_bounds_seconds": [self.deadline_seconds, self.deadline_max],
             "percentile": self.hedge.percentile,
             "providers": {name: norm.snapshot() for name, norm in self.norms.items()},
             "budget": self.budget.snapshot(),

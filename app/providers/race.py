@@ -97,7 +97,13 @@ class Referee(Protocol):
     def hedging(self) -> bool: ...
 
     @property
-    def max_hedge_delay(self) -> float: ...
+    def late(self) -> bool:
+        """The event loop is late now (no hedge fires, no call is presumed hung)."""
+        ...
+
+    def presumed_hung(self, link: Link) -> float:
+        """How long a call to ``link`` may go without a first chunk before it is presumed hung."""
+        ...
 
     async def admit(self, link: Link, trace: Trace) -> int | None:
         """The breaker generation ``link`` is admitted in, or None (recorded as circuit_open)."""
@@ -188,7 +194,7 @@ class Race:
         if self.referee.hedging and role != "hedge":
             if not self.trace.hedged:
                 self.hedge_at, self.hedge_for = now + attempt.delay, attempt
-            self.failover_at = now + self.referee.max_hedge_delay
+            self.failover_at = now + self.referee.presumed_hung(link)
         return attempt
 
     async def start_next(self, role: Role) -> Attempt | None:
@@ -238,11 +244,13 @@ class Race:
             now = self.clock.now()
             if self.hedge_at is not None and now >= self.hedge_at:
                 self.hedge_at = None
-                if self.hedge_for is not None and self.hedge_for in running.values():
+                if self.hedge_for is not None and self.hedge_for in running.values() and not referee.late:
                     await self.hedge(self.hedge_for)
             elif self.failover_at is not None and now >= self.failover_at:
                 self.failover_at = None
-                if len(running) < MAX_IN_FLIGHT:
+                if referee.late:  # the wait is the router's: look again once it has had as long again
+                    self.failover_at = now + referee.presumed_hung(next(iter(running.values())).link)
+                elif len(running) < MAX_IN_FLIGHT:
                     await self.start_next("failover")
         return None
 

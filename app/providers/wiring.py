@@ -19,12 +19,14 @@ from app.providers.openai import OpenAIProvider
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
 from app.resilience.breaker import State as BreakerState
 from app.resilience.breaker_store import SharedBreakerStore
+from app.resilience.load import NEVER_LATE, LagSource
 
 log = get_logger()
 
 
 def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metrics, redis: aioredis.Redis | None,
-                budgets: Budgets | None = None) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
+                budgets: Budgets | None = None, lag: LagSource = NEVER_LATE
+                ) -> tuple[ProviderChain, dict[str, CircuitBreaker]]:
     def on_transition(name: str, before: BreakerState, after: BreakerState, reason: str) -> None:
         metrics.breaker_transitions.labels(name, before, after).inc()
         metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUE[after])
@@ -61,10 +63,13 @@ def build_chain(settings: Settings, http: aiohttp.ClientSession, metrics: Metric
     hedge = HedgeConfig(
         enabled=settings.ivy_hedge_enabled, percentile=settings.ivy_hedge_percentile,
         min_delay=settings.ivy_hedge_min_delay_ms / 1000, max_delay=settings.ivy_hedge_max_delay_ms / 1000,
-        initial_delay=settings.ivy_hedge_initial_delay_ms / 1000, budget_ratio=settings.ivy_hedge_budget_ratio,
+        initial_delay=settings.ivy_hedge_initial_delay_ms / 1000,
+        hung_floor=min(settings.ivy_hedge_max_delay_ms, 3 * settings.ivy_hedge_initial_delay_ms) / 1000,
+        budget_ratio=settings.ivy_hedge_budget_ratio,
         budget_floor=settings.ivy_hedge_budget_floor,
         budget_window_seconds=settings.ivy_hedge_budget_window_seconds,
     )
     chain = ProviderChain(links, metrics, shared=shared, deadline=settings.ivy_request_deadline_seconds,
-                          hedge=hedge, budgets=budgets)
+                          deadline_max=settings.ivy_request_deadline_max_seconds, hedge=hedge, budgets=budgets,
+                          lag=lag)
     return chain, breakers

@@ -9,6 +9,7 @@ from app.config import Settings
 from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.observability.redaction import redact
+from app.resilience.load import Admission, LoadConfig, LoopLag
 from app.resilience.ratelimit import Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 log = get_logger()
@@ -28,6 +29,21 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
         socket_connect_timeout=max(timeout, 0.25),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def build_admission(settings: Settings, metrics: Metrics) -> Admission:
+    """The loop-lag timer and the admission limit on it, its gauges kept by the timer's tick."""
+    config = LoadConfig(lag_bound=settings.ivy_loop_lag_bound_ms / 1000,
+                        max_in_flight=settings.ivy_admission_max_in_flight, enabled=settings.ivy_admission_enabled)
+    admission = Admission(config, LoopLag(config))
+
+    def gauges(lag: float, _: bool) -> None:
+        metrics.loop_lag.set(admission.lag.lag)
+        metrics.loop_lag_seconds.observe(lag)
+        metrics.admission_limit.set(admission.limit)
+
+    admission.lag.listeners.append(gauges)
+    return admission
 
 
 def build_limiter(settings: Settings, redis: aioredis.Redis | None) -> RateLimiter:

@@ -118,7 +118,8 @@ async def test_an_outrun_call_is_slow_not_failed_and_a_cancelled_hedge_counts_fo
     result = await ask(chain, make_request())
     assert result.provider == "openai" and result.trace.hedged
     assert result.failures[0].reason == "slow"
-    assert breaker(chain, "gemini")["failures_in_window"] == 0 and breaker(chain, "gemini")["calls_in_window"] == 1
+    # Slow for this request, but gemini has no norm yet to be slow against: nothing on its breaker.
+    assert breaker(chain, "gemini")["failures_in_window"] == 0 and breaker(chain, "gemini")["calls_in_window"] == 0
     assert counter(chain, "openai", "won") == 1 and counter(chain, "gemini", "cancelled") == 1
     # Now the hedge loses: gemini stalls 150 ms again, openai hangs; gemini answers and the hedge is cancelled.
     fake.set_fault("brownout", provider="gemini", share=1.0, seconds=0.15, times=1)

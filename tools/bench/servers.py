@@ -139,11 +139,16 @@ def check_chat(server: Server, timeout: float, path: str = "/v1/chat/completions
         raise RuntimeError(f"{server.name}: empty answer {data[:200]!r}")
 
 
-def realistic_fake(seed: int, time_scale: float) -> tuple[Server, str]:
-    """The fake provider in realistic mode, started: (its Server, its base URL)."""
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` run on ``cpus`` (taskset's list, e.g. "0"), or as it is when None."""
+    return cmd if cpus is None else ["taskset", "-c", cpus, *cmd]
+
+
+def realistic_fake(seed: int, time_scale: float, cpus: str | None = None) -> tuple[Server, str]:
+    """The fake provider in realistic mode, started (on ``cpus`` when given): (its Server, its base URL)."""
     port = free_port()
-    fake = Server("fake-provider", [sys.executable, "-m", "tools.fake_provider", "--port", str(port), "--realistic",
-                                    "--seed", str(seed), "--time-scale", str(time_scale)],
+    fake = Server("fake-provider", pinned([sys.executable, "-m", "tools.fake_provider", "--port", str(port),
+                                           "--realistic", "--seed", str(seed), "--time-scale", str(time_scale)], cpus),
                   env=dict(os.environ), port=port,
                   log=Path(tempfile.mkdtemp(prefix="ivy-realistic-fake-")) / "fake.log").start()
     return fake, f"http://127.0.0.1:{port}"

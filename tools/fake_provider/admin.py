@@ -7,13 +7,13 @@ Never captured as provider requests. ``GET /_fake/health``, ``POST|DELETE /_fake
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
-from tools.fake_provider.realism import Realism
+from tools.fake_provider.realism import PROFILES, Realism
 
 if TYPE_CHECKING:
     from tools.fake_provider.server import FakeProviderServer
@@ -80,17 +80,22 @@ class Admin:
         return web.json_response({"cleared": True})
 
     async def realism(self, request: web.Request) -> web.Response:
-        """``{"enabled": true, "seed": 7, "time_scale": 1.0}``: switch realistic timings on or off."""
+        """``{"enabled": true, "seed": 7, "time_scale": 1.0, "profiles": {"gemini": {"ttft_median": 3.0,
+        "speed_min": 38, "speed_max": 42}}}``: switch realistic timings on or off; ``profiles`` overrides
+        a provider's published shape (a thinking model: first token ~3 s, ~40 tokens/s)."""
         try:
             params = orjson.loads(await request.read() or b"{}")
             if not isinstance(params, dict):
                 raise ValueError("body must be a JSON object")
             if params.get("enabled", True):
+                profiles = dict(PROFILES)
+                for name, shape in dict(params.get("profiles") or {}).items():
+                    profiles[name] = replace(profiles[name], **{k: float(v) for k, v in dict(shape).items()})
                 self.fake.realism = Realism(seed=int(params.get("seed", 0)),
-                                            time_scale=float(params.get("time_scale", 1.0)))
+                                            time_scale=float(params.get("time_scale", 1.0)), profiles=profiles)
             else:
                 self.fake.realism = None
-        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"realistic": self.fake.realism is not None})
 

@@ -1,0 +1,58 @@
+"""A full worker sheds at the door, over real HTTP (`python -m uvicorn app.main:app`, the fake provider
+holding the calls in flight): a fast 503 `overloaded` with Retry-After, before the rate limiter
+spends a token; the health endpoints and /metrics always answer; and it recovers once the work in
+flight is done. The adaptive limit's own behaviour on a late loop is in tests/resilience/test_load.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FakeProviderThread
+from tests.support import uvicorn_server
+
+V2 = "/ai/router/v2"
+HELD = 3
+
+
+def test_a_full_worker_sheds_with_503_overloaded_spends_no_limiter_tokens_never_sheds_health_and_recovers(
+        tmp_path: Path) -> None:
+    fake = FakeProviderThread()
+    fake.set_fault("hang", provider="gemini", seconds=2, times=HELD)  # the first calls are held in flight
+    env = {"IVY_LOG_FILE": str(tmp_path / "ai_router.log"), "GEMINI_API_KEY": "test-gemini-key-0001",
+           "GEMINI_BASE_URL": fake.server.base_url, "IVY_HEDGE_ENABLED": "false", "IVY_CACHE_ENABLED": "false",
+           "IVY_ADMISSION_MAX_IN_FLIGHT": str(HELD), "AI_RATE_LIMIT_PER_MIN": "1", "AI_RATE_LIMIT_BURST": "5"}
+    user = {"X-User-ID": "rep-1"}
+    body = {"query": "hello there"}
+    try:
+        with uvicorn_server(env) as base, httpx.Client(base_url=base, timeout=20) as client:
+            held: list[int] = []
+            threads = [threading.Thread(target=lambda: held.append(client.post(V2, json=body, headers=user)
+                                                                   .status_code)) for _ in range(HELD)]
+            for thread in threads:
+                thread.start()
+            for _ in range(500):  # until the held calls are all in flight (a bound on polls, not on time)
+                if client.get("/ai/router/health").json()["load"]["in_flight"] == HELD:
+                    break
+                time.sleep(0.02)
+            shed = [client.post(V2, json=body, headers=user) for _ in range(4)]
+            assert {r.status_code for r in shed} == {503}
+            assert all(r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "1"
+                       and r.json()["error"]["request_id"] == r.headers["x-request-id"] for r in shed)
+            assert client.get("/health").status_code == 200
+            health = client.get("/ai/router/health")
+            assert health.status_code == 200 and health.json()["load"]["shed_total"] == 4
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200 and "ivy_admission_shed_total 4.0" in metrics.text
+            assert "ivy_event_loop_lag_seconds" in metrics.text
+            for thread in threads:
+                thread.join(20)
+            assert held == [200] * HELD
+            # Recovered; and the shed requests took no tokens: 5 - 3 = 2 are left, then a real 429.
+            after = [client.post(V2, json=body, headers=user).status_code for _ in range(3)]
+            assert after == [200, 200, 429]
+    finally:
+        fake.stop()
