@@ -11,10 +11,10 @@ from importlib import resources
 from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from app.config.budget_limits import Limit, Period, Unit, period_id
+from app.resilience.redis_conn import drop_if_stale
 
 BUDGET_LUA = resources.files(__package__).joinpath("budget.lua").read_text(encoding="utf-8")
 ORGS_KEY = "ivy:budget:orgs"  # org keys with an override (no hash tag: an index, not budget state)
@@ -207,13 +207,7 @@ class ScriptWire:
 
     async def _round_trip(self, batch: list[_Call]) -> None:
         conn = self._conn
-        if conn.is_connected:  # what a pool checkout checks: unread data or EOF (Redis restarted) -> reconnect
-            try:
-                dirty = await conn.can_read()
-            except (RedisConnectionError, OSError):
-                dirty = True
-            if dirty:
-                await conn.disconnect()
+        await drop_if_stale(conn)
         if not conn.is_connected:
             self._sha = None  # a new connection may be a restarted Redis: load the script again
         todo = batch

@@ -37,11 +37,11 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from app.resilience.ratelimit.backend import BackendName
 from app.resilience.ratelimit.bucket import Bucket, Decision, Limits, decision
+from app.resilience.redis_conn import drop_if_stale
 
 # The token-bucket script (its calling convention is at its top), read once at import.
 BUCKET_LUA = resources.files(__package__).joinpath("bucket.lua").read_text(encoding="utf-8")
@@ -106,7 +106,7 @@ class RedisRateLimiter:
         """Open every slot's connection and load the script, so the first requests pay neither."""
         self._loop_state()
         for conn in self._idle:
-            await self._ready(conn)
+            await drop_if_stale(conn)
             await conn.connect()  # type: ignore[no-untyped-call]
         await self._load(self._idle[0])
 
@@ -121,19 +121,6 @@ class RedisRateLimiter:
         return self._sha
 
     @staticmethod
-    async def _ready(conn: aioredis.Connection) -> None:
-        """What the pool checks on checkout: a connection with unread data or at EOF (Redis
-        restarted since its last use) is dropped, and the next send connects afresh."""
-        if not conn.is_connected:
-            return
-        try:
-            dirty = await conn.can_read()
-        except (RedisConnectionError, OSError):
-            dirty = True
-        if dirty:
-            await conn.disconnect()
-
-    @staticmethod
     async def _call(conn: aioredis.Connection, *command: str | float | int) -> Any:
         # send_command connects if needed; both halves drop the connection on any failure or
         # cancellation, so a reply is never left unread for the next batch to take as its own.
@@ -145,7 +132,7 @@ class RedisRateLimiter:
         idle = self._idle  # the list it goes back to, even if another loop has replaced it meanwhile
         conn = idle.pop()
         try:
-            await self._ready(conn)
+            await drop_if_stale(conn)
             sha = self._sha or await self._load(conn)
             try:
                 result = await self._call(conn, "EVALSHA", sha, len(keys), *keys, *args)
