@@ -32,6 +32,8 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +54,7 @@ from tools.ports import free_port
 
 LADDER = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1000)
 SETTLE_SECONDS = 3.0  # between steps: the last one's answers drain and the admission limit grows back
+BROWNOUT_RATIO = re.compile(r"healthy p95 \(x([0-9.]+)\)")  # bench_realistic.py's brownout check line
 THINKING = {"gemini": {"ttft_median": 3.0, "speed_min": 38.0, "speed_max": 42.0}}
 
 
@@ -265,13 +268,23 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def brownout_runs(n: int) -> None:
-    """Issue 12's brownout ratio, n times (seeds 1..n): bench_realistic.py's own check lines."""
+    """Issue 12's brownout ratio, n times (seeds 1..n): bench_realistic.py's own check lines, then the
+    ratios' median and highest against the target (median <= 1.6 x, none above 1.8 x)."""
+    ratios: list[float] = []
     for seed in range(1, n + 1):
         run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_realistic.py"), "--only",
                               "healthy,brownout", "--seed", str(seed)], cwd=ROOT, capture_output=True, text=True,
                              timeout=900, check=False)
         said = [line for line in run.stdout.splitlines() if "brownout" in line.lower()]
         print(f"brownout run {seed}: " + " | ".join(said[-3:]), flush=True)
+        found = BROWNOUT_RATIO.search(run.stdout)
+        if found:
+            ratios.append(float(found.group(1)))
+    if ratios:
+        median, worst = statistics.median(ratios), max(ratios)
+        verdict = "PASS" if median <= 1.6 and worst <= 1.8 else "MISS"
+        print(f"brownout p95 / healthy p95 over {len(ratios)} runs: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {median:.2f} (<= 1.6), highest {worst:.2f} (<= 1.8): {verdict}", flush=True)
 
 
 def main() -> None:
