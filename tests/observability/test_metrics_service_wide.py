@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,10 @@ def _post(base: str, query: str, user: str) -> int:
 
 def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def _v2_total(text: str) -> float:
+    return sum(v for labels, v in _samples(text, "ivy_requests_total") if labels["endpoint"] == "v2")
 
 
 def test_two_workers_metrics_and_health_count_every_request(tmp_path: Path) -> None:
@@ -43,12 +48,17 @@ def test_two_workers_metrics_and_health_count_every_request(tmp_path: Path) -> N
                 if len({p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}) == 2:
                     break
         assert len({p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}) == 2
+        # A worker counts a request after its last byte is sent, so the client may read its answer
+        # a moment before it is counted: wait (bounded) until every request is, then scrape.
+        for _ in range(200):
+            if _v2_total(urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()) == n:
+                break
+            time.sleep(0.05)
         scrapes = [urllib.request.urlopen(base + "/metrics", timeout=5).read().decode() for _ in range(6)]
         health = [json.loads(urllib.request.urlopen(base + "/ai/router/health", timeout=5).read())
                   for _ in range(6)]
     for text in scrapes:  # whichever worker answered the scrape counts all of it
-        total = sum(v for labels, v in _samples(text, "ivy_requests_total") if labels["endpoint"] == "v2")
-        assert total == n
+        assert _v2_total(text) == n
     for body in health:
         latency = body["latency"]
         assert latency["scope"] == "all workers"
