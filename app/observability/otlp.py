@@ -24,9 +24,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from app.observability.throttle import Throttle
+
+if TYPE_CHECKING:  # the spans are app/observability/tracing.py's, which imports this module
+    from app.observability.tracing import Span, _Trace
 
 # The OpenTelemetry SDK's batch processor defaults (OTEL_BSP_*): a batch at least every 5 s, at
 # most 512 spans per request; the queue holds this many requests' spans (~8 spans each).
@@ -41,52 +44,13 @@ STATUS_ERROR = 2
 FLAG_SAMPLED, FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE = 0x01, 0x100, 0x200
 
 
-class Finished(Protocol):
-    """A finished span as the encoder reads it (app/observability/tracing.py's `Span`)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def kind(self) -> int: ...
-
-    @property
-    def span_id(self) -> str: ...
-
-    @property
-    def parent_id(self) -> str | None: ...
-
-    @property
-    def start(self) -> int: ...
-
-    @property
-    def end_ns(self) -> int: ...
-
-    @property
-    def attributes(self) -> Mapping[str, Any]: ...
-
-    @property
-    def events(self) -> Sequence[tuple[str, int, Mapping[str, Any] | None]] | None: ...
-
-    @property
-    def error(self) -> bool: ...
-
-    @property
-    def trace_id(self) -> str: ...
-
-    @property
-    def trace_state(self) -> str: ...
-
-    @property
-    def remote_parent(self) -> bool: ...
-
-
 # --- the encoder -------------------------------------------------------------------------------
 
 _SMALL = [bytes((i,)) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
+_TIMES = struct.Struct("<BBBQBQ").pack  # kind 6 (under 128: one byte), start 7, end 8
 
 
 def _varint(value: int) -> bytes:
@@ -127,39 +91,59 @@ def _any_value(value: Any) -> bytes:
     return _string(b"\x0a", str(value))
 
 
+def _key_value(key: str, value: Any) -> bytes:
+    return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+
+
 class Encoder:
-    """`encode(spans)`: one ExportTraceServiceRequest holding `spans` under the resource and scope.
-    Keys, names and short string pairs repeat across spans: their encodings are kept (bounded)."""
+    """`encode(spans)`: one ExportTraceServiceRequest holding `spans` (tracing.Span, read field by
+    field) under the resource and scope. Keys, names and short string pairs repeat across spans:
+    their encodings are kept (bounded); a trace's ids are encoded once for all its spans."""
 
     CACHE_MAX = 4096
 
     def __init__(self, resource: Mapping[str, Any], scope_name: str, scope_version: str) -> None:
-        resource_bytes = b"".join(_field(b"\x0a", self._key_value(k, v)) for k, v in resource.items())
+        resource_bytes = b"".join(_field(b"\x0a", _key_value(k, v)) for k, v in resource.items())
         scope = _string(b"\x0a", scope_name) + _string(b"\x12", scope_version)
         self._resource = _field(b"\x0a", resource_bytes)  # ResourceSpans.resource = 1
         self._scope = _field(b"\x0a", scope)  # ScopeSpans.scope = 1
         self._pairs: dict[bytes, dict[tuple[str, str], bytes]] = {b"\x4a": {}, b"\x1a": {}}  # by field tag
+        self._keys: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
+        self._trace: _Trace | None = None
+        self._trace_fields = b""
 
-    @staticmethod
-    def _key_value(key: str, value: Any) -> bytes:
-        return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
+    def _key(self, key: str) -> bytes:
+        keys = self._keys
+        if len(keys) >= self.CACHE_MAX:
+            keys.clear()
+        encoded = keys[key] = _string(b"\x0a", key)
+        return encoded
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any]) -> bytes:
-        pairs, out = self._pairs[tag], []
+        pairs, keys, out = self._pairs[tag], self._keys, []
         for key, value in attributes.items():
-            if type(value) is str and len(value) <= 64:
+            kind = type(value)
+            if kind is str and len(value) <= 64:
                 encoded = pairs.get((key, value))
                 if encoded is None:
                     if len(pairs) >= self.CACHE_MAX:
                         pairs.clear()
-                    encoded = pairs[(key, value)] = _field(tag, self._key_value(key, value))
+                    encoded = pairs[(key, value)] = _field(tag, _key_value(key, value))
                 out.append(encoded)
+                continue
+            if kind is int:
+                any_value = b"\x18" + _varint(value)
+            elif kind is bool:
+                any_value = b"\x10\x01" if value else b"\x10\x00"
+            elif kind is float:
+                any_value = b"\x21" + _DOUBLE(value)
             else:
-                out.append(_field(tag, self._key_value(key, value)))
+                any_value = _any_value(value)
+            out.append(_field(tag, (keys.get(key) or self._key(key)) + _field(b"\x12", any_value)))
         return b"".join(out)
 
-    def span(self, span: Finished) -> bytes:
+    def span(self, span: Span) -> bytes:
         """Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6, start 7,
         end 8, attributes 9, events 11, status 15, flags 16."""
         name = self._names.get(span.name)
@@ -167,15 +151,22 @@ class Encoder:
             if len(self._names) >= self.CACHE_MAX:
                 self._names.clear()
             name = self._names[span.name] = _string(b"\x2a", span.name)
-        parts = [b"\x0a\x10", bytes.fromhex(span.trace_id), b"\x12\x08", bytes.fromhex(span.span_id)]
-        if span.trace_state:
-            parts.append(_string(b"\x1a", span.trace_state))
-        flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE
-        if span.parent_id is not None:
-            parts += (b"\x22\x08", bytes.fromhex(span.parent_id))
-            if span.remote_parent:
-                flags |= FLAG_IS_REMOTE
-        parts += (name, b"\x30", _SMALL[span.kind], b"\x39", _FIXED64(span.start), b"\x41", _FIXED64(span.end_ns))
+        trace = span.trace
+        if trace is not self._trace:
+            self._trace, self._trace_fields = trace, b"\x0a\x10" + bytes.fromhex(trace.trace_id)
+        parts = [self._trace_fields, b"\x12\x08", bytes.fromhex(span.hex or span.span_id)]
+        if trace.trace_state:
+            parts.append(_string(b"\x1a", trace.trace_state))
+        parent = span.parent
+        if parent is not None:
+            parts += (b"\x22\x08", bytes.fromhex(parent.hex or parent.span_id))
+            flags = _LOCAL_PARENT
+        elif trace.caller_id is not None:
+            parts += (b"\x22\x08", bytes.fromhex(trace.caller_id))
+            flags = _REMOTE_PARENT
+        else:
+            flags = _LOCAL_PARENT
+        parts += (name, _TIMES(0x30, span.kind, 0x39, span.start, 0x41, span.end_ns))
         if span.attributes:
             parts.append(self._attributes(b"\x4a", span.attributes))
         if span.events:
@@ -186,13 +177,17 @@ class Encoder:
                 parts.append(_field(b"\x5a", event))
         if span.error:
             parts.append(b"\x7a\x02\x18" + _SMALL[STATUS_ERROR])  # Status { code = 3 }
-        parts += (b"\x85\x01", _FIXED32(flags))
+        parts.append(flags)
         return _field(b"\x12", b"".join(parts))  # ScopeSpans.spans = 2
 
-    def encode(self, spans: Iterable[Finished]) -> bytes:
+    def encode(self, spans: Iterable[Span]) -> bytes:
         """ExportTraceServiceRequest { ResourceSpans { resource, ScopeSpans { scope, spans } } }."""
         scope_spans = _field(b"\x12", self._scope + b"".join(map(self.span, spans)))
         return _field(b"\x0a", self._resource + scope_spans)
+
+
+_LOCAL_PARENT = b"\x85\x01" + _FIXED32(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + _FIXED32(FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE)
 
 
 # --- the exporter thread -----------------------------------------------------------------------
@@ -254,7 +249,7 @@ class Exporter(threading.Thread):
         super().__init__(name="ivy-trace-export", daemon=True)
         self.encoder, self.deliver, self.warn = encoder, deliver, warn
         self.max_queued, self.batch_spans, self.delay = max_queued, batch_spans, delay
-        self.queue: collections.deque[Sequence[Finished]] = collections.deque()
+        self.queue: collections.deque[Sequence[Span]] = collections.deque()
         self.wake_at = max(1, batch_spans // 8)  # requests queued (~8 spans each) that wake the thread early
         self.dropped = 0  # spans dropped at a full queue (written by the loop only)
         self.failed = 0  # spans lost to failed exports (written by this thread only)
@@ -266,7 +261,7 @@ class Exporter(threading.Thread):
         self._warned = Throttle(60.0)
         self._reported_drops = 0
 
-    def offer(self, spans: Sequence[Finished]) -> None:
+    def offer(self, spans: Sequence[Span]) -> None:
         """On the loop: queue one request's finished spans, or drop and count them (never blocks)."""
         queue = self.queue
         if len(queue) >= self.max_queued:
@@ -310,14 +305,15 @@ class Exporter(threading.Thread):
                 return
 
     def _export_queued(self) -> None:
-        queue, batch = self.queue, list[Finished]()
+        queue = self.queue
+        batch: list[Span] = []
         while queue:
             batch.extend(queue.popleft())
             if len(batch) >= self.batch_spans or not queue:
                 self._send(batch)
                 batch = []
 
-    def _send(self, spans: list[Finished]) -> None:
+    def _send(self, spans: list[Span]) -> None:
         timeout = None if self._deadline is None else self._deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             self.failed += len(spans)

@@ -21,7 +21,7 @@ a slotted object: ids from `random` (never "429" in their hex: app/observability
 ContextVar. When the request's span ends, its trace's finished spans go to the exporter's bounded
 queue in one append (a span ending later, e.g. a loser closed in the background, goes alone);
 encoding and sending are the exporter thread's (app/observability/otlp.py). Kept from
-OpenTelemetry: the samplers and the W3C TraceContext parser (once per request, at the root).
+OpenTelemetry: the samplers (asked at the root; one that ignores the trace id, once per parent flag).
 
 A span's children end inside it: a stage ends when its block or stream does, after what it started;
 a cancelled hedge's span ends at its cancellation. No span carries query or answer text.
@@ -35,7 +35,7 @@ is built for nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, MutableMapping
 from contextvars import ContextVar, Token
 from random import getrandbits
@@ -51,7 +51,6 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app import __version__
 from app.observability.greppable import REFUSAL
@@ -68,7 +67,6 @@ FLUSH_SECONDS = 1.0
 INTERNAL, SERVER, CLIENT = KIND_INTERNAL, KIND_SERVER, KIND_CLIENT
 Attribute = str | bool | int | float | tuple[str, ...]
 T = TypeVar("T")
-_PROPAGATOR = TraceContextTextMapPropagator()
 _CURRENT: ContextVar[Span | None] = ContextVar("ivy_span", default=None)
 
 
@@ -80,10 +78,17 @@ def new_trace_id() -> str:
 
 
 def new_span_id() -> str:
-    """16 random hex digits without "429" (drops 0.3%)."""
-    while REFUSAL in (span_id := f"{getrandbits(64):016x}"):
-        pass
-    return span_id
+    """16 random hex digits without "429"."""
+    return _span_hex(getrandbits(64))
+
+
+def _span_hex(bits: int) -> str:
+    """`bits` in hex; the 0.3% that hold "429" stepped on (a bijection of 64-bit values) until they
+    do not. Deterministic, so a span's id can be written out lazily, on whichever thread asks first
+    (the loop for a log line, else the exporter): the loop only draws the bits."""
+    while REFUSAL in (text := f"{bits:016x}"):
+        bits = (bits * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF
+    return text
 
 
 def sampler_for(name: str, ratio: float) -> Sampler:
@@ -93,14 +98,31 @@ def sampler_for(name: str, ratio: float) -> Sampler:
     return ParentBased(root) if name.startswith("parentbased_") else root
 
 
+# W3C Trace Context's traceparent, read as OpenTelemetry's TraceContext propagator reads it: a
+# version other than ff (00 with nothing after the flags), ids not all zero. Not the propagator
+# itself: it builds an OpenTelemetry Context per request, the costliest step of a request's root.
+_TRACEPARENT = re.compile(r"\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*")
+_MAX_TRACEPARENT, _MAX_TRACESTATE = 512, 512
+
+
+def _caller(traceparent: str) -> tuple[str, str, bool] | None:
+    """The caller's trace id, span id and sampled flag, or None (absent or invalid: a new trace)."""
+    match = _TRACEPARENT.fullmatch(traceparent) if len(traceparent) <= _MAX_TRACEPARENT else None
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return trace_id, span_id, bool(int(flags, 16) & 1)
+
+
 class _Trace:
     """What a request's spans share: the trace's ids and the spans finished before its root."""
 
-    __slots__ = ("exporter", "finished", "remote_parent", "shipped", "trace_id", "trace_state")
+    __slots__ = ("caller_id", "exporter", "finished", "shipped", "trace_id", "trace_state")
 
-    def __init__(self, exporter: Exporter, trace_id: str, trace_state: str, remote_parent: bool) -> None:
-        self.exporter, self.trace_id, self.trace_state, self.remote_parent = (
-            exporter, trace_id, trace_state, remote_parent)
+    def __init__(self, exporter: Exporter, trace_id: str, trace_state: str, caller_id: str | None) -> None:
+        self.exporter, self.trace_id, self.trace_state, self.caller_id = exporter, trace_id, trace_state, caller_id
         self.finished: list[Span] = []
         self.shipped = False
 
@@ -109,31 +131,24 @@ class Span:
     """A recording span; a context manager that makes it current (`stage`). Once ended it records
     nothing more (the first end stands: `Attempt.end` relies on it)."""
 
-    __slots__ = ("attributes", "end_ns", "error", "events", "kind", "name", "parent_id", "span_id", "start",
+    __slots__ = ("attributes", "bits", "end_ns", "error", "events", "hex", "kind", "name", "parent", "start",
                  "token", "trace")
 
-    def __init__(self, trace: _Trace, parent_id: str | None, name: str, kind: int,
-                 attributes: dict[str, Any]) -> None:
-        self.trace, self.parent_id, self.name, self.kind, self.attributes = trace, parent_id, name, kind, attributes
-        self.span_id = new_span_id()
+    def __init__(self, trace: _Trace, parent: Span | None, name: str, kind: int, attributes: dict[str, Any]) -> None:
+        self.trace, self.parent, self.name, self.kind, self.attributes = trace, parent, name, kind, attributes
+        self.bits = getrandbits(64)
+        self.hex: str | None = None
         self.events: list[tuple[str, int, dict[str, Any] | None]] | None = None
         self.error = False
         self.end_ns = 0
-        self.token: Token[Span | None] | None = None
         self.start = time_ns()
 
-    # What the encoder reads of the trace (otlp.Finished).
     @property
-    def trace_id(self) -> str:
-        return self.trace.trace_id
-
-    @property
-    def trace_state(self) -> str:
-        return self.trace.trace_state
-
-    @property
-    def remote_parent(self) -> bool:
-        return self.kind == SERVER and self.trace.remote_parent  # only the root's parent is the caller's
+    def span_id(self) -> str:
+        text = self.hex
+        if text is None:
+            text = self.hex = _span_hex(self.bits)
+        return text
 
     def is_recording(self) -> bool:
         return not self.end_ns
@@ -168,16 +183,15 @@ class Span:
         else:
             trace.finished.append(self)
 
-    def child(self, name: str, kind: int, attributes: dict[str, Any]) -> Span:
-        return Span(self.trace, self.span_id, name, kind, attributes)
-
     def __enter__(self) -> Span:
         self.token = _CURRENT.set(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if self.token is not None:
-            _reset(self.token)
+        try:  # noqa: SIM105  (not contextlib.suppress: one more context manager per span)
+            _CURRENT.reset(self.token)
+        except ValueError:  # entered in another context (a `with` across a yield, against `stage`'s rule)
+            pass
         if exc is not None:
             _failed(self, exc)
         self.end()
@@ -215,44 +229,53 @@ class _NoSpan:
 
 NO_SPAN = _NoSpan()
 
-
-def _reset(token: Token[Span | None]) -> None:
-    """Restore the span current before; a block entered in another context (a `with` across an
-    async generator's yield, against the rule above) leaves the current span as it is, not a 500."""
-    with contextlib.suppress(ValueError):
-        _CURRENT.reset(token)
 AnySpan = Span | _NoSpan
 
 
 class Tracing:
     """One running app's sampler and exporter, and the server span of each router request."""
 
-    def __init__(self, sampler: Sampler, exporter: Exporter) -> None:
+    def __init__(self, sampler: Sampler, exporter: Exporter, *, by_trace_id: bool = True) -> None:
         self.sampler, self.exporter = sampler, exporter
+        # A sampler that does not look at the trace id decides by the parent's sampled flag alone
+        # (None: no parent): asked once per flag, its answer kept.
+        self.by_trace_id = by_trace_id
+        self.decided: dict[bool | None, bool] = {}
         exporter.start()
 
     def start_request(self, method: str, route: str, headers: Iterable[tuple[bytes, bytes]]) -> RequestSpan:
         """The request's SERVER span, child of the caller's `traceparent` when it sent one, made
         current until its `end`; a request the sampler leaves out gets none (nothing current)."""
-        carrier = {}
+        traceparent = tracestate = None
         for key, value in headers:
-            if key in (b"traceparent", b"tracestate"):
-                carrier[key.decode()] = value.decode("latin-1")
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
-        caller = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        name = f"{method} {route}"
-        if caller is not None and caller.is_valid:
-            trace_id, parent_id, state = format(caller.trace_id, "032x"), format(caller.span_id, "016x"), (
-                caller.trace_state.to_header())
-            decision = self.sampler.should_sample(parent, caller.trace_id, name)
-        else:
+            if key == b"traceparent":
+                traceparent = value
+            elif key == b"tracestate":
+                tracestate = value
+        caller = None if traceparent is None else _caller(traceparent.decode("latin-1"))
+        if caller is None:
             trace_id, parent_id, state = new_trace_id(), None, ""
-            decision = self.sampler.should_sample(None, int(trace_id, 16), name)
-        if decision.decision is not Decision.RECORD_AND_SAMPLE:
+        else:
+            trace_id, parent_id = caller[0], caller[1]
+            state = "" if tracestate is None or len(tracestate) > _MAX_TRACESTATE else tracestate.decode("latin-1")
+        if not self._sampled(trace_id, caller):
             return RequestSpan(None, None)
-        span = Span(_Trace(self.exporter, trace_id, state, parent_id is not None), parent_id, name, SERVER,
+        span = Span(_Trace(self.exporter, trace_id, state, parent_id), None, f"{method} {route}", SERVER,
                     {"http.request.method": method, "http.route": route})
         return RequestSpan(span, _CURRENT.set(span))
+
+    def _sampled(self, trace_id: str, caller: tuple[str, str, bool] | None) -> bool:
+        key = None if caller is None else caller[2]
+        if not self.by_trace_id and (known := self.decided.get(key)) is not None:
+            return known
+        context = None if caller is None else trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+            int(caller[0], 16), int(caller[1], 16), is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if caller[2] else trace.TraceFlags.DEFAULT))))
+        sampled = self.sampler.should_sample(context, int(trace_id, 16), "request").decision is (
+            Decision.RECORD_AND_SAMPLE)
+        if not self.by_trace_id:
+            self.decided[key] = sampled
+        return sampled
 
     def flush(self, timeout: float = FLUSH_SECONDS) -> bool:
         """Export every span queued so far (the tests read what was sent)."""
@@ -288,7 +311,7 @@ class RequestSpan:
                 values[key] = value
         if status >= 500:  # the server's fault; a 4xx is the client's (OpenTelemetry's HTTP conventions)
             span.set_error(str(status))
-        _reset(self.token)
+        _CURRENT.reset(self.token)
         span.end()
         trace = span.trace
         trace.shipped = True
@@ -309,8 +332,9 @@ def build_tracing(settings: Settings, exporter: Deliver | None = None) -> Tracin
                 "telemetry.sdk.language": "python", "telemetry.sdk.name": "ivy-router",
                 "telemetry.sdk.version": __version__, **settings.otel_resource_attributes_map()}
     encoder = Encoder(resource, "ivy-router", __version__)
-    return Tracing(sampler_for(settings.otel_traces_sampler, settings.otel_traces_sampler_arg),
-                   Exporter(encoder, exporter, get_logger().warning))
+    name = settings.otel_traces_sampler
+    return Tracing(sampler_for(name, settings.otel_traces_sampler_arg),
+                   Exporter(encoder, exporter, get_logger().warning), by_trace_id=name.endswith("traceidratio"))
 
 
 def stage(name: str, **attributes: Attribute | None) -> AnySpan:
@@ -320,7 +344,7 @@ def stage(name: str, **attributes: Attribute | None) -> AnySpan:
     parent = _CURRENT.get()
     if parent is None:
         return NO_SPAN
-    return parent.child(name, INTERNAL, _clean(attributes) if attributes else {})
+    return Span(parent.trace, parent, name, INTERNAL, _clean(attributes) if attributes else {})
 
 
 def _failed(span: Span, exc: BaseException) -> None:
@@ -345,7 +369,8 @@ class stage_over:
     def __init__(self, name: str, items: AsyncIterator[T], **attributes: Attribute | None) -> None:
         parent = _CURRENT.get()
         self.items: AsyncIterator[Any] = items
-        self.span = None if parent is None else parent.child(name, INTERNAL, _clean(attributes) if attributes else {})
+        self.span = None if parent is None else Span(parent.trace, parent, name, INTERNAL,
+                                                     _clean(attributes) if attributes else {})
         self.steps: AsyncGenerator[Any, None] | None = None
 
     async def __aenter__(self) -> AsyncIterator[Any]:
@@ -400,7 +425,7 @@ def start_span(name: str, *, kind: int = INTERNAL, **attributes: Attribute | Non
     parent = _CURRENT.get()
     if parent is None:
         return NO_SPAN
-    return parent.child(name, kind, _clean(attributes) if attributes else {})
+    return Span(parent.trace, parent, name, kind, _clean(attributes) if attributes else {})
 
 
 def start_task(span: AnySpan, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
