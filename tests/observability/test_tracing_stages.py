@@ -1,7 +1,8 @@
 """The spans of one request through the real app, its real adapters and the fake provider over HTTP
-(decoded from the OTLP bytes the exporter sends, tests/otlp.py): a span per stage under the server span, one CLIENT span per provider attempt
-under generate, named and attributed by the OpenTelemetry GenAI conventions, each child starting
-and ending inside its parent; a failover's two attempts; a cache hit with no generate at all.
+(decoded from the OTLP bytes the exporter sends, tests/otlp.py): a span per stage under the server
+span, one CLIENT span per provider attempt under generate, named and attributed by the
+OpenTelemetry GenAI conventions, each child starting and ending inside its parent; a failover's two
+attempts; a cache hit with no generate at all.
 Races on a fake clock (hedges, cancellations, the deadline) are in tests/providers/test_race_spans.py."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+
 from app.observability import tracing
 from tests.conftest import LEAD, FakeProviderThread
 from tests.otlp import Received, ReceivedSpan
