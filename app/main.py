@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.sdk.trace.export import SpanExporter
 
 from app import pipeline
 from app.api.asgi import IvyAPI, assemble
@@ -26,14 +25,15 @@ from app.api.serving import watch_server
 from app.config import ConfigError, Settings, load_settings
 from app.gc_tuning import tune_gc
 from app.observability.logging import configure_logging, get_logger, shutdown_logging
+from app.observability.otlp import Deliver
 from app.observability.redaction import register_secrets
 from app.observability.tracing import build_tracing
 from app.state import running_state
 
 
-def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> IvyAPI:
-    """The app. `span_exporter` receives the spans instead of OTLP, tracing on whatever the settings
-    say (the tests' in-memory exporter)."""
+def create_app(settings: Settings | None = None, *, span_exporter: Deliver | None = None) -> IvyAPI:
+    """The app. `span_exporter(body, timeout)` receives each encoded OTLP export instead of the
+    POST, tracing on whatever the settings say (the tests decode what it receives)."""
     if settings is None:
         try:
             settings = load_settings()

@@ -166,26 +166,83 @@ def off_path_ns() -> dict[str, float]:
     }
 
 
+class Keep:
+    """An exporter's `deliver` that keeps the encoded requests (nothing sent)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def __call__(self, body: bytes, timeout: float | None) -> None:
+        self.bodies.append(body)
+
+
+def proto_messages(spans: list[Any], resource: dict[str, Any]) -> bytes:
+    """The alternative to app/observability/otlp.py's hand-written encoder, measured against it: the
+    same ExportTraceServiceRequest built from opentelemetry-proto's messages, filled in place."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    def put(target: AnyValue, value: Any) -> None:
+        if isinstance(value, str):
+            target.string_value = value
+        elif isinstance(value, bool):
+            target.bool_value = value
+        elif isinstance(value, int):
+            target.int_value = value
+        elif isinstance(value, float):
+            target.double_value = value
+        else:
+            for item in value:
+                put(target.array_value.values.add(), item)
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    for key, value in resource.items():
+        pair = resource_spans.resource.attributes.add()
+        pair.key = key
+        put(pair.value, value)
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name, scope_spans.scope.version = "ivy-router", "2.0.0"
+    for span in spans:
+        out = scope_spans.spans.add()
+        out.trace_id, out.span_id = bytes.fromhex(span.trace.trace_id), bytes.fromhex(span.span_id)
+        parent_id = span.trace.caller_id if span.parent is None else span.parent.span_id
+        if parent_id is not None:
+            out.parent_span_id = bytes.fromhex(parent_id)
+        out.name, out.kind, out.start_time_unix_nano, out.end_time_unix_nano = (
+            span.name, span.kind, span.start, span.end_ns)
+        out.flags = 0x101 | (0x200 if span.parent is None and parent_id is not None else 0)
+        if span.trace.trace_state:
+            out.trace_state = span.trace.trace_state
+        for key, value in span.attributes.items():
+            pair = out.attributes.add()
+            pair.key = key
+            put(pair.value, value)
+        for name, at, attributes in span.events or ():
+            event = out.events.add()
+            event.name, event.time_unix_nano = name, at
+            for key, value in (attributes or {}).items():
+                pair = event.attributes.add()
+                pair.key = key
+                put(pair.value, value)
+        if span.error:
+            out.status.code = 2
+    return request.SerializeToString()
+
+
 def on_path_us() -> dict[str, float]:
-    """us per request of the span work itself, timed here: the server span opened, attributed and
-    ended (the SDK), and its OTLP protobuf encoding (the exporter thread, per span of a full batch)."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    """us of the span work, timed here: on the loop, the server span alone and every span of an
+    answered request (`children`) through the recorder; in the exporter thread, OTLP encoding per
+    span, by hand (the router's) and with opentelemetry-proto's messages; and, for reference, the
+    OpenTelemetry SDK's bare span (what the router used before)."""
+    from opentelemetry.sdk.trace import TracerProvider
 
     from app.config import Settings
     from app.observability.tracing import build_tracing
 
-    class Keep(SpanExporter):
-        def __init__(self) -> None:
-            self.spans: list[Any] = []
-
-        def export(self, spans: Any) -> SpanExportResult:
-            self.spans.extend(spans)
-            return SpanExportResult.SUCCESS
-
     keep = Keep()
     tracing = build_tracing(Settings(_env_file=None), keep)
     assert tracing is not None
+    tracing.exporter.wake_at = -1  # nothing exported: the loop timed alone (the queue fills, then drops)
     headers = [(b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
     attributes: dict[str, Any] = {  # what app/api/middleware.py's _end_span sets on an answered request
         "ivy.intent": "rag", "ivy.provider": "gemini", "ivy.cache": "miss", "ivy.user_id": "rep-12",
@@ -194,19 +251,38 @@ def on_path_us() -> dict[str, float]:
     def request() -> None:
         tracing.start_request("POST", "/ai/router/v2", headers).end(200, attributes)
 
+    def answered() -> None:
+        served = tracing.start_request("POST", "/ai/router/v2", headers)
+        children()
+        served.end(200, attributes)
+
     n = 20_000
-    span_us = timeit.timeit(request, number=n) / n * 1e6
-    batch = keep.spans[:512]
-    encode_us = timeit.timeit(lambda: encode_spans(batch).SerializePartialToString(), number=20) / 20 / 512 * 1e6
+    server_us = timeit.timeit(request, number=n) / n * 1e6
+    all_us = timeit.timeit(answered, number=n) / n * 1e6
+    spans = [span for batch in list(tracing.exporter.queue)[-64:] for span in batch][-512:]  # answered ones
+    tracing.exporter.queue.clear()
+    encoder = tracing.exporter.encoder
+    resource = {"service.name": "ivy-router", "service.version": "2.0.0"}
+
+    def decoded(body: bytes) -> Any:
+        return ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+
+    assert decoded(encoder.encode(spans)) == decoded(proto_messages(spans, resource))  # the same spans, both ways
+    by_hand = timeit.timeit(lambda: encoder.encode(spans), number=20) / 20 / len(spans) * 1e6
+    messages = timeit.timeit(lambda: proto_messages(spans, resource), number=20) / 20 / len(spans) * 1e6
     tracing.shutdown()
-    return {"server span opened, attributed, ended (SDK)": span_us, "OTLP encoding, per span": encode_us}
+    sdk = TracerProvider(shutdown_on_exit=False).get_tracer("bench")
+    sdk_us = timeit.timeit(lambda: sdk.start_span("bare").end(), number=n) / n * 1e6
+    return {"loop: server span opened, attributed, ended": server_us,
+            "loop: all 8 spans of an answered request": all_us,
+            "export: OTLP encoding per span, by hand": by_hand,
+            "export: OTLP encoding per span, proto messages": messages,
+            "reference: the SDK's bare span (before)": sdk_us}
 
 
 def children() -> None:
     """An answered, streamed rag request's stages and its one attempt, through the helpers as
     app/pipeline.py and race.py call them (attributes built only when `on()`)."""
-    from opentelemetry.trace import INVALID_SPAN, SpanKind
-
     from app.observability import tracing as spans
 
     with spans.stage("rate_limit"):
@@ -222,10 +298,10 @@ def children() -> None:
         if spans.on():
             spans.annotate(**{"ivy.cache": "miss"})
     with spans.stage("generate", **{"ivy.streamed": True}):
-        attempt = spans.start_span("chat gemini-2.5-flash", kind=SpanKind.CLIENT, **{
+        attempt = spans.start_span("chat gemini-2.5-flash", kind=spans.CLIENT, **{
             "gen_ai.operation.name": "chat", "gen_ai.provider.name": "gcp.gemini",
             "gen_ai.request.model": "gemini-2.5-flash", "gen_ai.request.max_tokens": 512,
-            "ivy.attempt.role": "first"}) if spans.on() else INVALID_SPAN
+            "ivy.attempt.role": "first"}) if spans.on() else spans.NO_SPAN
         if attempt.is_recording():
             attempt.add_event("ivy.first_token", {"ivy.first_token_ms": 331.2})
             attempt.set_attributes({"ivy.attempt.outcome": "won", "gen_ai.response.model": "gemini-2.5-flash",
@@ -281,7 +357,7 @@ def traced_cpu_us(receiver_port: int, n: int = 2000) -> dict[str, float]:
                 if span is not None:
                     span.end(200, attributes)
             if tracing is not None:
-                tracing.provider.force_flush()  # every span encoded and sent before the clock stops
+                tracing.flush(60.0)  # every span encoded and sent before the clock stops
             cpu = (time.process_time() - started) / n * 1e6
             if tracing is not None:
                 tracing.shutdown()

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pytest_redis import factories
 
+from app.api.services import SERVICES
 from app.config import Settings
 from app.main import create_app
 
@@ -58,12 +59,14 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
 
     def make(address: str | None = None, span_exporter: Any = None, **overrides: Any) -> TestClient:
         """A client of the app on ``overrides``; ``address`` is the peer the app sees (default testclient's);
-        ``span_exporter`` receives the app's spans (tracing on)."""
+        ``span_exporter`` (a tests.otlp.Received) receives the app's OTLP exports (tracing on)."""
         extra: dict[str, Any] = {"client": (address, 50000)} if address else {}
         client = TestClient(create_app(make_settings(**overrides), span_exporter=span_exporter),
                             raise_server_exceptions=False, **extra)
         client.__enter__()
         clients.append(client)
+        if span_exporter is not None:
+            span_exporter.watch(client.app_state[SERVICES].tracing)
         return client
 
     yield make

@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
-
 from app.budget import Hold, Tab
 from app.observability import tracing
 from app.providers.base import (
@@ -56,7 +54,7 @@ class Attempt:
     stream: AsyncIterator[str]
     task: asyncio.Task[str]
     hold: Hold  # its budget reservation, settled at its outcome (app/budget/ledger.py)
-    span: Span = INVALID_SPAN
+    span: tracing.AnySpan = tracing.NO_SPAN
     deadline: Deadline | None = None  # the request's: a failure at or past it is the deadline's
 
     @property
@@ -82,8 +80,7 @@ class Attempt:
                 if count is not None:
                     attributes[key] = count
         if error is not None:  # its reason tag, never its message (it may quote the answer)
-            attributes["error.type"] = error.reason
-            span.set_status(Status(StatusCode.ERROR))
+            span.set_error(error.reason)
         span.set_attributes(attributes)
         span.end()
 
@@ -182,10 +179,10 @@ class Race:
         now = self.clock.now()
         usage = Usage()
         model = link.provider.model
-        span = tracing.start_span(f"chat {model}", kind=SpanKind.CLIENT, **{
+        span = tracing.start_span(f"chat {model}", kind=tracing.CLIENT, **{
             "gen_ai.operation.name": "chat", "gen_ai.provider.name": GEN_AI_PROVIDER.get(link.provider.name),
             "gen_ai.request.model": model, "gen_ai.request.max_tokens": self.request.max_output_tokens,
-            "ivy.attempt.role": role}) if tracing.on() else INVALID_SPAN
+            "ivy.attempt.role": role}) if tracing.on() else tracing.NO_SPAN
         stream = link.provider.stream(self.request, deadline=self.deadline, json_mode=self.json_mode, usage=usage)
         attempt = Attempt(link, generation, role, now, self.referee.hedge_delay(link), usage, stream,
                           tracing.start_task(span, first_chunk(stream)), hold, span, self.deadline)

@@ -1,4 +1,4 @@
-"""Traces, structurally, with the SDK's in-memory exporter: one server span per router request,
+"""Traces, structurally, as the OTLP receiver decodes them (tests/otlp.py): one server span per router request,
 the caller's traceparent continued, the request's outcome on it (no query text), trace and span
 ids on every log line of the request, the helpers for stage and attempt spans, nothing when off."""
 
@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
 
 from app.api.services import SERVICES
 from app.config import ConfigError, load_settings
 from app.observability import tracing
-from app.observability.tracing import GreppableIds, build_tracing
+from app.observability.tracing import build_tracing, new_span_id, new_trace_id
 from tests.conftest import LEAD, read_log
+from tests.otlp import Received, ReceivedSpan
 from tools.ports import free_port
 
 V2 = "/ai/router/v2"
@@ -31,70 +28,69 @@ MakeTraced = Callable[..., TestClient]
 
 
 @pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
+def exporter() -> Received:
+    return Received()
 
 
 @pytest.fixture
-def traced(make_client: Callable[..., TestClient], exporter: InMemorySpanExporter) -> MakeTraced:
+def traced(make_client: Callable[..., TestClient], exporter: Received) -> MakeTraced:
     return lambda **overrides: make_client(span_exporter=exporter, **overrides)
 
 
-def server_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+def server_spans(exporter: Received) -> list[ReceivedSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind == tracing.SERVER]
 
 
 def test_a_router_request_gets_one_server_span_with_its_outcome_and_no_query_text(
-        traced: MakeTraced, exporter: InMemorySpanExporter) -> None:
+        traced: MakeTraced, exporter: Received) -> None:
     client = traced()
     r = client.post(V2, json={"query": QUERY, "context": {"lead": LEAD}},
                     headers={"X-User-ID": "rep-7", "X-Org-ID": "acme", "X-Request-ID": "req-span-1"})
     assert r.status_code == 200
     (span,) = server_spans(exporter)
-    assert span.name == "POST /ai/router/v2" and span.parent is None
-    attrs = dict(span.attributes or {})
+    assert span.name == "POST /ai/router/v2" and span.parent_id is None
+    attrs = span.attributes
     assert attrs["http.route"] == "/ai/router/v2" and attrs["http.request.method"] == "POST"
     assert attrs["http.response.status_code"] == 200
-    assert (attrs["ivy.intent"], attrs["ivy.provider"], attrs["ivy.cache"]) == ("rag", "local", "bypass")
+    assert (attrs["ivy.intent"], attrs["ivy.provider"], attrs["ivy.cache"]) == ("rag", "local", "bypass"), attrs
     assert (attrs["ivy.user_id"], attrs["ivy.org_id"]) == ("rep-7", "acme")
-    assert span.status.status_code == StatusCode.UNSET
-    assert span.resource.attributes["service.name"] == "ivy-router"
+    assert not span.error
+    assert span.resource["service.name"] == "ivy-router"
     texts = [str(v) for v in attrs.values()] + [r.json()["answer"]]
     assert not [t for t in texts[:-1] if "Zanzibar" in t or t == texts[-1]]  # neither query nor answer
 
 
 def test_the_callers_traceparent_is_continued_in_the_span_and_the_log_line(
-        traced: MakeTraced, exporter: InMemorySpanExporter, log_file: Path) -> None:
+        traced: MakeTraced, exporter: Received, log_file: Path) -> None:
     client = traced()
     client.post(V2, json={"query": "hello"}, headers={
         "X-User-ID": "rep-1", "X-Request-ID": "req-parent", "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
     (span,) = server_spans(exporter)
-    assert format(span.context.trace_id, "032x") == CALLER_TRACE
-    assert span.parent is not None and format(span.parent.span_id, "016x") == CALLER_SPAN
+    assert (span.trace_id, span.parent_id) == (CALLER_TRACE, CALLER_SPAN)
     line = next(x for x in read_log(log_file, lambda ls: any(x.get("request_id") == "req-parent" for x in ls))
                 if x.get("request_id") == "req-parent")
-    assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, format(span.context.span_id, "016x"))
+    assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, span.span_id)
 
 
 def test_every_log_line_of_a_traced_request_carries_its_trace_and_span_ids(
-        traced: MakeTraced, exporter: InMemorySpanExporter, log_file: Path) -> None:
+        traced: MakeTraced, exporter: Received, log_file: Path) -> None:
     # Nobody listens on the provider's port: the request writes a provider_call WARNING, then its line.
     client = traced(gemini_api_key="trace-test-key-0001", gemini_base_url=f"http://127.0.0.1:{free_port()}")
     client.post(V2, json={"query": "hello"}, headers={"X-User-ID": "rep-1", "X-Request-ID": "req-lines"})
     (span,) = server_spans(exporter)
     (generate,) = [s for s in exporter.get_finished_spans() if s.name == "generate"]
-    trace_id = format(span.context.trace_id, "032x")
+    trace_id = span.trace_id
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-lines" for x in ls))
     of_request = [x for x in lines if x["event"] in ("provider_call", "request")]
     assert [x["event"] for x in of_request] == ["provider_call", "request"]
     # The provider's failure is logged inside the generate stage; the request's line in its server span.
     assert [(x["trace_id"], x["span_id"]) for x in of_request] == [
-        (trace_id, format(generate.context.span_id, "016x")), (trace_id, format(span.context.span_id, "016x"))]
+        (trace_id, generate.span_id), (trace_id, span.span_id)]
     assert not [x for x in lines if x["event"] == "router_started" and "trace_id" in x]  # not inside a request
 
 
 def test_refusals_and_streams_get_their_span_and_other_paths_none(
-        traced: MakeTraced, exporter: InMemorySpanExporter) -> None:
+        traced: MakeTraced, exporter: Received) -> None:
     client = traced(ai_rate_limit_per_min=1)
     assert client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-2"}).status_code == 200
     assert client.post(V2, json={"query": "hi"}, headers={"X-User-ID": "rep-2"}).status_code == 429
@@ -107,15 +103,15 @@ def test_refusals_and_streams_get_their_span_and_other_paths_none(
     client.get("/metrics")
     spans = server_spans(exporter)
     assert [s.name for s in spans] == ["POST /ai/router/v2"] * 3 + ["POST /ai/router/"]
-    refused, streamed = dict(spans[1].attributes or {}), dict(spans[2].attributes or {})
+    refused, streamed = spans[1].attributes, spans[2].attributes
     assert (refused["http.response.status_code"], refused["ivy.bucket"], refused["ivy.code"]) == (
         429, "burst", "rate_limited")
-    assert spans[1].status.status_code == StatusCode.UNSET  # a refusal is not the server's error
+    assert not spans[1].error  # a refusal is not the server's error
     assert (streamed["http.response.status_code"], streamed["ivy.intent"]) == (200, "conversational")
 
 
 def test_an_unsampled_caller_is_not_recorded_and_always_off_records_nothing(
-        traced: MakeTraced, exporter: InMemorySpanExporter) -> None:
+        traced: MakeTraced, exporter: Received) -> None:
     client = traced()  # parentbased_always_on: the caller's decision stands
     assert client.post(V2, json={"query": "hi"}, headers={
         "X-User-ID": "rep-1", "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"}).status_code == 200
@@ -135,13 +131,14 @@ def test_without_an_endpoint_nothing_is_traced_and_no_line_carries_ids(make_clie
     lines = read_log(log_file, lambda ls: any(x.get("request_id") == "req-off" for x in ls))
     assert not [x for x in lines if "trace_id" in x or "span_id" in x]
     with tracing.stage("classify", intent="rag") as span:  # the helpers are no-ops outside a traced request
-        assert span is trace.INVALID_SPAN
-    assert tracing.start_span("attempt") is trace.INVALID_SPAN
+        assert span is tracing.NO_SPAN
+    assert tracing.start_span("attempt") is tracing.NO_SPAN
     tracing.add_event("breaker_opened", provider="gemini")
 
 
-def test_stage_and_attempt_helpers_nest_under_the_request_span(make_settings, exporter: InMemorySpanExporter) -> None:
+def test_stage_and_attempt_helpers_nest_under_the_request_span(make_settings, exporter: Received) -> None:
     traces = build_tracing(make_settings(), exporter)
+    exporter.watch(traces)
     assert traces is not None
     request = traces.start_request("POST", "/ai/router/v2", [])
     with tracing.stage("classify", **{"ivy.intent": "rag", "ivy.confidence": 0.9, "ivy.absent": None}) as stage:
@@ -154,18 +151,17 @@ def test_stage_and_attempt_helpers_nest_under_the_request_span(make_settings, ex
     spans = {s.name: s for s in exporter.get_finished_spans()}
     root = spans["POST /ai/router/v2"]
     for name in ("classify", "chat gemini-2.5-flash"):
-        assert spans[name].parent is not None and spans[name].parent.span_id == root.context.span_id
-        assert spans[name].context.trace_id == root.context.trace_id
-    assert dict(spans["classify"].attributes or {}) == {"ivy.intent": "rag", "ivy.confidence": 0.9, "ivy.passages": 3}
+        assert spans[name].parent_id == root.span_id
+        assert spans[name].trace_id == root.trace_id
+    assert spans["classify"].attributes == {"ivy.intent": "rag", "ivy.confidence": 0.9, "ivy.passages": 3}
     assert [e.name for e in spans["classify"].events] == ["fallback"]
-    assert tracing.start_span("after the request") is trace.INVALID_SPAN  # the context was restored
+    assert tracing.start_span("after the request") is tracing.NO_SPAN  # the context was restored
 
 
 def test_generated_trace_and_span_ids_never_hold_429() -> None:
-    random.seed(22)  # RandomIdGenerator draws from `random`: 20,000 plain ids would hold ~100 of them
-    ids = GreppableIds()
-    assert not [i for i in (format(ids.generate_trace_id(), "032x") for _ in range(10_000)) if "429" in i]
-    assert not [i for i in (format(ids.generate_span_id(), "016x") for _ in range(10_000)) if "429" in i]
+    random.seed(22)  # the ids draw from `random`: 20,000 plain ids would hold ~100 of them
+    assert not [i for i in (new_trace_id() for _ in range(10_000)) if "429" in i or len(i) != 32]
+    assert not [i for i in (new_span_id() for _ in range(10_000)) if "429" in i or len(i) != 16]
 
 
 @pytest.mark.parametrize(("name", "value", "said"), [
@@ -203,7 +199,7 @@ def test_the_otlp_endpoint_and_headers_are_read_as_the_specification_says(
     assert load_settings().otel_traces_endpoint is None
 
 
-def test_on_is_true_only_inside_a_traced_request(make_settings, exporter: InMemorySpanExporter) -> None:
+def test_on_is_true_only_inside_a_traced_request(make_settings, exporter: Received) -> None:
     traces = build_tracing(make_settings(), exporter)
     assert traces is not None
     assert tracing.on() is False
