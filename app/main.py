@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: Deliver | Non
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         configure_logging(resolved.ivy_log_file, level=resolved.ivy_log_level,
                           max_bytes=resolved.ivy_log_max_bytes, backups=resolved.ivy_log_backups)
-        tracing = build_tracing(resolved, span_exporter)
+        tracing = build_tracing(resolved, span_exporter, warn=get_logger().warning)
         if tracing is not None:
             get_logger().info("tracing_started", endpoint=resolved.otel_traces_endpoint or "in-process exporter",
                               service_name=resolved.otel_service_name, sampler=resolved.otel_traces_sampler,

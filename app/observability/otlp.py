@@ -24,12 +24,39 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from app.observability.throttle import Throttle
 
-if TYPE_CHECKING:  # the spans are app/observability/tracing.py's, which imports this module
-    from app.observability.tracing import Span, _Trace
+
+class TraceIds(Protocol):
+    """What a trace's spans share, as the encoder reads it (app/observability/tracing.py records it)."""
+
+    trace_id: str  # 32 hex digits
+    trace_state: str
+    caller_id: str | None  # the caller's span id (16 hex digits), a remote parent
+
+
+class Span(Protocol):
+    """A finished span, as the encoder reads it (app/observability/tracing.py's Span)."""
+
+    name: str
+    kind: int
+    hex: str | None
+    start: int  # Unix ns
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[tuple[str, int, dict[str, Any] | None]] | None
+    error: bool
+
+    @property
+    def trace(self) -> TraceIds: ...
+
+    @property
+    def parent(self) -> Span | None: ...
+
+    @property
+    def span_id(self) -> str: ...
 
 # The OpenTelemetry SDK's batch processor defaults (OTEL_BSP_*): a batch at least every 5 s, at
 # most 512 spans per request; the queue holds this many requests' spans (~8 spans each).
@@ -110,7 +137,7 @@ class Encoder:
         self._pairs: dict[bytes, dict[tuple[str, str], bytes]] = {b"\x4a": {}, b"\x1a": {}}  # by field tag
         self._keys: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
-        self._trace: _Trace | None = None
+        self._trace: TraceIds | None = None
         self._trace_fields = b""
 
     def _key(self, key: str) -> bytes:

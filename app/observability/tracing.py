@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, MutableMapping
 from contextvars import ContextVar, Token
 from random import getrandbits
 from time import time_ns
@@ -319,23 +319,23 @@ class RequestSpan:
         trace.exporter.offer(trace.finished)
 
 
-def build_tracing(settings: Settings, exporter: Deliver | None = None) -> Tracing | None:
+def build_tracing(settings: Settings, exporter: Deliver | None = None, *,
+                  warn: Callable[..., object]) -> Tracing | None:
     """The settings' tracing, or None when it is off. `exporter(body, timeout)` replaces the
-    OTLP/HTTP POST of each encoded ExportTraceServiceRequest (the tests read what is sent)."""
+    OTLP/HTTP POST of each encoded ExportTraceServiceRequest (the tests read what is sent); `warn`
+    (the log's warning) hears of failed exports and dropped spans."""
     if exporter is None:
         endpoint = settings.otel_traces_endpoint
         if endpoint is None:
             return None
         exporter = Post(endpoint, settings.otel_headers(), settings.otel_exporter_otlp_timeout / 1000)
-    from app.observability.logging import get_logger  # the logging imports this module
-
     resource = {"service.name": settings.otel_service_name, "service.version": __version__,
                 "telemetry.sdk.language": "python", "telemetry.sdk.name": "ivy-router",
                 "telemetry.sdk.version": __version__, **settings.otel_resource_attributes_map()}
     encoder = Encoder(resource, "ivy-router", __version__)
     name = settings.otel_traces_sampler
     return Tracing(sampler_for(name, settings.otel_traces_sampler_arg),
-                   Exporter(encoder, exporter, get_logger().warning), by_trace_id=name.endswith("traceidratio"))
+                   Exporter(encoder, exporter, warn), by_trace_id=name.endswith("traceidratio"))
 
 
 def stage(name: str, **attributes: Attribute | None) -> AnySpan:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.api.services import SERVICES
 from app.config import ConfigError, load_settings
 from app.observability import tracing
+from app.observability.logging import get_logger
 from app.observability.tracing import build_tracing, new_span_id, new_trace_id
 from tests.conftest import LEAD, read_log
 from tests.otlp import Received, ReceivedSpan
@@ -137,7 +138,7 @@ def test_without_an_endpoint_nothing_is_traced_and_no_line_carries_ids(make_clie
 
 
 def test_stage_and_attempt_helpers_nest_under_the_request_span(make_settings, exporter: Received) -> None:
-    traces = build_tracing(make_settings(), exporter)
+    traces = build_tracing(make_settings(), exporter, warn=get_logger().warning)
     exporter.watch(traces)
     assert traces is not None
     request = traces.start_request("POST", "/ai/router/v2", [])
@@ -200,7 +201,7 @@ def test_the_otlp_endpoint_and_headers_are_read_as_the_specification_says(
 
 
 def test_on_is_true_only_inside_a_traced_request(make_settings, exporter: Received) -> None:
-    traces = build_tracing(make_settings(), exporter)
+    traces = build_tracing(make_settings(), exporter, warn=get_logger().warning)
     assert traces is not None
     assert tracing.on() is False
     request = traces.start_request("POST", "/ai/router/v2", [])

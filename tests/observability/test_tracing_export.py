@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from app.api.services import SERVICES
 from app.config import Settings
 from app.observability import tracing
+from app.observability.logging import get_logger
 from app.observability.otlp import Encoder, Exporter
 from app.observability.tracing import Tracing, build_tracing, sampler_for
 from tests.conftest import read_log
@@ -29,7 +30,8 @@ CALLER_SPAN = "00f067aa0ba902b7"
 
 def test_every_attribute_type_and_field_reads_back_with_opentelemetry_proto(make_settings) -> None:
     received = Received()
-    traces = build_tracing(make_settings(otel_resource_attributes="deployment.environment=test"), received)
+    traces = build_tracing(make_settings(otel_resource_attributes="deployment.environment=test"), received,
+                           warn=get_logger().warning)
     received.watch(traces)
     assert traces is not None
     served = traces.start_request("POST", "/ai/router/v2", [
@@ -168,7 +170,7 @@ def test_exports_are_posted_to_v1_traces_with_the_otel_headers_over_one_connecti
         receiver: Callable[[int], tuple[str, list[tuple[dict[str, str], bytes]]]]) -> None:
     base, got = receiver(200)
     traces = build_tracing(Settings(_env_file=None, otel_exporter_otlp_endpoint=base,
-                                    otel_exporter_otlp_headers="x-api-key=k3y"))
+                                    otel_exporter_otlp_headers="x-api-key=k3y"), warn=get_logger().warning)
     assert traces is not None
     for _ in range(2):
         traces.start_request("POST", "/ai/router/v2", []).end(200, {})
@@ -213,7 +215,7 @@ def test_a_receiver_that_is_down_costs_the_request_nothing_and_is_counted_and_wa
 ])
 def test_a_traceparent_is_continued_only_when_w3c_valid(make_settings, traceparent: str, continued: bool) -> None:
     received = Received()
-    traces = build_tracing(make_settings(), received)
+    traces = build_tracing(make_settings(), received, warn=get_logger().warning)
     received.watch(traces)
     assert traces is not None
     traces.start_request("POST", "/ai/router/v2", [(b"traceparent", traceparent.encode())]).end(200, {})
@@ -226,9 +228,10 @@ def test_a_traceparent_is_continued_only_when_w3c_valid(make_settings, tracepare
 
 def test_a_ratio_sampler_decides_by_the_trace_id_and_a_parent_decides_for_parentbased(make_settings) -> None:
     received = Received()
-    never = build_tracing(make_settings(otel_traces_sampler="traceidratio", otel_traces_sampler_arg=0.0), received)
+    never = build_tracing(make_settings(otel_traces_sampler="traceidratio", otel_traces_sampler_arg=0.0), received,
+                          warn=get_logger().warning)
     half = build_tracing(make_settings(otel_traces_sampler="parentbased_traceidratio", otel_traces_sampler_arg=0.5),
-                         received)
+                         received, warn=get_logger().warning)
     assert never is not None and half is not None
     received.watch(never)
     received.watch(half)

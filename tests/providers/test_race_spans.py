@@ -16,6 +16,7 @@ import pytest
 
 from app.config import Settings
 from app.observability import tracing
+from app.observability.logging import get_logger
 from app.observability.metrics import Metrics
 from app.observability.tracing import build_tracing
 from app.providers.base import GenerationRequest, ProviderUnavailable
@@ -47,7 +48,7 @@ class Traced:
         links = [Link(p, CircuitBreaker(p.name, config, clock=clock.now)) for p in (self.gemini, self.openai)]
         self.chain = ProviderChain(links, Metrics(), deadline=deadline, clock=clock, hedge=HEDGE)
         self.exporter = Received()
-        tracer = build_tracing(settings, self.exporter)
+        tracer = build_tracing(settings, self.exporter, warn=get_logger().warning)
         assert tracer is not None
         self.exporter.watch(tracer)
         self.tracing = tracer
