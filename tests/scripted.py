@@ -90,9 +90,21 @@ class FakeClock:
     def timeout_at(self, when: float) -> _FakeTimeout:
         return _FakeTimeout(self, when)
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> _FakeHandle:
+        return _FakeHandle(self, self._at(when, callback))
+
     def close(self) -> None:
         if self._driver is not None:
             self._driver.cancel()
+
+
+@dataclass
+class _FakeHandle:
+    clock: FakeClock
+    seq: int
+
+    def cancel(self) -> None:
+        self.clock._forget(self.seq)
 
 
 class _FakeTimeout:

@@ -30,6 +30,7 @@ from typing import Any
 from app.config import Settings
 from app.domain import Event, Failed
 from app.observability.logging import get_logger
+from app.providers.clock import Alarm
 
 log = get_logger()
 
@@ -74,42 +75,40 @@ class Drain:
 
     def __init__(self) -> None:
         self.cutting = False
-        self._waits: set[asyncio.Timeout] = set()
+        self._open: set[Alarm] = set()  # one per open stream
 
     @property
     def open_streams(self) -> int:
-        return len(self._waits)
+        return len(self._open)
 
     def cut(self) -> None:
         self.cutting = True
-        now = asyncio.get_running_loop().time()
-        for wait in list(self._waits):
-            with contextlib.suppress(RuntimeError):  # already expired or exited
-                wait.reschedule(now)
+        for alarm in list(self._open):
+            alarm.ring()
 
     async def guard(self, events: AsyncIterator[Event], request_id: str) -> AsyncIterator[Event]:
         """``events`` as they come, ended with a `Failed` (``shutting_down``) when the drain cuts."""
         iterator = aiter(events)
-        while True:
-            wait = asyncio.timeout(None)
-            self._waits.add(wait)
-            try:
-                if self.cutting:
-                    raise TimeoutError
-                async with wait:
-                    event = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if not self.cutting:
-                    raise
-                with contextlib.suppress(Exception):
-                    await iterator.aclose()  # type: ignore[attr-defined]
-                yield Failed("shutting_down", request_id, message="the server is restarting; ask again")
-                return
-            finally:
-                self._waits.discard(wait)
-            yield event
+        alarm = Alarm()  # rung by `cut`: one per stream, not a timeout context per event
+        self._open.add(alarm)
+        try:
+            if self.cutting:
+                alarm.ring()
+            while True:
+                try:
+                    event = await alarm.wait(anext(iterator))
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not self.cutting:
+                        raise
+                    with contextlib.suppress(Exception):
+                        await iterator.aclose()  # type: ignore[attr-defined]
+                    yield Failed("shutting_down", request_id, message="the server is restarting; ask again")
+                    return
+                yield event
+        finally:
+            self._open.discard(alarm)
 
 
 class ServerWatch:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 
 from app.budget import Budgets, Hold, Tab
 from app.observability import tracing
@@ -57,7 +57,7 @@ from app.providers.base import (
     ProviderRateLimited,
     ProviderTimeout,
 )
-from app.providers.clock import MONOTONIC, Clock, Deadline
+from app.providers.clock import MONOTONIC, Alarm, Clock, Deadline
 from app.providers.hedging import HedgeBudget, HedgeConfig, LatencyNorm
 from app.providers.links import Link, LinkFailure, Trace
 from app.providers.local import LocalProvider
@@ -135,52 +135,64 @@ class ProviderChain:
         answer (a broken stream fails over); unbuffered: chunks as they come (after the first,
         an error or the deadline raises a ProviderError). The offline provider answers when no
         remote call can, in one piece. Every call is settled against ``tab`` at its outcome (a
-        request left half-way settles what it started, by estimate)."""
+        request left half-way settles what it started, by estimate). One generator, the rounds
+        and the chunks after the first: each layer more is two resumes per chunk."""
         tab = tab or self.budgets.tab(None, request.system, request.prompt, request.max_output_tokens,
                                       request.intent)
         races: list[Race] = []  # this request's rounds (at most one per link)
-        rounds = self._races(request, deadline, trace, first, json_mode, buffered, tab, races)
         try:
-            async for piece in rounds:
-                yield piece
-        finally:
-            # Closed here, not at GC: the winner's connection and its span end inside generate.
-            with contextlib.suppress(Exception):
-                await rounds.aclose()
-            self._settle_left(races[-1] if races else None, trace, tab)
-
-    async def _races(self, request: GenerationRequest, deadline: Deadline, trace: Trace, first: str | None,
-                     json_mode: bool, buffered: bool, tab: Tab, races: list[Race]) -> AsyncGenerator[str, None]:
-        self.budget.request()
-        pending = list(self.ordered(first))
-        while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
-                                               streamed=not buffered)).run()) is not None:
-            attempt, chunk = won
-            if buffered:
-                parts = [chunk]
-                try:
-                    async with deadline.timeout():
-                        parts.extend([piece async for piece in attempt.stream])
-                except ProviderError as exc:
-                    await self.failed(attempt, exc, trace)
-                    continue
-                except TimeoutError:
-                    await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
-                    break
-                except asyncio.CancelledError:
-                    attempt.end("cancelled")  # the request was cancelled mid-answer
-                    raise
+            self.budget.request()
+            pending = list(self.ordered(first))
+            while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
+                                                   streamed=not buffered)).run()) is not None:
+                attempt, chunk = won
+                if buffered:
+                    parts = [chunk]
+                    try:
+                        async with deadline.timeout():
+                            parts.extend([piece async for piece in attempt.stream])
+                    except ProviderError as exc:
+                        await self.failed(attempt, exc, trace)
+                        continue
+                    except TimeoutError:
+                        await self.failed(attempt, deadline_error(attempt, self.clock.now()), trace)
+                        break
+                    except asyncio.CancelledError:
+                        attempt.end("cancelled")  # the request was cancelled mid-answer
+                        raise
+                    await self.answered(attempt, request, trace)
+                    yield "".join(parts)
+                    return
+                yield chunk
+                stream, alarm, whole = attempt.stream, Alarm(deadline), False
+                try:  # the chunks after the first, each within the deadline
+                    while True:
+                        try:
+                            piece = await alarm.wait(anext(stream))
+                        except StopAsyncIteration:
+                            whole = True  # `answered` records it
+                            break
+                        except TimeoutError:
+                            late = deadline_error(attempt, self.clock.now())
+                            await self.failed(attempt, late, trace)
+                            raise late from None
+                        except ProviderError as error:
+                            await self.failed(attempt, error, trace)
+                            raise
+                        yield piece
+                finally:
+                    alarm.close()
+                    await self._close(stream)  # the client went away mid-answer: close the connection now
+                    if not whole:
+                        attempt.end("cancelled")  # nothing if `failed` ended it first
+                    with contextlib.suppress(Exception):
+                        self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
                 await self.answered(attempt, request, trace)
-                yield "".join(parts)
                 return
-            yield chunk
-            async with contextlib.aclosing(self._rest(attempt, deadline, trace)) as rest:  # closed now, not at GC
-                async for piece in rest:
-                    yield piece
-            await self.answered(attempt, request, trace)
-            return
-        self.exhausted(trace)
-        yield self.local.answer(request, json_mode=json_mode)
+            self.exhausted(trace)
+            yield self.local.answer(request, json_mode=json_mode)
+        finally:
+            self._settle_left(races[-1] if races else None, trace, tab)
 
     def _settle_left(self, race: Race | None, trace: Trace, tab: Tab) -> None:
         """The request went away mid-race or mid-answer: bill what its calls consumed and release
@@ -193,33 +205,6 @@ class ProviderChain:
             if race is not None and race.winner is not None:
                 self.settle(race.winner, trace, stopped=True)
         tab.close()
-
-    async def _rest(self, attempt: Attempt, deadline: Deadline, trace: Trace) -> AsyncGenerator[str, None]:
-        """The chunks after the first, each within the deadline (a timer cannot span a yield)."""
-        stream = attempt.stream
-        whole = False
-        try:
-            while True:
-                try:
-                    async with deadline.timeout():
-                        piece = await anext(stream)
-                except StopAsyncIteration:
-                    whole = True  # `answered` records it
-                    return
-                except TimeoutError:
-                    exc: ProviderError = deadline_error(attempt, self.clock.now())
-                    await self.failed(attempt, exc, trace)
-                    raise exc from None
-                except ProviderError as error:
-                    await self.failed(attempt, error, trace)
-                    raise
-                yield piece
-        finally:
-            await self._close(stream)  # the client went away mid-answer: close the connection now
-            if not whole:
-                attempt.end("cancelled")  # nothing if `failed` ended it first
-            with contextlib.suppress(Exception):
-                self.settle(attempt, trace, stopped=True)  # a no-op once answered or failed settled it
 
     # --- the Referee (app/providers/race.py) ---------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -33,6 +33,14 @@ class Clock(Protocol):
         """Cancel the block at ``when`` and raise TimeoutError (asyncio.timeout_at on this clock)."""
         ...
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        """Call ``callback`` from the event loop at ``when`` (loop.call_at on this clock)."""
+        ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
 
 class MonotonicClock:
     """The real clock: time.monotonic and asyncio's own waits."""
@@ -51,6 +59,9 @@ class MonotonicClock:
     def timeout_at(self, when: float) -> AbstractAsyncContextManager[object]:
         # Relative, not asyncio.timeout_at: the loop's clock need not be time.monotonic (uvloop's is not).
         return asyncio.timeout(max(0.0, when - time.monotonic()))
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        return asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), callback)
 
 
 MONOTONIC = MonotonicClock()
@@ -79,3 +90,56 @@ class Deadline:
     def timeout(self) -> AbstractAsyncContextManager[object]:
         """Cancel the block at the deadline (TimeoutError)."""
         return self.clock.timeout_at(self.at)
+
+
+class Alarm:
+    """One cut over a stream's many waits, at ``deadline`` (if any) or at `ring`: the task is
+    cancelled only while it waits inside `wait` (between two waits it is elsewhere, at a yield,
+    where a cancel would land in its consumer); rung between waits, the next wait ends before it
+    starts. Either way `wait` raises TimeoutError, as asyncio.timeout does. One timer per stream:
+    one per wait (`Deadline.timeout`) cost a timer handle, its heap push and its cancel per chunk.
+    `close` when the stream is over."""
+
+    __slots__ = ("_cutting", "_deadline", "_handle", "_task", "rung")
+
+    def __init__(self, deadline: Deadline | None = None) -> None:
+        self._deadline = deadline
+        self._handle: Cancellable | None = None
+        self._task: asyncio.Task[object] | None = None  # the task inside `wait`, None between waits
+        self._cutting = False  # this alarm cancelled it
+        self.rung = False
+
+    def ring(self) -> None:
+        self.rung = True
+        if self._task is not None and not self._cutting:
+            self._cutting = True
+            self._task.cancel()
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """What ``awaitable`` gives, or TimeoutError once rung."""
+        deadline = self._deadline
+        if self._handle is None and deadline is not None and not self.rung:
+            if deadline.expired:
+                self.rung = True
+            else:
+                self._handle = deadline.clock.call_at(deadline.at, self.ring)
+        if self.rung:
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()  # never awaited
+            raise TimeoutError
+        task = self._task = asyncio.current_task()
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._cutting and task is not None:  # this alarm's cut, not the request's
+                self._cutting = False
+                if task.uncancel() == 0:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()

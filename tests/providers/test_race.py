@@ -13,7 +13,7 @@ import pytest
 from app.observability.metrics import Metrics
 from app.providers.base import GenerationRequest, ProviderTimeout, ProviderUnavailable
 from app.providers.chain import ProviderChain
-from app.providers.clock import Deadline
+from app.providers.clock import Alarm, Deadline
 from app.providers.hedging import HedgeBudget, HedgeConfig
 from app.providers.links import Link, Trace
 from app.providers.race import Race
@@ -245,3 +245,26 @@ def test_the_hedge_budget_keeps_a_fixed_size_whatever_the_traffic() -> None:
     assert isinstance(requests, int) and 5_900 <= requests <= 6_000  # the last 60 s, to one bucket
     now[0] += 61
     assert budget.snapshot()["requests"] == 0
+
+
+async def test_the_deadline_never_cuts_a_stream_while_it_is_away_at_a_yield_only_at_its_next_wait(
+        clock: FakeClock) -> None:
+    alarm = Alarm(Deadline.after(1.0, clock))
+    assert await alarm.wait(clock.sleep(0.5)) is None  # the alarm is set, for the whole stream
+    await clock.sleep(2.0)  # past the deadline outside any wait: the consumer's time, never cut
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    with pytest.raises(TimeoutError):
+        await alarm.wait(clock.sleep(0.1))
+    alarm.close()
+
+
+async def test_the_deadline_cuts_a_wait_in_progress_as_a_timeout_and_leaves_the_task_uncancelled(
+        clock: FakeClock) -> None:
+    alarm = Alarm(Deadline.after(1.0, clock))
+    t0 = clock.now()
+    with pytest.raises(TimeoutError):
+        await alarm.wait(clock.sleep(5.0))
+    task = asyncio.current_task()
+    assert clock.now() - t0 == pytest.approx(1.0) and task is not None and task.cancelling() == 0
+    alarm.close()
