@@ -14,14 +14,15 @@ global, so every app (and every test) has its own. Per request:
   `start_task` starts a task with a span current in it (asyncio copies the context at creation);
 - `add_trace_ids` puts `trace_id` and `span_id` on every log line written inside a traced request.
 
-Not the OpenTelemetry SDK's spans: at ~30 us each (eight per answered request) and ~80 us each to
-encode they cost ~30x the request's budget (figures in docs/PERFORMANCE.md, Tracing). A span here is
-a slotted object: ids from `random` (never "429" in their hex: app/observability/greppable.py),
-`time.time_ns()` bounds, a plain attribute dict and event list; the current span is one
-ContextVar. When the request's span ends, its trace's finished spans go to the exporter's bounded
-queue in one append (a span ending later, e.g. a loser closed in the background, goes alone);
-encoding and sending are the exporter thread's (app/observability/otlp.py). Kept from
-OpenTelemetry: the samplers (asked at the root; one that ignores the trace id, once per parent flag).
+Not the OpenTelemetry SDK's spans: their creation, attribute validation and the exporter's
+encoding cost many times the request's whole tracing budget (measured: docs/PERFORMANCE.md,
+Tracing). A span here is a slotted object: ids from `random` (never "429" in their hex:
+app/observability/greppable.py), `time.time_ns()` bounds, a plain attribute dict and event list;
+the current span is one ContextVar. When the request's span ends, its trace's finished spans go to
+the exporter's bounded queue in one append (a span ending later, e.g. a loser closed in the
+background, goes alone); encoding and sending are the exporter thread's
+(app/observability/otlp.py). Kept from OpenTelemetry: the samplers (asked at the root; one that
+ignores the trace id, once per parent flag).
 
 A span's children end inside it: a stage ends when its block or stream does, after what it started;
 a cancelled hedge's span ends at its cancellation. No span carries query or answer text.
