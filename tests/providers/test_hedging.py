@@ -140,7 +140,9 @@ async def test_the_hedge_budget_caps_extra_calls(
     hedges = counter(chain, "openai", "fired") + counter(chain, "gemini", "fired")
     assert 1 <= hedges <= 1 + 0.1 * 20
     assert sum(r.trace.hedged for r in results) == hedges
-    assert len(fake.requests_for("openai")) == hedges  # no call beyond the budget
+    # No call beyond the budget; a hedge cancelled (the primary answered) before its request was
+    # sent never reaches the fake, which a loaded machine makes likely.
+    assert len(fake.requests_for("openai")) <= hedges
     assert all(r.provider in ("gemini", "openai") for r in results)
 
 
