@@ -132,3 +132,15 @@ def raw_ask(base: str, org: str, body: bytes) -> Iterator[socket.socket]:
                      + f"X-User-ID: rep-1\r\nX-Org-ID: {org}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                      + body)
         yield conn
+
+
+def leave_after_deltas(base: str, org: str, body: bytes, deltas: int = 2) -> bytes:
+    """Ask for a stream on a socket of our own and close it once ``deltas`` deltas arrived: a
+    client that leaves mid-answer. Returns what it had read."""
+    with raw_ask(base, org, body) as conn:
+        seen = b""
+        while seen.count(b"event: delta") < deltas:
+            piece = conn.recv(65536)
+            assert piece, f"the server closed the stream before {deltas} deltas: {seen!r}"
+            seen += piece
+    return seen

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import ip_address
 from typing import Any
 
@@ -86,29 +86,79 @@ class Drain:
         for alarm in list(self._open):
             alarm.ring()
 
-    async def guard(self, events: AsyncIterator[Event], request_id: str) -> AsyncIterator[Event]:
-        """``events`` as they come, ended with a `Failed` (``shutting_down``) when the drain cuts."""
-        iterator = aiter(events)
-        alarm = Alarm()  # rung by `cut`: one per stream, not a timeout context per event
+    def guard(self, events: AsyncIterator[Event], request_id: str) -> Guarded:
+        """``events`` under the drain: ended with a `Failed` (``shutting_down``) when it cuts."""
+        alarm = Alarm()  # rung by `cut` or `Guarded.leave`: one per stream, not a timeout context per event
         self._open.add(alarm)
+        if self.cutting:
+            alarm.ring()
+        return Guarded(self, alarm, events, request_id)
+
+    def closed(self, alarm: Alarm) -> None:
+        self._open.discard(alarm)
+
+
+class Guarded:
+    """One stream under the drain, pulled by its response: `first` (before the response starts, so a
+    refusal is still an HTTP error), then `frames`, each event recorded and encoded in the same loop
+    that waits for it (one generator layer per chunk, not a guard's, an encoder's and a response's).
+    `leave` (the client went) ends the stream at once, without a last event."""
+
+    __slots__ = ("_alarm", "_drain", "_ended", "_iterator", "_request_id", "gone")
+
+    def __init__(self, drain: Drain, alarm: Alarm, events: AsyncIterator[Event], request_id: str) -> None:
+        self._drain, self._alarm, self._request_id = drain, alarm, request_id
+        self._iterator = aiter(events)
+        self._ended = False
+        self.gone = False
+
+    def leave(self) -> None:
+        """The client disconnected: the wait in progress is cancelled (the provider call with it)."""
+        self.gone = True
+        self._alarm.ring()
+
+    async def first(self) -> Event:
+        """The first event (the meta, or a refusal raised as the pipeline raises it)."""
         try:
-            if self.cutting:
-                alarm.ring()
-            while True:
+            try:
+                return await self._alarm.wait(anext(self._iterator))
+            except TimeoutError:
+                if (event := await self._cut()) is not None:
+                    return event
+            raise RuntimeError("an answer stream ended before its first event")  # the pipeline starts with its meta
+        except BaseException:
+            self._drain.closed(self._alarm)
+            raise
+
+    async def frames(self, encode: Callable[[Event], bytes], record: Callable[[Event], None]) -> AsyncIterator[bytes]:
+        """The events after `first`, each passed to ``record`` (the log line) and ``encode``d."""
+        iterator, alarm = self._iterator, self._alarm
+        try:
+            while not self._ended:
                 try:
                     event = await alarm.wait(anext(iterator))
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    if not self.cutting:
-                        raise
-                    with contextlib.suppress(Exception):
-                        await iterator.aclose()  # type: ignore[attr-defined]
-                    yield Failed("shutting_down", request_id, message="the server is restarting; ask again")
-                    return
-                yield event
+                    if (cut := await self._cut()) is None:
+                        return
+                    event = cut
+                record(event)
+                yield encode(event)
         finally:
-            self._open.discard(alarm)
+            self._drain.closed(alarm)
+
+    async def _cut(self) -> Event | None:
+        """Rung: the events closed (the provider call cancelled with them); a `Failed` to end the
+        stream with when the drain cut it, None when the client left."""
+        if not (self.gone or self._drain.cutting):
+            raise TimeoutError  # not ours: a wait inside timed out
+        self._ended = True
+        with contextlib.suppress(Exception):
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+        if self.gone:
+            return None
+        return Failed("shutting_down", self._request_id, message="the server is restarting; ask again")
 
 
 class ServerWatch:

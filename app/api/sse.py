@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 import orjson
 
 from app.domain import Delta, Done, Event, Meta
@@ -31,15 +29,3 @@ def encode(event: Event) -> bytes:
     error = {"code": event.code, "request_id": event.request_id, "provider": event.provider,
              "reason": event.reason, "message": event.message}
     return frame(b"error", orjson.dumps({k: v for k, v in error.items() if v is not None}))
-
-
-async def encoded(first: Event, rest: AsyncIterator[Event], record: Callable[[Event], None]
-                  ) -> AsyncIterator[bytes]:
-    """``first`` (already pulled and recorded, so that a refusal was still an HTTP error) and the
-    rest, each passed to ``record`` (the request's log line) as it is encoded: one generator per
-    chunk fewer than a recording layer of its own."""
-    yield encode(first)
-    async for event in rest:
-        record(event)
-        yield encode(event)
-
