@@ -165,11 +165,11 @@ class RequestContextMiddleware:
             log.info("request", **fields)
         if ivy is None or not is_router:
             return
-        endpoint = "v2" if scope["path"].endswith("v2") else "v1"
-        ivy.metrics.requests.labels(endpoint, intent, provider, str(status)).inc()
+        served = ivy.metrics.served("v2" if scope["path"].endswith("v2") else "v1", intent, provider)
+        served.count(status)
         if status == 429:
             return
-        ivy.metrics.request_latency.labels(endpoint, intent, provider).observe(latency_ms / 1000)
+        served.latency.observe(latency_ms / 1000)
         if status >= 400 or outcome is not None:
             ivy.metrics.errors.labels(str(outcome or ctx.code or status)).inc()
 

@@ -30,6 +30,24 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05
 FAST_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+MAX_BOUND_CHILDREN = 1024  # (endpoint, intent, provider) kept bound; the vocabularies make far fewer
+
+
+@dataclass(slots=True)
+class Served:
+    """One (endpoint, intent, provider)'s request metrics, children bound once: a `labels()` call per
+    request costs a lock, a tuple and a dict lookup each."""
+
+    requests: Counter
+    labels: tuple[str, str, str]
+    latency: Histogram
+    by_status: dict[int, Counter]
+
+    def count(self, status: int) -> None:
+        child = self.by_status.get(status)
+        if child is None:  # HTTP statuses: a handful per key
+            child = self.by_status[status] = self.requests.labels(*self.labels, str(status))
+        child.inc()
 
 
 def multiproc_dir() -> Path | None:
@@ -233,9 +251,21 @@ class Metrics:
             self.budget_crossings.labels(level)
         for reason in ("budget_exhausted", "budget_unavailable"):
             self.budget_refusals.labels(reason)
+        self._served: dict[tuple[str, str, str], Served] = {}
         self._eval = EvalReportCollector(eval_reports_dir) if eval_reports_dir is not None else None
         if self._eval is not None and self.multiproc_dir is None:
             r.register(self._eval)
+
+    def served(self, endpoint: str, intent: str, provider: str) -> Served:
+        """The request metrics of one (endpoint, intent, provider), bound once (up to
+        MAX_BOUND_CHILDREN keys; past that, bound afresh per call)."""
+        key = (endpoint, intent, provider)
+        served = self._served.get(key)
+        if served is None:
+            served = Served(self.requests, key, self.request_latency.labels(*key), {})
+            if len(self._served) < MAX_BOUND_CHILDREN:
+                self._served[key] = served
+        return served
 
     def for_limiter(self, backend: str) -> LimiterMetrics:
         return LimiterMetrics(self.limiter_latency.labels(backend), self.limiter_up.labels(backend),

@@ -145,8 +145,9 @@ async def stream_sse(
     deadline: Deadline,
     secret: str,
     idle_seconds: float = STREAM_IDLE_SECONDS,
-) -> AsyncGenerator[str, None]:
-    """POST a JSON body and yield the ``data:`` payload of each SSE event.
+) -> AsyncGenerator[bytes | bytearray, None]:
+    """POST a JSON body and yield the ``data:`` payload of each SSE event, as bytes (orjson parses
+    them as they are: no decode to a str per event).
 
     ``deadline`` bounds the wait for the first bytes of the answer here; once text flows the
     chain bounds each chunk by the same deadline (a timer here cannot run across a yield), and
@@ -167,7 +168,7 @@ async def stream_sse(
             if resp.content_type != "text/event-stream":
                 raise ProviderMalformedOutput(provider, f"2xx answer is {resp.content_type}, not an event stream")
             buffer = bytearray()
-            data: list[str] = []
+            data: list[bytearray] = []
             async for piece in resp.content.iter_any():
                 if not flowing:
                     first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
@@ -181,15 +182,15 @@ async def stream_sse(
                     line = whole.rstrip(b"\r")
                     if not line:  # blank line: dispatch the event
                         if data:
-                            yield "\n".join(data)
+                            yield data[0] if len(data) == 1 else b"\n".join(data)
                             data = []
                         continue
                     field, _, value = line.partition(b":")
                     if field == b"data":
-                        data.append(value.removeprefix(b" ").decode("utf-8", errors="replace"))
+                        data.append(value.removeprefix(b" "))
                     # comments (":...") and other fields (event:, id:, retry:) are ignored
             if data:  # last event without its blank line; a partial line left in buffer is dropped
-                yield "\n".join(data)
+                yield b"\n".join(data)
     except ProviderError:
         raise
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -202,14 +203,23 @@ async def stream_sse(
         raise transport_error(provider, exc, seconds, secret) from exc
 
 
-def parse_event(provider: str, data: str) -> dict[str, Any]:
+def parse_event(provider: str, data: bytes | bytearray) -> dict[str, Any]:
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise ProviderMalformedOutput(provider, f"stream event is not JSON ({len(data)} chars)") from None
+        payload = _with_replaced_bytes(provider, data)
     if not isinstance(payload, dict):
         raise ProviderMalformedOutput(provider, "stream event is not a JSON object")
     return payload
+
+
+def _with_replaced_bytes(provider: str, data: bytes | bytearray) -> Any:
+    """orjson refuses bytes that are not UTF-8; such an event is read with them replaced (U+FFFD), as
+    a decode would have, so one bad byte in a text piece does not fail the answer."""
+    try:
+        return orjson.loads(data.decode("utf-8", errors="replace"))
+    except orjson.JSONDecodeError:
+        raise ProviderMalformedOutput(provider, f"stream event is not JSON ({len(data)} bytes)") from None
 
 
 def optional_int(value: Any) -> int | None:

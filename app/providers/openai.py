@@ -94,7 +94,7 @@ class OpenAIProvider:
         )
         async with contextlib.aclosing(events):
             async for data in events:
-                if data.strip() == "[DONE]":
+                if data.strip() == b"[DONE]":
                     if not produced:
                         raise ProviderMalformedOutput(self.name, "stream finished with an empty answer")
                     return

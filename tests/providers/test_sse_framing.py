@@ -1,6 +1,6 @@
 """SSE read off the wire however the network cuts it: events split mid-line and mid-CRLF, two
 events in one write, and Gemini's running usage counts taken from the last chunk of a stream,
-also when the stream is left half-way."""
+also when the stream is left half-way; a byte that is not UTF-8 replaced, as a decode would."""
 
 from __future__ import annotations
 
@@ -88,3 +88,15 @@ async def test_a_stream_left_half_way_keeps_the_last_running_counts(
         hold.set()
         await runner.cleanup()
     assert (usage.input_tokens, usage.output_tokens, usage.finish_reason) == (7, 2, None)
+
+
+async def test_a_byte_that_is_not_utf8_in_a_piece_is_read_as_a_replacement_character_not_a_failure(
+        session: aiohttp.ClientSession, make_request: MakeRequest) -> None:
+    bad = chunk("caf\u00e9 ", 1).replace("\u00e9".encode(), b"\xe9")  # Latin-1's e-acute: not UTF-8
+    runner, base = await serve([bad, chunk("ok.", 2, "STOP")])
+    try:
+        provider = GeminiProvider(session, api_key="test-gemini-key-0001", base_url=base, model="gemini-2.5-flash")
+        pieces = [p async for p in provider.stream(make_request(), deadline=Deadline.after(10))]
+    finally:
+        await runner.cleanup()
+    assert pieces == ["caf\ufffd ", "ok."]
