@@ -176,11 +176,15 @@ class RouterEndpoints:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             await send({"type": "http.response.body", "body": sse.encode(meta), "more_body": True})
             async for frame in guarded.frames(sse.encode, ctx.record):
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                if guarded.last:  # `done` or `error` ends the response in the same write
+                    watcher.cancel()  # the response's end is not the client leaving
+                    await send({"type": "http.response.body", "body": frame, "more_body": False})
+                else:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
             if guarded.gone:
                 ctx.client_gone = True
-                return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif not guarded.last:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
 

@@ -28,7 +28,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from app.config import Settings
-from app.domain import Event, Failed
+from app.domain import Delta, Event, Failed
 from app.observability.logging import get_logger
 from app.providers.clock import Alarm
 
@@ -102,15 +102,17 @@ class Guarded:
     """One stream under the drain, pulled by its response: `first` (before the response starts, so a
     refusal is still an HTTP error), then `frames`, each event recorded and encoded in the same loop
     that waits for it (one generator layer per chunk, not a guard's, an encoder's and a response's).
-    `leave` (the client went) ends the stream at once, without a last event."""
+    `leave` (the client went) ends the stream at once, without a last event. `last`: the frame just
+    given is the stream's last word (`done` or `error`), so the response can end with it."""
 
-    __slots__ = ("_alarm", "_drain", "_ended", "_iterator", "_request_id", "gone")
+    __slots__ = ("_alarm", "_drain", "_ended", "_iterator", "_request_id", "gone", "last")
 
     def __init__(self, drain: Drain, alarm: Alarm, events: AsyncIterator[Event], request_id: str) -> None:
         self._drain, self._alarm, self._request_id = drain, alarm, request_id
         self._iterator = aiter(events)
         self._ended = False
         self.gone = False
+        self.last = False
 
     def leave(self) -> None:
         """The client disconnected: the wait in progress is cancelled (the provider call with it)."""
@@ -144,6 +146,7 @@ class Guarded:
                         return
                     event = cut
                 record(event)
+                self.last = not isinstance(event, Delta)
                 yield encode(event)
         finally:
             self._drain.closed(alarm)

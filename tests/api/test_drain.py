@@ -121,3 +121,12 @@ def test_a_client_that_leaves_mid_stream_over_http_ends_the_provider_call_and_is
     (line,) = [x for x in lines if x.get("event") == "request" and x.get("path") == "/ai/router/v2"]
     assert line["status"] == 499 and line["level"] == "INFO"
     assert line["latency_ms"] < 300_000  # ended when the client left, not when the provider's stall did
+
+
+def test_the_last_word_of_a_stream_is_marked_so_the_response_can_end_with_it() -> None:
+    async def run() -> list[bool]:
+        guarded = Drain().guard(aiter(Source(META, Delta("a"), Failed("shutting_down", "req-1"), stall=False)), "r")
+        await guarded.first()
+        return [guarded.last async for _ in guarded.frames(sse.encode, lambda _: None)]
+
+    assert asyncio.run(run()) == [False, True]
