@@ -3,23 +3,34 @@
 exporting over OTLP/HTTP to a local receiver), at realistic latency.
 
     flock /tmp/ivy-bench.lock python scripts/bench_tracing.py [--runs 3] [--requests 400] [--time-scale 0.2]
+    flock /tmp/ivy-bench.lock python scripts/bench_tracing.py --callgrind [--runs 1] [--requests 100]
 
 The router (uvicorn, one worker, no Redis, answer cache off so every request reaches a provider)
 runs in front of the fake provider in realistic mode (bench_realistic.py's mix: greetings, lead
 and knowledge-base questions, drafts, insights; real answer lengths and speeds, scaled by
---time-scale). Modes, each a fresh router, interleaved run by run:
+--time-scale). Modes, each a fresh router; a run measures base, off and on back to back, in the
+reverse order every other run:
 
-- `base`: this commit's code before tracing (`--base-ref`, default the merge base with main),
-  extracted with `git archive` and served by the same venv: what "off" is measured against;
+- `base`, with `--base-ref REF` only: the code at REF (before tracing), extracted with `git archive`
+  and served by the same venv: what "off" is measured against. On main no commit is this code
+  without tracing (issues 19-23 landed after tracing's first commit), so off's own cost is the
+  in-process figure of the off helpers below;
 - `off`: no OTLP endpoint;
 - `on`: OTEL_EXPORTER_OTLP_ENDPOINT at a receiver in this process (it decodes every export with
   opentelemetry-proto and counts the spans), sampler parentbased_always_on.
 
 CPU per request = the router process's CPU time (every thread's, /proc/PID/task/*/schedstat) over
 the requests and the batch processor's export delay after them (so exporting is counted), less
-what the same router spent idle over an equal window just before. Prints the medians of
---runs runs and on-minus-off, off-minus-base. Also times, in this process, the code the off path
-added per request (the log line's grep guard, the trace-id processor, request-id drawing).
+what the same router spent idle over an equal window just before. Prints each mode's median and
+on-minus-off, off-minus-base as the median of the differences within a run (the machine's drift
+between runs cancels; a difference of medians does not cancel it). Also times, in this process,
+the code the off path added per request (the log line's grep guard, the trace-id processor,
+request-id drawing) and the span work of a traced request.
+
+`--callgrind`: the router runs under valgrind's callgrind, instrumentation switched on
+(`callgrind_control`) only over the idle and loaded windows, and the figure is instructions per
+request instead of CPU time: repeatable whatever else the machine does (the client, the fake
+provider and other jobs are not counted), ~50x slower, so fewer requests; no in-process timings.
 Loopback only; bounded in count and time. A benchmark: it measures, it never fails.
 """
 
@@ -29,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +60,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tools.bench.servers import Server, realistic_fake
+from tools.bench.servers import Server, realistic_fake, wait_ready
 from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,41 +119,82 @@ async def one_run(mode: str, args: argparse.Namespace, fake_base: str, receiver:
     if mode == "on":
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
                    OTEL_TRACES_SAMPLER="parentbased_always_on")
-    router = Server(f"router-{mode}", [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-                                       "--log-level", "warning"], env=env, port=port, log=logdir / "uvicorn.log",
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
+    if args.callgrind:
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   f"--callgrind-out-file={logdir / 'callgrind.out'}", *command]
+    router = Server(f"router-{mode}", command, env=env, port=port, log=logdir / "uvicorn.log",
                     cwd=base if mode == "base" else ROOT).start()
+    counter = Instructions(router.pid) if args.callgrind else Cpu(router.pid)
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_up(router, "/health")
+        await asyncio.to_thread(wait_ready, router, "GET", "/health", timeout=600 if args.callgrind else 30)
         await fire(session, url, 30, args.concurrency, False, seed=1)  # warm
         await asyncio.sleep(EXPORT_WAIT_SECONDS)  # the warm-up's spans exported before the count starts
+        counter.start()
         # What the idle router spends (its background loops), to subtract from the loaded window.
-        idle_from, idle_cpu = time.monotonic(), cpu_seconds(router.pid)
+        idle_from, idle_count = time.monotonic(), counter.read()
         await asyncio.sleep(EXPORT_WAIT_SECONDS)
-        idle_rate = (cpu_seconds(router.pid) - idle_cpu) / (time.monotonic() - idle_from)
-        spans_before, cpu_before, started = receiver.spans, cpu_seconds(router.pid), time.monotonic()
+        idle_rate = (counter.read() - idle_count) / (time.monotonic() - idle_from)
+        spans_before, count_before, started = receiver.spans, counter.read(), time.monotonic()
         samples = await fire(session, url, args.requests, args.concurrency, False, seed=args.seed)
         wall = time.monotonic() - started
         await asyncio.sleep(EXPORT_WAIT_SECONDS)
-        cpu = cpu_seconds(router.pid) - cpu_before - idle_rate * (time.monotonic() - started)
+        count = counter.read() - count_before - idle_rate * (time.monotonic() - started)
     finally:
         router.stop()
     ok = sum(s.status == 200 for s in samples)
     real = sum(s.provider in ("gemini", "openai") for s in samples)
-    return {"mode": mode, "us_per_request": cpu / len(samples) * 1e6, "ok": ok, "real": real, "wall": wall,
-            "spans": receiver.spans - spans_before}
+    return {"mode": mode, "per_request": count / len(samples) * counter.scale, "ok": ok, "real": real,
+            "wall": wall, "spans": receiver.spans - spans_before}
 
 
-def report_runs(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    medians = {mode: statistics.median(r["us_per_request"] for r in results if r["mode"] == mode)
-               for mode in ("base", "off", "on")}
-    print(f"router CPU per request, median of {args.runs} runs ({args.requests} requests at {args.concurrency} "
+class Cpu:
+    """The router's CPU time, every thread's (`cpu_seconds`); figures in us."""
+
+    scale, unit = 1e6, "us"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def start(self) -> None:
+        pass
+
+    def read(self) -> float:
+        return cpu_seconds(self.pid)
+
+
+class Instructions:
+    """The instructions callgrind counted in the router (every thread), instrumentation on from
+    `start`; figures in thousands of instructions."""
+
+    scale, unit = 1e-3, "k instr"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def start(self) -> None:
+        subprocess.run(["callgrind_control", "-i", "on", str(self.pid)], capture_output=True, check=True, timeout=120)
+
+    def read(self) -> float:
+        out = subprocess.run(["callgrind_control", "-e", "Ir", str(self.pid)], capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+        return float(sum(int(n.replace(",", "")) for n in re.findall(r"^\s*Th\s+\d+\s+([\d,]+)", out, re.M)))
+
+
+def report_runs(runs: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> None:
+    unit, modes = "k instructions" if args.callgrind else "us CPU", tuple(runs[0])
+    print(f"router {unit} per request, median of {len(runs)} runs ({args.requests} requests at {args.concurrency} "
           f"concurrent, realistic mode, time scale {args.time_scale}):")
-    for mode, value in medians.items():
-        runs = ", ".join(f"{r['us_per_request']:.0f}" for r in results if r["mode"] == mode)
-        print(f"  {mode:4}  {value:7.1f} us   (runs: {runs})")
-    print(f"  tracing on - off:   {medians['on'] - medians['off']:+.1f} us/request")
-    print(f"  off - base:         {medians['off'] - medians['base']:+.1f} us/request")
+    for mode in sorted(modes):
+        values = [run[mode]["per_request"] for run in runs]
+        print(f"  {mode:4}  {statistics.median(values):9.1f}   (runs: {', '.join(f'{v:.0f}' for v in values)})")
+    for label, a, b in (("tracing on - off", "on", "off"), ("off - base", "off", "base")):
+        if b not in modes:
+            continue
+        differences = [run[a]["per_request"] - run[b]["per_request"] for run in runs]
+        print(f"  {label + ':':18} {statistics.median(differences):+9.1f} per request, median of in-run differences "
+              f"(runs: {', '.join(f'{d:+.0f}' for d in differences)})")
 
 
 def off_path_ns() -> dict[str, float]:
@@ -384,27 +437,29 @@ def receive(port: int) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    base = base_tree(args.base_ref)
+    base = ROOT if args.base_ref is None else base_tree(args.base_ref)
+    modes = ("off", "on") if args.base_ref is None else ("base", "off", "on")
     fake, fake_base = realistic_fake(args.seed, args.time_scale)
     receiver = Receiver()
     runner = await receiver.start()
-    results: list[dict[str, Any]] = []
+    runs: list[dict[str, dict[str, Any]]] = []
     try:
-        timeout = aiohttp.ClientTimeout(total=60)
+        timeout = aiohttp.ClientTimeout(total=600 if args.callgrind else 60)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=100)) as session:
             await wait_up(fake, "/_fake/health")
-            for run in range(args.runs):
-                for mode in ("base", "off", "on"):
-                    result = await one_run(mode, args, fake_base, receiver, base, session)
-                    results.append(result)
-                    print(f"run {run + 1} {mode}: {result['us_per_request']:.0f} us/request CPU, "
+            for number in range(args.runs):
+                run = {}
+                for mode in modes if number % 2 == 0 else modes[::-1]:  # drift within a run cancels over two
+                    result = run[mode] = await one_run(mode, args, fake_base, receiver, base, session)
+                    print(f"run {number + 1} {mode}: {result['per_request']:.0f} per request, "
                           f"{result['ok']}/{args.requests} ok, {result['real']} from a model, "
                           f"{result['spans']} spans received, {result['wall']:.0f} s", file=sys.stderr, flush=True)
+                runs.append(run)
     finally:
         fake.stop()
         await runner.cleanup()
-    if results:
-        report_runs(results, args)
+    if runs:
+        report_runs(runs, args)
 
 
 def in_process_figures() -> None:
@@ -436,20 +491,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--time-scale", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--base-ref", default=None, help="git ref of the code before tracing (default: merge base "
-                                                          "with main)")
+    parser.add_argument("--base-ref", default=None, help="git ref of code without tracing: adds the base mode")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="instructions per request under callgrind, not CPU time")
     parser.add_argument("--receive", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--micro-only", action="store_true", help="only the in-process measurements")
     args = parser.parse_args()
     if args.receive is not None:
         receive(args.receive)
         return
-    if args.base_ref is None:
-        args.base_ref = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True,
-                                       text=True, check=True).stdout.strip()
     if not args.micro_only:
         asyncio.run(main_async(args))
-    in_process_figures()
+    if not args.callgrind:  # the in-process timings are CPU time, not instructions
+        in_process_figures()
 
 
 if __name__ == "__main__":

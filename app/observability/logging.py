@@ -264,9 +264,9 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
         processors=[
             _drop_below_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            add_trace_ids,
             structlog.processors.format_exc_info,
             redact_secrets,
+            add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         logger_factory=lambda *_: _sink,

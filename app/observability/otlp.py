@@ -77,7 +77,7 @@ _SMALL = [bytes((i,)) for i in range(128)]
 _DOUBLE = struct.Struct("<d").pack
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
-_TIMES = struct.Struct("<BBBQBQ").pack  # kind 6 (under 128: one byte), start 7, end 8
+_TIMES = struct.Struct("<BQBQ").pack  # start 7, end 8 (fixed64 each)
 
 
 def _varint(value: int) -> bytes:
@@ -124,8 +124,9 @@ def _key_value(key: str, value: Any) -> bytes:
 
 class Encoder:
     """`encode(spans)`: one ExportTraceServiceRequest holding `spans` (tracing.Span, read field by
-    field) under the resource and scope. Keys, names and short string pairs repeat across spans:
-    their encodings are kept (bounded); a trace's ids are encoded once for all its spans."""
+    field) under the resource and scope. What repeats across spans is encoded once and kept
+    (bounded): each attribute pair (key and value, by the value's type: 1, 1.0 and True are equal
+    keys of one dict), a name with its kind, a trace's ids, the last parent's id."""
 
     CACHE_MAX = 4096
 
@@ -134,66 +135,54 @@ class Encoder:
         scope = _string(b"\x0a", scope_name) + _string(b"\x12", scope_version)
         self._resource = _field(b"\x0a", resource_bytes)  # ResourceSpans.resource = 1
         self._scope = _field(b"\x0a", scope)  # ScopeSpans.scope = 1
-        self._pairs: dict[bytes, dict[tuple[str, str], bytes]] = {b"\x4a": {}, b"\x1a": {}}  # by field tag
-        self._keys: dict[str, bytes] = {}
-        self._names: dict[str, bytes] = {}
+        # By field tag (span attributes 9, event attributes 3), then by the value's type.
+        self._pairs: dict[bytes, dict[type, dict[tuple[str, Any], bytes]]] = {
+            tag: {kind: {} for kind in (str, int, bool, float)} for tag in (b"\x4a", b"\x1a")}
+        self._names: dict[tuple[str, int], bytes] = {}
         self._trace: TraceIds | None = None
         self._trace_fields = b""
-
-    def _key(self, key: str) -> bytes:
-        keys = self._keys
-        if len(keys) >= self.CACHE_MAX:
-            keys.clear()
-        encoded = keys[key] = _string(b"\x0a", key)
-        return encoded
+        self._parent: Span | None = None
+        self._parent_field = b""
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any]) -> bytes:
-        pairs, keys, out = self._pairs[tag], self._keys, []
-        for key, value in attributes.items():
-            kind = type(value)
-            if kind is str and len(value) <= 64:
-                encoded = pairs.get((key, value))
-                if encoded is None:
-                    if len(pairs) >= self.CACHE_MAX:
-                        pairs.clear()
-                    encoded = pairs[(key, value)] = _field(tag, _key_value(key, value))
-                out.append(encoded)
+        by_kind, out = self._pairs[tag], []
+        for pair in attributes.items():
+            value = pair[1]
+            pairs = by_kind.get(type(value))
+            if pairs is None or (type(value) is str and len(value) > 64):  # a tuple, a long text: not kept
+                out.append(_field(tag, _key_value(*pair)))
                 continue
-            if kind is int:
-                any_value = b"\x18" + _varint(value)
-            elif kind is bool:
-                any_value = b"\x10\x01" if value else b"\x10\x00"
-            elif kind is float:
-                any_value = b"\x21" + _DOUBLE(value)
-            else:
-                any_value = _any_value(value)
-            out.append(_field(tag, (keys.get(key) or self._key(key)) + _field(b"\x12", any_value)))
+            encoded = pairs.get(pair)
+            if encoded is None:
+                if len(pairs) >= self.CACHE_MAX:
+                    pairs.clear()
+                encoded = pairs[pair] = _field(tag, _key_value(*pair))
+            out.append(encoded)
         return b"".join(out)
 
     def span(self, span: Span) -> bytes:
         """Span: trace_id 1, span_id 2, trace_state 3, parent_span_id 4, name 5, kind 6, start 7,
         end 8, attributes 9, events 11, status 15, flags 16."""
-        name = self._names.get(span.name)
-        if name is None:
-            if len(self._names) >= self.CACHE_MAX:
-                self._names.clear()
-            name = self._names[span.name] = _string(b"\x2a", span.name)
         trace = span.trace
         if trace is not self._trace:
-            self._trace, self._trace_fields = trace, b"\x0a\x10" + bytes.fromhex(trace.trace_id)
-        parts = [self._trace_fields, b"\x12\x08", bytes.fromhex(span.hex or span.span_id)]
-        if trace.trace_state:
-            parts.append(_string(b"\x1a", trace.trace_state))
+            self._trace, self._trace_fields = trace, b"\x0a\x10" + bytes.fromhex(trace.trace_id) + (
+                _string(b"\x1a", trace.trace_state) if trace.trace_state else b"")
         parent = span.parent
         if parent is not None:
-            parts += (b"\x22\x08", bytes.fromhex(parent.hex or parent.span_id))
-            flags = _LOCAL_PARENT
+            if parent is not self._parent:
+                self._parent, self._parent_field = parent, b"\x22\x08" + bytes.fromhex(parent.hex or parent.span_id)
+            parent_field, flags = self._parent_field, _LOCAL_PARENT
         elif trace.caller_id is not None:
-            parts += (b"\x22\x08", bytes.fromhex(trace.caller_id))
-            flags = _REMOTE_PARENT
+            parent_field, flags = b"\x22\x08" + bytes.fromhex(trace.caller_id), _REMOTE_PARENT
         else:
-            flags = _LOCAL_PARENT
-        parts += (name, _TIMES(0x30, span.kind, 0x39, span.start, 0x41, span.end_ns))
+            parent_field, flags = b"", _LOCAL_PARENT
+        named = self._names.get((span.name, span.kind))
+        if named is None:
+            if len(self._names) >= self.CACHE_MAX:
+                self._names.clear()
+            named = self._names[(span.name, span.kind)] = _string(b"\x2a", span.name) + b"\x30" + _SMALL[span.kind]
+        parts = [self._trace_fields, b"\x12\x08", bytes.fromhex(span.hex or span.span_id), parent_field, named,
+                 _TIMES(0x39, span.start, 0x41, span.end_ns)]
         if span.attributes:
             parts.append(self._attributes(b"\x4a", span.attributes))
         if span.events:
@@ -209,7 +198,7 @@ class Encoder:
 
     def encode(self, spans: Iterable[Span]) -> bytes:
         """ExportTraceServiceRequest { ResourceSpans { resource, ScopeSpans { scope, spans } } }."""
-        scope_spans = _field(b"\x12", self._scope + b"".join(map(self.span, spans)))
+        scope_spans = _field(b"\x12", self._scope + b"".join([self.span(span) for span in spans]))
         return _field(b"\x0a", self._resource + scope_spans)
 
 

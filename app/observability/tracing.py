@@ -316,7 +316,8 @@ class RequestSpan:
         span.end()
         trace = span.trace
         trace.shipped = True
-        trace.exporter.offer(trace.finished)
+        finished, trace.finished = trace.finished, []  # no span -> trace -> list -> span cycle: freed by refcount
+        trace.exporter.offer(finished)
 
 
 def build_tracing(settings: Settings, exporter: Deliver | None = None, *,
