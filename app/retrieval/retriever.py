@@ -193,7 +193,7 @@ def _fact_terms(source: str, text: str) -> list[str]:
 
 # Lead contexts indexed lately: a conversation sends the same lead's context with every question,
 # so its facts are tokenised and indexed once, and only the query is scored per request.
-FACT_INDEXES_KEPT = 256
+FACT_INDEXES_KEPT = 64  # bounds the memory a stream of hostile, maximal contexts can pin
 
 
 @lru_cache(maxsize=FACT_INDEXES_KEPT)
