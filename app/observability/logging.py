@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
+from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,7 +29,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from app.observability import greppable
-from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments
+from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments, redacts_nothing
 from app.observability.tracing import add_trace_ids
 
 LOGGER_NAME = "ivy"
@@ -42,6 +43,10 @@ _SHAPE_MARKERS = ("sk-", "AIza", "Bearer")
 def _is_secret_key(key: str) -> bool:
     # Log lines reuse a few dozen field names: the regex runs once per name, not per line.
     return _SECRET_KEYS.search(key) is not None
+
+
+# Values no secret can be in: numbers, flags, None, and the enums' own names (checked apart).
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
@@ -64,8 +69,15 @@ def redact_secrets(_: Any, method: str, event_dict: MutableMapping[str, Any]) ->
     """Every configured secret out of every value; on WARNING and ERROR lines (error texts, tracebacks)
     also any 8+ character run of one, in case something upstream cut or masked it."""
     scrub = redact_fragments if _LEVELS.get(method, 20) >= 30 else redact
+    # An INFO line's top-level strings are asked at once whether `redact` would change any of them
+    # (one RE2 pass, not one substitution each); fragments (WARNING and up) are looked for one by one.
+    texts = [v for v in event_dict.values() if type(v) is str and len(v) >= FRAGMENT] if scrub is redact else ()
+    clean = bool(texts) and redacts_nothing("\n".join(texts))
     for key, value in event_dict.items():  # values replaced in place: no key is added or removed
-        event_dict[key] = "[REDACTED]" if _is_secret_key(key) else _redact_value(value, scrub)
+        if _is_secret_key(key):
+            event_dict[key] = "[REDACTED]"
+        elif not (type(value) in _PLAIN or isinstance(value, Enum) or (clean and type(value) is str)):
+            event_dict[key] = _redact_value(value, scrub)
     return event_dict
 
 

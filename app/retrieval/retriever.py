@@ -2,7 +2,7 @@
 
 Ranking is BM25 (rank-bm25) on both sides. The knowledge base is indexed once at startup
 (the runbook's "cache warmup"; `/ai/router/health` reports `warm`); the request's context is
-small, so it is indexed per request.
+small, so it is indexed when first seen (the last FACT_INDEXES_KEPT contexts' indexes are kept).
 
 Which side leads depends on what the question is about, read with the router's own lexicon
 (`app/intent/lexicon.py`, which holds every word list used here too): a product question ("does
@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -184,20 +185,31 @@ def context_passages(context: dict[str, Any]) -> list[Passage]:
     return passages[:MAX_PASSAGES]
 
 
-def _fact_terms(passage: Passage, text: str) -> list[str]:
-    name = passage.source.split("[")[0]
+def _fact_terms(source: str, text: str) -> list[str]:
+    name = source.split("[")[0]
     label = ITEM_WORDS.get(name) or _key_words(name.removeprefix("lead."))
     return _terms(label + " " + text)
+
+
+# Lead contexts indexed lately: a conversation sends the same lead's context with every question,
+# so its facts are tokenised and indexed once, and only the query is scored per request.
+FACT_INDEXES_KEPT = 64  # bounds the memory a stream of hostile, maximal contexts can pin
+
+
+@lru_cache(maxsize=FACT_INDEXES_KEPT)
+def fact_index(facts: tuple[tuple[str, str], ...]) -> BM25Okapi:
+    """The BM25 index of (source, indexed text) facts, each indexed by its label and its text."""
+    return BM25Okapi([_fact_terms(source, text) for source, text in facts])
 
 
 def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]:
     if not facts or not terms:
         return []
-    documents, left = [], MAX_CONTEXT_CHARS
-    for p in facts:  # each passage indexed by its label and what is left of the request's budget
-        documents.append(_fact_terms(p, p.text[:left]))
+    indexed, left = [], MAX_CONTEXT_CHARS
+    for p in facts:  # each passage indexed by what is left of the request's budget
+        indexed.append((p.source, p.text[:left]))
         left = max(0, left - len(p.text))
-    scores = BM25Okapi(documents).get_scores(terms)
+    scores = fact_index(tuple(indexed)).get_scores(terms)
     ranked = sorted(range(len(facts)), key=lambda i: scores[i], reverse=True)
     return [Passage(facts[i].source, facts[i].text, float(scores[i])) for i in ranked[:k] if scores[i] > 0]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import secrets
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from app.observability.logging import redact_secrets
 from app.observability.redaction import FRAGMENT, forget_secrets, redact_fragments, register_secrets
 from app.providers.http import MAX_MESSAGE, error_for_status
 from tests.conftest import FakeProviderThread, read_log
@@ -65,6 +67,41 @@ def test_any_run_of_eight_characters_of_a_registered_secret_is_redacted_but_shor
     assert fragments_in(out, secret) == []
     assert out.endswith(f"short {secret[:7]}; plain words stay")
     assert out.startswith("masked key [REDACTED]...")
+
+
+class _Lane(StrEnum):
+    RAG = "retrieval-augmented"
+
+
+def _info_line(**fields: object) -> dict[str, object]:
+    return dict(redact_secrets(None, "info", {"event": "request", "request_id": "3f2a9c0e-7d1b-4c55-9f0a-1b2c3d4e5f60",
+                                              "path": "/ai/router/v2", "model": "gemini-2.5-flash", **fields}))
+
+
+def test_a_secret_in_one_of_an_info_lines_many_fields_is_redacted_and_the_others_stay(clean_registry: None) -> None:
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    register_secrets(secret)
+    line = _info_line(status=200, note=f"the key was {secret}", org_id="org-bench")
+    assert line["note"] == "the key was [REDACTED]"
+    assert (line["path"], line["model"], line["org_id"], line["status"]) == (
+        "/ai/router/v2", "gemini-2.5-flash", "org-bench", 200)
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\v", "\x85", "\u3000"])
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_bearer_token_after_any_unicode_space_is_redacted_from_an_info_line(
+        clean_registry: None, space: str, registered: bool) -> None:
+    if registered:
+        register_secrets("Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1")
+    line = _info_line(upstream=f"Authorisation: Bearer{space}abcdefgh12345678")
+    assert "abcdefgh12345678" not in str(line["upstream"]) and "[REDACTED]" in str(line["upstream"])
+
+
+def test_numbers_flags_none_and_enums_are_logged_as_they_are(clean_registry: None) -> None:
+    register_secrets("Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1")
+    line = _info_line(status=499, latency_ms=12.5, hedged=False, cache=None, lane=_Lane.RAG)
+    assert (line["status"], line["latency_ms"], line["hedged"], line["cache"]) == (499, 12.5, False, None)
+    assert line["lane"] is _Lane.RAG
 
 
 def test_no_fragment_of_any_secret_reaches_logs_stderr_responses_metrics_or_health(tmp_path: Path) -> None:

@@ -17,8 +17,10 @@ from app.retrieval.retriever import (
     MAX_PASSAGE_CHARS,
     MAX_PASSAGES,
     MAX_QUERY_TERMS,
+    FACT_INDEXES_KEPT,
     KnowledgeBase,
     context_passages,
+    fact_index,
     retrieve,
 )
 from tests.conftest import LEAD
@@ -104,3 +106,26 @@ def test_classifying_and_retrieving_leave_no_garbage_for_the_cyclic_gc(kb: Knowl
         assert gc.collect() == 0  # all freed by reference counting: no cycle waits for a collection
     finally:
         gc.enable()
+
+
+def test_a_lead_context_asked_about_again_is_scored_on_the_index_built_the_first_time(kb: KnowledgeBase) -> None:
+    context = {"lead": {**LEAD, "favouriteAnimal": "okapi"}, "notes": ["The okapi deal closes in May."]}
+    first = retrieve("the okapi deal", context, kb)
+    before = fact_index.cache_info()
+    again = retrieve("what about the okapi", context, kb)
+    after = fact_index.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 0)
+    assert "notes[0]" in [p.source for p in first] and "notes[0]" in [p.source for p in again]
+
+
+def test_an_edited_lead_context_is_answered_from_its_new_facts(kb: KnowledgeBase) -> None:
+    first = retrieve("the quokka", {"lead": LEAD, "notes": ["The quokka deal closes in May."]}, kb)
+    assert first[0].source == "notes[0]"
+    edited = [p.source for p in retrieve("the quokka", {"lead": LEAD, "notes": ["The wombat deal closes in May."]}, kb)]
+    assert "notes[0]" not in edited
+
+
+def test_the_indexes_kept_of_lead_contexts_are_at_most_fact_indexes_kept(kb: KnowledgeBase) -> None:
+    for i in range(FACT_INDEXES_KEPT + 20):
+        retrieve("the deal", {"notes": [f"Deal number {i} closes in May."]}, kb)
+    assert fact_index.cache_info().currsize <= FACT_INDEXES_KEPT
