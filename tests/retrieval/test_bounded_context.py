@@ -13,11 +13,11 @@ from app.intent.classifier import classify
 from app.intent.guards import context_names
 from app.intent.normalise import MAX_CONTEXT_CHARS, MAX_CONTEXT_VALUES
 from app.retrieval.retriever import (
+    FACT_INDEXES_KEPT,
     MAX_LIST_ITEMS,
     MAX_PASSAGE_CHARS,
     MAX_PASSAGES,
     MAX_QUERY_TERMS,
-    FACT_INDEXES_KEPT,
     KnowledgeBase,
     context_passages,
     fact_index,
