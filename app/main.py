@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: Deliver | Non
                 if auth is not None:
                     await auth.start()
                     stack.push_async_callback(auth.aclose)
-                services = ApiServices(auth=auth, peers=peers, tracing=tracing, 
+                services = ApiServices(auth=auth, peers=peers, tracing=tracing,
                                        door=Door(state.admission, state.metrics, ENDPOINTS))
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
