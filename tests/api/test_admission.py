@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import FakeProviderThread
+from tests.conftest import FakeProviderThread, read_log
 from tests.support import uvicorn_server
 
 V2 = "/ai/router/v2"
@@ -51,6 +51,10 @@ def test_a_full_worker_sheds_with_503_overloaded_spends_no_limiter_tokens_never_
             metrics = client.get("/metrics")
             assert metrics.status_code == 200 and "ivy_admission_shed_total 4.0" in metrics.text
             assert "ivy_event_loop_lag_seconds" in metrics.text
+            lines = read_log(tmp_path / "ai_router.log", lambda ls: any(x["event"] == "admission_shed" for x in ls))
+            warned = [x for x in lines if x["event"] == "admission_shed"]
+            assert len(warned) == 1 and warned[0]["shed_total"] == 1 and warned[0]["in_flight"] == HELD  # one per 10 s
+            assert not [x for x in lines if x["event"] == "request" and x.get("status") == 503]  # no line per shed
             for thread in threads:
                 thread.join(20)
             assert held == [200] * HELD
