@@ -16,9 +16,9 @@ the server measured has a core of its own and the generator's cost does not land
 2. load: 0.5x, 1x, 1.5x and 2x the router's capacity (``--capacity N`` skips the ladder), for each
    server: goodput (real answers per second: a `done` event, not the offline provider), shed share
    (503 overloaded), shed latency (p50 / p95 / max), p50 / p95 / p99 of admitted requests and their
-   first byte's p95, CPU ms per request (the server process's user + system time over the requests
-   it answered, /proc), breaker transitions (router's /metrics), the generator's own CPU share; then
-   the router's verdict against issue 20's targets at 2x.
+   first token's p95 (the first `event: delta`), CPU ms per request (the server process's user +
+   system time over the requests it answered, /proc), breaker transitions (router's /metrics), the
+   generator's own CPU share; then the router's verdict against issue 20's targets at 2x.
 3. slow: a fresh router (defaults, no setting changed) in front of a thinking model (first token
    ~3 s, ~40 tokens/s) at 50/s: share of real answers, p50 / p95, breaker transitions.
 4. ``--brownout-runs N``: issue 12's brownout ratio, scripts/bench_realistic.py --only
@@ -29,7 +29,7 @@ pool, the streamed SSE answer read to its end): a request costs it a task and a 
 stays well under its core (aiohttp's client saturated it near 1000/s and hid the router's own
 behaviour). Every step prints the generator's own CPU share ("gen CPU"): near 100% the generator,
 not the server, is what was measured. Requests ask for the streamed answer (``"stream": true``);
-time to first byte and to the end are both kept. Loopback only; every loop is bounded in count and time.
+times to the first `event: delta` and to the end are both kept. Loopback only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from tools.ports import free_port
 LADDER = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1000)
 SETTLE_SECONDS = 3.0  # between steps: the last one's answers drain and the admission limit grows back
 BROWNOUT_RATIO = re.compile(r"healthy p95 \(x([0-9.]+)\)")  # bench_realistic.py's brownout check line
+DELTA = b"event: delta"  # the first answer text on the stream: its time is the first token's
 THINKING = {"gemini": {"ttft_median": 3.0, "speed_min": 38.0, "speed_max": 42.0}}
 
 
@@ -70,7 +71,7 @@ class Sample:
     seconds: float
     real: bool
     code: str | None = None
-    first_byte: float = 0.0
+    first_token: float = 0.0  # seconds to the first `event: delta`
 
 
 def sample_of(answer: Answer) -> Sample:
@@ -81,12 +82,12 @@ def sample_of(answer: Answer) -> Sample:
         done = body.rfind(b"event: done\ndata: ")
         if done >= 0:
             doc = orjson.loads(body[done + 18:body.index(b"\n", done + 18)])
-            return Sample(200, answer.seconds, doc.get("provider") not in (None, "local"), None, answer.first_byte)
+            return Sample(200, answer.seconds, doc.get("provider") not in (None, "local"), None, answer.marked)
         error = body.rfind(b"event: error\ndata: ")
         code = orjson.loads(body[error + 19:body.index(b"\n", error + 19)]).get("code") if error >= 0 else "no_end"
-        return Sample(0, answer.seconds, False, code, answer.first_byte)
+        return Sample(0, answer.seconds, False, code, answer.marked)
     doc = orjson.loads(body) if body.startswith(b"{") else {}
-    return Sample(answer.status, answer.seconds, False, (doc.get("error") or {}).get("code"), answer.first_byte)
+    return Sample(answer.status, answer.seconds, False, (doc.get("error") or {}).get("code"), answer.marked)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,7 +132,7 @@ async def one(target: Target, body: bytes, i: int, out: list[Sample]) -> None:
     started = time.perf_counter()
     headers = {"Content-Type": "application/json", "X-User-ID": f"rep-{i % 50}", "X-Org-ID": "org-1"}
     try:
-        out.append(sample_of(await asyncio.wait_for(target.pool.post(target.path, body, headers), 60)))
+        out.append(sample_of(await asyncio.wait_for(target.pool.post(target.path, body, headers, DELTA), 60)))
     except (TimeoutError, OSError, ValueError):
         out.append(Sample(0, time.perf_counter() - started, False, "client_error"))
 
@@ -164,7 +165,7 @@ async def open_loop(target: Target, rate: float, seconds: float, seed: int) -> d
             "failed": len(out) - len(ok) - len(shed), "goodput": sum(s.real for s in ok) / seconds,
             "p50": pct([s.seconds for s in ok], 50), "p95": pct([s.seconds for s in ok], 95),
             "p99": pct([s.seconds for s in ok], 99),
-            "ttfb_p95": pct([s.first_byte for s in ok], 95),
+            "first_token_p95": pct([s.first_token for s in ok], 95),
             "shed_p50_ms": pct([s.seconds * 1000 for s in shed], 50),
             "shed_p95_ms": pct([s.seconds * 1000 for s in shed], 95),
             "shed_max_ms": max((s.seconds * 1000 for s in shed), default=float("nan")),
@@ -175,12 +176,12 @@ async def open_loop(target: Target, rate: float, seconds: float, seed: int) -> d
 def row(name: str, r: dict[str, Any]) -> str:
     return (f"| {name} | {r['rate']:.0f} | {r['goodput']:.1f} | {r['shed'] / max(1, r['sent']):.1%} "
             f"| {r['shed_p50_ms']:.1f} / {r['shed_p95_ms']:.1f} / {r['shed_max_ms']:.1f} "
-            f"| {r['p50']:.2f} / {r['p95']:.2f} / {r['p99']:.2f} | {r['ttfb_p95']:.2f} "
+            f"| {r['p50']:.2f} / {r['p95']:.2f} / {r['p99']:.2f} | {r['first_token_p95']:.2f} "
             f"| {r['cpu_ms']:.2f} | {r['failed']} | {r['transitions']:.0f} | {r['generator']:.0%} |")
 
 
 HEADER = ("| server | arrivals/s | goodput/s | shed | shed ms p50 / p95 / max | admitted p50 / p95 / p99 s "
-          "| first byte p95 s | CPU ms/req | failed | breaker transitions | gen CPU |\n"
+          "| first token p95 s | CPU ms/req | failed | breaker transitions | gen CPU |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 

@@ -19,6 +19,7 @@ class Answer:
     first_byte: float  # seconds from sending to the first byte of the body (or of the response)
     seconds: float  # seconds from sending to the body's end
     body: bytes
+    marked: float  # seconds to the first read holding the asked mark (the first delta), else to the end
 
 
 class ClosedEarly(ConnectionError):
@@ -40,6 +41,8 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._chunk_left = -1  # -1: a chunk-size line is next
         self._keep_alive = True
+        self._mark = b""
+        self._marked = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -49,14 +52,15 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ClosedEarly(str(exc or "closed")))
 
-    def ask(self, raw: bytes) -> asyncio.Future[Answer]:
+    def ask(self, raw: bytes, mark: bytes = b"") -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self._buffer.clear()
         self._body = bytearray()
         self._head_done, self._length, self._chunk_left, self._keep_alive = False, None, -1, True
         self._sent = time.perf_counter()
-        self._first = 0.0
+        self._first = self._marked = 0.0
+        self._mark = mark
         self.answered = False
         self.transport.write(raw)
         return self._waiter
@@ -65,6 +69,8 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             return
         self.answered = True
+        if self._mark and not self._marked and self._mark in data:
+            self._marked = time.perf_counter()
         self._buffer += data
         if not self._head_done:
             end = self._buffer.find(b"\r\n\r\n")
@@ -118,7 +124,8 @@ class _Connection(asyncio.Protocol):
     def _finish(self, body: bytes) -> None:
         now = time.perf_counter()
         assert self._waiter is not None
-        self._waiter.set_result(Answer(self._status, (self._first or now) - self._sent, now - self._sent, body))
+        self._waiter.set_result(Answer(self._status, (self._first or now) - self._sent, now - self._sent, body,
+                                       (self._marked or now) - self._sent))
         if not self._keep_alive and self.transport is not None:
             self.transport.close()
 
@@ -131,29 +138,30 @@ class Pool:
         self.host, self.port = host, port
         self._idle: list[_Connection] = []
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+    async def post(self, path: str, body: bytes, headers: dict[str, str], mark: bytes = b"") -> Answer:
+        """``mark``: bytes whose first arrival is timed (``Answer.marked``)."""
         raw = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
                + "".join(f"{k}: {v}\r\n" for k, v in headers.items())).encode() + b"\r\n" + body
-        return await self._ask(raw)
+        return await self._ask(raw, mark)
 
     async def get(self, path: str) -> Answer:
         return await self._ask(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
 
-    async def _ask(self, raw: bytes) -> Answer:
+    async def _ask(self, raw: bytes, mark: bytes = b"") -> Answer:
         conn = None
         while self._idle and conn is None:
             conn = self._idle.pop()
             conn = None if conn.closed else conn
         if conn is not None:
             try:
-                answer = await conn.ask(raw)
+                answer = await conn.ask(raw, mark)
             except ClosedEarly:  # the server had closed this idle keep-alive connection: once more, on a new one
                 if conn.answered:
                     raise
                 conn = None
         if conn is None:
             _, conn = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
-            answer = await conn.ask(raw)
+            answer = await conn.ask(raw, mark)
         if not conn.closed:
             self._idle.append(conn)
         return answer
