@@ -55,6 +55,7 @@ NEVER_LATE = NeverLate()
 
 BUSY_MARGIN = 0.1  # the rate applies while busy >= target_cpu - this (below it the worker has room)
 SMOOTHING = 0.15  # weight of one tick in the running CPU and request rates (~0.3 s at 50 ms ticks)
+RISE = 0.5  # weight of a tick that reads busier than ``busy``: a worker filling up limits within ~2 ticks
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class Admission:
         self.cpu_clock = cpu_clock
         self.in_flight = 0
         self.shed = 0
-        self.busy = 0.0  # the loop's CPU share, smoothed
+        self.busy = 0.0  # the loop's CPU share, smoothed (fast up, slow down)
         self.rate = 0.0  # requests a second admitted while limiting (0 until measured)
         self.limiting = False
         self._cpu_rate = 0.0  # CPU seconds a second, smoothed
@@ -152,7 +153,10 @@ class Admission:
         self._cpu_rate += SMOOTHING * (spent / elapsed - self._cpu_rate)
         self._request_rate += SMOOTHING * (self._seen / elapsed - self._request_rate)
         self._seen = 0.0
-        self.busy = min(1.0, self._cpu_rate)
+        share = min(1.0, spent / elapsed)
+        # Fast up, slow down: at the onset of overload every tick it waits admits a tick's arrivals
+        # the worker cannot serve, and the requests shed after them wait behind that backlog.
+        self.busy += (RISE if share > self.busy else SMOOTHING) * (share - self.busy)
         if self._request_rate > 0 and self._cpu_rate > 0:
             self.rate = c.target_cpu * self._request_rate / self._cpu_rate  # target / (CPU per request)
         limiting = self.busy >= c.target_cpu - BUSY_MARGIN and self.rate > 0

@@ -114,3 +114,9 @@ def test_an_admission_turned_off_never_sheds_on_cpu() -> None:
     worker = Worker(LoadConfig(enabled=False))
     worker.run(3, offered=1000, cpu_per_request=0.002)
     assert worker.shed == 0
+
+
+def test_a_worker_filling_up_starts_limiting_within_a_few_ticks_not_after_a_second() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    worker.run(0.2, offered=1000, cpu_per_request=0.002)  # from idle to twice its capacity
+    assert worker.admission.limiting
