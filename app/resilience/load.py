@@ -153,12 +153,15 @@ class Admission:
         self._cpu_rate += SMOOTHING * (spent / elapsed - self._cpu_rate)
         self._request_rate += SMOOTHING * (self._seen / elapsed - self._request_rate)
         self._seen = 0.0
-        share = min(1.0, spent / elapsed)
+        # A late loop is full whatever its CPU clock says: the core is shared with another process,
+        # or taken by the worker's other threads, and the loop gets less of it than the wall.
+        share = 1.0 if self.lag.late else min(1.0, spent / elapsed)
         # Fast up, slow down: at the onset of overload every tick it waits admits a tick's arrivals
         # the worker cannot serve, and the requests shed after them wait behind that backlog.
         self.busy += (RISE if share > self.busy else SMOOTHING) * (share - self.busy)
-        if self._request_rate > 0 and self._cpu_rate > 0:
-            self.rate = c.target_cpu * self._request_rate / self._cpu_rate  # target / (CPU per request)
+        load = 1.0 if self.lag.late else self._cpu_rate  # late: the admitted rate falls until on time
+        if self._request_rate > 0 and load > 0:
+            self.rate = c.target_cpu * self._request_rate / load  # target / (CPU per request)
         limiting = self.busy >= c.target_cpu - BUSY_MARGIN and self.rate > 0
         if limiting and not self.limiting:  # a full bucket to start: a burst is absorbed, not shed
             self._tokens, self._filled_at = self.rate * c.burst_seconds, wall

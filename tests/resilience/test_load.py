@@ -120,3 +120,16 @@ def test_a_worker_filling_up_starts_limiting_within_a_few_ticks_not_after_a_seco
     worker = Worker(LoadConfig(target_cpu=0.85))
     worker.run(0.2, offered=1000, cpu_per_request=0.002)  # from idle to twice its capacity
     assert worker.admission.limiting
+
+
+def test_a_late_loop_whose_cpu_clock_reads_low_still_limits_and_lowers_its_rate() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    admission = worker.admission
+    worker.run(2, offered=200, cpu_per_request=0.002)  # 40% busy: room
+    assert not admission.limiting
+    rate = admission.rate
+    for _ in range(5):  # the core is taken by another process: the loop's clock reads 40%, its timer wakes late
+        worker.clock.t += 0.1
+        worker.cpu.t += 0.04
+        admission.lag.observe(0.05)
+    assert admission.limiting and admission.rate < 0.5 * rate
