@@ -17,7 +17,9 @@ and the time it was last above the bound. Nothing of it runs per request.
   falls as the shedding itself costs more. While ``busy`` is within 0.1 of ``target_cpu`` a
   token bucket admits ``target_cpu / cpu per request`` requests a second (``burst_seconds`` of
   that rate at once) and sheds the rest at once: nothing queues, and the loop keeps the idle
-  share that answers a shed request in a few milliseconds. Below that nothing is shed but at
+  share that answers a shed request in a few milliseconds. A late loop counts as full (busy 1,
+  the rate cut to ``target_cpu`` x what it admits) whatever its CPU clock says: on a core shared
+  with another process the loop gets less CPU than the wall, and lag is what shows it. Below that nothing is shed but at
   ``max_in_flight``, the hard bound: a slow but healthy provider holds many requests in flight on
   an idle CPU (Little: 50/s x 5 s = 250), so in-flight work alone is no evidence of a full
   worker; the CPU is. docs/PERFORMANCE.md has the measurements.
