@@ -19,7 +19,9 @@ from fastapi import FastAPI
 from app import pipeline
 from app.api.asgi import IvyAPI, assemble
 from app.api.auth import Authenticator
+from app.api.door import Door
 from app.api.peers import own_forwarded_headers
+from app.api.router_endpoints import ENDPOINTS
 from app.api.services import SERVICES, ApiServices
 from app.api.serving import watch_server
 from app.config import ConfigError, Settings, load_settings
@@ -59,7 +61,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: Deliver | Non
                 if auth is not None:
                     await auth.start()
                     stack.push_async_callback(auth.aclose)
-                services = ApiServices(auth=auth, peers=peers, tracing=tracing)
+                services = ApiServices(auth=auth, peers=peers, tracing=tracing,
+                                       door=Door(state.admission, state.metrics, ENDPOINTS))
                 if (watch := watch_server(resolved, services.drain)) is not None:
                     await stack.enter_async_context(_background(watch.run()))
                 await stack.enter_async_context(_background(pipeline.warm_cache(state)))

@@ -199,7 +199,7 @@ def report_runs(runs: list[dict[str, dict[str, Any]]], args: argparse.Namespace)
 
 def off_path_ns() -> dict[str, float]:
     """ns per call of what the off path added to a request, timed here (one request writes one line)."""
-    from app.api.middleware import new_request_id
+    from app.api.door import new_request_id
     from app.observability.greppable import guard
     from app.observability.tracing import add_trace_ids
 

@@ -73,14 +73,15 @@ def load_script(name: str) -> ModuleType:
 
 
 def spawn_uvicorn(env: dict[str, str], *, workers: int = 1, port: int | None = None, stderr: Path | None = None,
-                  host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m uvicorn app.main:app` as operators run it, once /health answers: (process, base URL).
+                  host: str = "127.0.0.1", app: str = "app.main:app") -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m uvicorn app.main:app` as operators run it (or ``app``, a test's wrapper of it), once
+    /health answers: (process, base URL).
     Its stderr goes to ``stderr`` (a file) or a pipe; the process leads its own session (os.killpg
     reaches its workers)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "OPENAI_API_KEY", "REDIS_URL")}
     full_env.update(env)
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
            "--workers", str(workers), "--log-level", "warning"]
     err = stderr.open("wb") if stderr is not None else subprocess.PIPE
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=err,
@@ -114,9 +115,10 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def uvicorn_server(env: dict[str, str], *, workers: int = 1, port: int | None = None) -> Iterator[str]:
+def uvicorn_server(env: dict[str, str], *, workers: int = 1, port: int | None = None,
+                   app: str = "app.main:app") -> Iterator[str]:
     """`python -m uvicorn app.main:app` as operators run it; yields the base URL once /health answers."""
-    proc, base = spawn_uvicorn(env, workers=workers, port=port)
+    proc, base = spawn_uvicorn(env, workers=workers, port=port, app=app)
     try:
         yield base
     finally:

@@ -1,7 +1,7 @@
 """Request context for every HTTP request: id, body-size limit, the request log line, metrics, and
-the door: a router request that finds this worker full is shed here (503 `overloaded`, before
-the body is read, the rate limiter asked or a span started; app/resilience/load.py). Only the
-router endpoints are ever shed: /health, /ai/router/health and /metrics always answer.
+the door first: a router request that finds this worker full is shed there (app/api/door.py: 503
+`overloaded` before anything else is done for it). Only the router endpoints are ever shed:
+/health, /ai/router/health and /metrics always answer.
 
 A plain ASGI middleware (not BaseHTTPMiddleware): it wraps receive/send without copying
 bodies or spawning tasks, so it stays cheap on the hot path and works for streamed answers.
@@ -9,8 +9,6 @@ bodies or spawning tasks, so it stays cheap on the hot path and works for stream
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from typing import Any
 
@@ -18,13 +16,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.context import CTX, RequestContext
-from app.api.errors import Overloaded, PayloadTooLarge, render
+from app.api.door import header, request_id_of
+from app.api.errors import PayloadTooLarge, render
 from app.api.responses import send_json
 from app.api.router_endpoints import ENDPOINTS
 from app.api.services import SERVICES, ApiServices
-from app.observability.greppable import REFUSAL
 from app.observability.logging import get_logger
-from app.observability.throttle import STORM_WARNING_SECONDS, Throttle
 from app.observability.tracing import RequestSpan
 from app.state import State
 
@@ -32,48 +29,30 @@ log = get_logger()
 
 ROUTER_PATHS = frozenset(ENDPOINTS)
 ROUTES = {path: "/ai/router/v2" if version == "v2" else "/ai/router/" for path, version in ENDPOINTS.items()}
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def new_request_id() -> str:
-    """128 random bits as hex (like uuid4().hex, without building a UUID object: measurably cheaper),
-    never holding "429", so `grep "429"` cannot match a line through an id we made (0.7% redrawn)."""
-    while REFUSAL in (request_id := os.urandom(16).hex()):
-        pass
-    return request_id
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body = max_body_bytes
-        self.shed_warnings = Throttle(STORM_WARNING_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         state_dict: dict[str, Any] = scope.setdefault("state", {})
-        supplied = _header(scope, b"x-request-id")
-        request_id = supplied if supplied and _REQUEST_ID.match(supplied) else new_request_id()
+        services: ApiServices | None = state_dict.get(SERVICES)
+        is_router = scope["path"] in ROUTER_PATHS
+        door = services.door if services is not None and is_router else None
+        if door is not None and not door.enter():
+            await door.shed(scope, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
         ctx = state_dict[CTX] = RequestContext(request_id)
         ivy: State | None = state_dict.get("ivy")
         path = scope["path"]
-        is_router = path in ROUTER_PATHS
-        admitted = ivy is not None and is_router
-        if admitted and not ivy.admission.try_enter():  # type: ignore[union-attr]
-            await self._shed(ivy, send, ctx, path)  # type: ignore[arg-type]
-            return
         status_holder = [500]
-        services: ApiServices | None = state_dict.get(SERVICES)
         tracing = services.tracing if services is not None and is_router else None
         span = None if tracing is None else tracing.start_request(scope["method"], ROUTES[path], scope["headers"])
 
@@ -89,7 +68,7 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._reject_too_large(send_with_id, ctx)
             self._finish(ivy, scope, ctx, status_holder[0], started, is_router)
@@ -109,38 +88,16 @@ class RequestContextMiddleware:
                     raise HTTPException(413, f"request body over {self.max_body} bytes")
             return message
 
-        if admitted:
-            ivy.metrics.in_flight.inc()  # type: ignore[union-attr]
         try:
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            if admitted:
-                ivy.admission.leave()  # type: ignore[union-attr]
-                ivy.metrics.in_flight.dec()  # type: ignore[union-attr]
+            if door is not None:
+                door.leave()
             # 499 (nginx's "client closed request"): not our error, so not a 5xx for the alerts.
             status = 499 if ctx.client_gone else status_holder[0]
             self._finish(ivy, scope, ctx, status, started, is_router)  # inside the span: the line has its ids
             if span is not None:
                 _end_span(span, ctx, status)
-
-    async def _shed(self, ivy: State, send: Send, ctx: RequestContext, path: str) -> None:
-        """The worker is full: a fast 503 the load balancer retries elsewhere. Counted, not logged one
-        line each (a line per shed request would cost the CPU the shedding saves): one warning per
-        10 s with the running count."""
-        admission = ivy.admission
-        retry = str(admission.retry_after)
-        error, body = render(Overloaded(f"this worker is full; retry in {retry}s (another host may answer)",
-                                        headers={"Retry-After": retry}, retry_after=admission.retry_after), ctx)
-        await send_json(send, error.status_code, body,
-                        {**error.headers, "x-request-id": ctx.request_id})
-        metrics = ivy.metrics
-        metrics.admission_shed.inc()
-        metrics.requests.labels("v2" if path.endswith("v2") else "v1", "none", "none", "503").inc()
-        metrics.errors.labels(Overloaded.code).inc()
-        if self.shed_warnings.ready(time.monotonic()):
-            log.warning("admission_shed", code=Overloaded.code, shed_total=admission.shed,
-                        in_flight=admission.in_flight, limit=int(admission.limit),
-                        loop_lag_ms=round(admission.lag.lag * 1000, 1))
 
     async def _reject_too_large(self, send: Send, ctx: RequestContext) -> None:
         error, body = render(PayloadTooLarge(f"request body over {self.max_body} bytes"), ctx)

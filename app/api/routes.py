@@ -89,7 +89,7 @@ async def router_health(state: IvyState) -> FastJSONResponse:
             "backend_degraded": state.limiter_health.degraded,
         },
         "budgets": await state.budgets.health(),
-        # This host is full (loop late, shedding) vs the provider is slow (its norm, hedging above).
+        # This host is full (loop on the CPU, shedding) or the provider is slow (its norm, hedging above)?
         "load": state.admission.snapshot(),
         "knowledge_base": {"warm": state.kb.warm, "sections": len(state.kb.sections), "version": state.kb.version},
         "cache": {**await state.cache.snapshot(), "warmup": state.warmer.snapshot()},

@@ -1,6 +1,6 @@
-"""What only the HTTP layer needs, created in the lifespan next to the core's `State`: the token
-checker, who the peer is, the shutdown drain and the request spans' tracer. The router endpoints find it
-in the lifespan state."""
+"""What only the HTTP layer needs, created in the lifespan next to the core's `State`: the door, the
+token checker, who the peer is, the shutdown drain and the request spans' tracer. The middleware and
+the router endpoints find it in the lifespan state."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from starlette.types import Scope
 
 from app.api.auth import Authenticator
+from app.api.door import Door
 from app.api.peers import Peers
 from app.api.serving import Drain
 from app.observability.tracing import Tracing
@@ -22,6 +23,7 @@ class ApiServices:
     peers: Peers = field(default_factory=lambda: Peers((), raw=False))
     drain: Drain = field(default_factory=Drain)
     tracing: Tracing | None = None  # None: no OTLP endpoint (nothing to do per request)
+    door: Door | None = None  # None: nothing is ever shed (an app driven without its lifespan)
 
 
 def services_of(scope: Scope) -> ApiServices:

@@ -80,10 +80,13 @@ class Settings(BaseSettings):
     ivy_hedge_budget_floor: int = Field(default=5, ge=0, le=10_000)
     ivy_hedge_budget_window_seconds: float = Field(default=60.0, gt=0, le=3600)
     # Load (app/resilience/load.py): above this event-loop lag the worker is late (no hedging, no
-    # outrun or norm samples, and the admission limit shrinks); MAX_IN_FLIGHT is the hard bound.
+    # outrun or norm samples). Admission: while the loop's CPU share is within 0.1 of TARGET_CPU,
+    # requests beyond TARGET_CPU / (CPU per request) a second are shed; MAX_IN_FLIGHT is the hard bound.
     ivy_loop_lag_bound_ms: int = Field(default=40, ge=5, le=5000)
     ivy_admission_enabled: bool = True
     ivy_admission_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
+    ivy_admission_target_cpu: float = Field(default=0.85, ge=0.2, le=1.0)
+    ivy_admission_burst_seconds: float = Field(default=0.5, ge=0.05, le=10)
     # Output-token caps per intent: they bound the answer's share of the latency.
     ivy_max_output_tokens_conversational: int = Field(default=256, ge=16, le=65_536)
     ivy_max_output_tokens_rag: int = Field(default=512, ge=16, le=65_536)

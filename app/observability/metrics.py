@@ -117,6 +117,20 @@ class LimiterMetrics:
     failed_closed: Counter
 
 
+@dataclass(frozen=True, slots=True)
+class ShedMetrics:
+    """What one shed request counts on one endpoint, bound once (Metrics.for_shed): a shed costs µs."""
+
+    shed: Counter
+    requests: Counter
+    error: Counter
+
+    def count(self) -> None:
+        self.shed.inc()
+        self.requests.inc()
+        self.error.inc()
+
+
 class Metrics:
     def __init__(self, *, eval_reports_dir: Path | None = None) -> None:
         self.multiproc_dir = multiproc_dir()
@@ -186,8 +200,12 @@ class Metrics:
         self.admission_shed = Counter("ivy_admission_shed_total",
                                       "Router requests refused at the door (503 overloaded): this worker was full.",
                                       registry=r)
-        self.admission_limit = Gauge("ivy_admission_limit", "The adaptive limit on router requests in flight.",
-                                     registry=r, multiprocess_mode="livesum")
+        self.admission_rate = Gauge(
+            "ivy_admission_rate", "Router requests a second admitted while this worker is busy (target CPU share / "
+            "CPU per request); 0 while it has room and nothing but the in-flight bound sheds.",
+            registry=r, multiprocess_mode="livesum")
+        self.loop_cpu_busy = Gauge("ivy_event_loop_cpu_busy", "The event loop thread's CPU share (0-1), smoothed.",
+                                   registry=r, multiprocess_mode="livemax")
         self.loop_lag = Gauge("ivy_event_loop_lag_seconds", "The event loop's recent lag (fast rise, slow fall).",
                               registry=r, multiprocess_mode="livemax")
         self.loop_lag_seconds = Histogram(
@@ -271,6 +289,10 @@ class Metrics:
         return LimiterMetrics(self.limiter_latency.labels(backend), self.limiter_up.labels(backend),
                               self.limiter_errors.labels(backend, "fail_open"),
                               self.limiter_errors.labels(backend, "fail_closed"))
+
+    def for_shed(self, endpoint: str) -> ShedMetrics:
+        return ShedMetrics(self.admission_shed, self.requests.labels(endpoint, "none", "none", "503"),
+                           self.errors.labels("overloaded"))
 
     def service_registry(self) -> CollectorRegistry:
         """What the whole service measured: every worker's files in multiprocess mode, else ours."""

@@ -1,4 +1,4 @@
-"""Is this worker itself late? The event loop's lag, and the admission control built on it.
+"""Is this worker itself late, or full? The event loop's lag, its CPU share, and the admission on them.
 
 Busy is not slow: when the worker is past its CPU, every timer fires late, so a provider's first
 token *looks* late, the chain would hedge (more calls, more CPU), judge healthy calls outrun and
@@ -9,18 +9,24 @@ and the time it was last above the bound. Nothing of it runs per request.
 - The chain asks ``late_since(t)``: was the loop late at any time since ``t`` (a call's start)?
   Then the call's timing is about the router, not the provider: no hedge, no outrun, no
   first-token or answer sample into the provider's norm, no deadline counted against its breaker.
-- `Admission` sheds requests at the door (503 ``overloaded``) with an adaptive concurrency limit
-  that only shrinks while the loop has been late for a while (over ``shed_factor`` x the bound for
-  ``sustain`` seconds: a burst the worker clears within a second is absorbed, not shed). A slow
-  but healthy provider legitimately holds many requests in flight on an idle CPU (Little: 50/s x
-  5 s = 250), so in-flight work alone is no evidence that the worker is full; lag is.
-  While full the limit falls towards what is in flight (x ``decrease`` per tick), so arrivals
-  beyond what the worker completes are refused at once and nothing queues; once on time it grows
-  back (+``increase`` of itself per tick) to ``max_in_flight``, the hard bound that also stops an
-  unbounded pile-up. docs/PERFORMANCE.md has the measurements.
+- `Admission` sheds requests at the door (503 ``overloaded``) by the loop's CPU share. On each
+  tick it reads the loop thread's CPU time and the wall time: ``busy`` is the share of the wall
+  the loop spent on the CPU, and the CPU per admitted request is the tick's CPU over the requests
+  seen in it (half counted when admitted, half when finished, so long streams count as they
+  run). All the loop's CPU is charged to admitted requests, shed ones' included: the rate then
+  falls as the shedding itself costs more. While ``busy`` is within 0.1 of ``target_cpu`` a
+  token bucket admits ``target_cpu / cpu per request`` requests a second (``burst_seconds`` of
+  that rate at once) and sheds the rest at once: nothing queues, and the loop keeps the idle
+  share that answers a shed request in a few milliseconds. A late loop counts as full (busy 1,
+  the rate cut to ``target_cpu`` x what it admits) whatever its CPU clock says: on a core shared
+  with another process the loop gets less CPU than the wall, and lag is what shows it. Below that nothing is shed but at
+  ``max_in_flight``, the hard bound: a slow but healthy provider holds many requests in flight on
+  an idle CPU (Little: 50/s x 5 s = 250), so in-flight work alone is no evidence of a full
+  worker; the CPU is. docs/PERFORMANCE.md has the measurements.
 
-Both take their time from an injected clock and their lag from `observe`, so tests drive them
-without sleeping (tests/resilience/test_load.py); `run()` is the real timer.
+Both take their time (and Admission its CPU time) from injected clocks and their lag from
+`observe`, so tests drive them without sleeping (tests/resilience/test_load.py); `run()` is the
+real timer.
 """
 
 from __future__ import annotations
@@ -49,17 +55,18 @@ class NeverLate:
 
 NEVER_LATE = NeverLate()
 
+BUSY_MARGIN = 0.1  # the rate applies while busy >= target_cpu - this (below it the worker has room)
+SMOOTHING = 0.15  # weight of one tick in the running CPU and request rates (~0.3 s at 50 ms ticks)
+RISE = 0.5  # weight of a tick that reads busier than ``busy``: a worker filling up limits within ~2 ticks
+
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
     interval: float = 0.05  # seconds between the timer's ticks
     lag_bound: float = 0.04  # seconds of lag above which the worker is late
     max_in_flight: int = 1000  # hard bound on router requests in flight in this worker
-    min_in_flight: int = 8  # the adaptive limit never shrinks below this
-    decrease: float = 0.9  # the limit's factor per late tick
-    shed_factor: float = 2.0  # the limit shrinks above shed_factor x lag_bound ...
-    sustain: float = 1.0  # ... held for this many seconds
-    increase: float = 0.02  # the limit's growth per on-time tick, as a share of itself (slower than the fall)
+    target_cpu: float = 0.85  # the loop's CPU share the admitted rate is sized for
+    burst_seconds: float = 0.5  # the token bucket holds this many seconds of the admitted rate
     enabled: bool = True
 
 
@@ -72,7 +79,6 @@ class LoopLag:
         self.lag = 0.0  # seconds: jumps to a higher reading, decays by half per on-time tick
         self.max_recent = 0.0  # the highest reading over the last ~100 ticks
         self.late_at = float("-inf")  # when a reading was last above the bound
-        self.full_since: float | None = None  # since when the lag has stayed above shed_factor x bound
         self.ticks = 0
         self.late_ticks = 0
         self._window_max = 0.0
@@ -93,10 +99,6 @@ class LoopLag:
         else:
             self.max_recent = max(self.max_recent, lag)
         late = self.late
-        if self.lag <= self.config.shed_factor * self.config.lag_bound:  # smoothed: one on-time tick is not relief
-            self.full_since = None
-        elif self.full_since is None:
-            self.full_since = self.clock()
         if late:
             self.late_at = self.clock()
             self.late_ticks += 1
@@ -105,11 +107,6 @@ class LoopLag:
 
     def late_since(self, since: float) -> bool:
         return self.late or self.late_at >= since
-
-    @property
-    def full(self) -> bool:
-        """Late beyond doubt: over shed_factor x the bound for ``sustain`` seconds."""
-        return self.full_since is not None and self.clock() - self.full_since >= self.config.sustain
 
     async def run(self) -> None:
         """The timer: sleep ``interval``, record how much later it woke (until cancelled)."""
@@ -121,47 +118,93 @@ class LoopLag:
 
     def snapshot(self) -> dict[str, object]:
         return {"lag_ms": round(self.lag * 1000, 1), "max_recent_ms": round(self.max_recent * 1000, 1),
-                "late": self.late, "full": self.full, "bound_ms": round(self.config.lag_bound * 1000, 1),
+                "late": self.late, "bound_ms": round(self.config.lag_bound * 1000, 1),
                 "late_ticks": self.late_ticks, "ticks": self.ticks}
 
 
 class Admission:
-    """Admit or shed a router request, by an adaptive limit on in-flight work (module docstring)."""
+    """Admit or shed a router request, by the rate the loop's CPU share allows (module docstring)."""
 
-    def __init__(self, config: LoadConfig, lag: LoopLag) -> None:
+    def __init__(self, config: LoadConfig, lag: LoopLag, cpu_clock: Callable[[], float] = time.thread_time
+                 ) -> None:
         self.config = config
         self.lag = lag
-        self.limit = float(config.max_in_flight)
+        self.clock = lag.clock
+        self.cpu_clock = cpu_clock
         self.in_flight = 0
         self.shed = 0
+        self.busy = 0.0  # the loop's CPU share, smoothed (fast up, slow down)
+        self.rate = 0.0  # requests a second admitted while limiting (0 until measured)
+        self.limiting = False
+        self._cpu_rate = 0.0  # CPU seconds a second, smoothed
+        self._request_rate = 0.0  # requests seen a second, smoothed
+        self._seen = 0.0  # requests seen since the last tick (a half at entry, a half at leaving)
+        self._tokens = 0.0
+        self._filled_at = self.clock()
+        self._tick_wall = self._filled_at
+        self._tick_cpu = cpu_clock()
         lag.listeners.append(self._tick)
 
-    def _tick(self, _: float, late: bool) -> None:
+    def _tick(self, _: float, __: bool) -> None:
         c = self.config
-        if self.lag.full:
-            if self.in_flight:  # lag with nothing in flight is not the requests' doing (start-up, GC)
-                # Faster the later it is (halved at most per tick): a tick comes only every interval + lag.
-                factor = max(0.5, min(c.decrease, c.shed_factor * c.lag_bound / self.lag.lag))
-                self.limit = max(float(c.min_in_flight), min(self.limit, float(self.in_flight)) * factor)
-        elif not late and self.limit < c.max_in_flight:
-            self.limit = min(float(c.max_in_flight), self.limit * (1 + c.increase) + 1)
+        wall, cpu = self.clock(), self.cpu_clock()
+        elapsed, spent = wall - self._tick_wall, cpu - self._tick_cpu
+        self._tick_wall, self._tick_cpu = wall, cpu
+        if elapsed <= 0:
+            return
+        self._cpu_rate += SMOOTHING * (spent / elapsed - self._cpu_rate)
+        self._request_rate += SMOOTHING * (self._seen / elapsed - self._request_rate)
+        self._seen = 0.0
+        # A late loop is full whatever its CPU clock says: the core is shared with another process,
+        # or taken by the worker's other threads, and the loop gets less of it than the wall.
+        share = 1.0 if self.lag.late else min(1.0, spent / elapsed)
+        # Fast up, slow down: at the onset of overload every tick it waits admits a tick's arrivals
+        # the worker cannot serve, and the requests shed after them wait behind that backlog.
+        self.busy += (RISE if share > self.busy else SMOOTHING) * (share - self.busy)
+        load = 1.0 if self.lag.late else self._cpu_rate  # late: the admitted rate falls until on time
+        if self._request_rate > 0 and load > 0:
+            self.rate = c.target_cpu * self._request_rate / load  # target / (CPU per request)
+        limiting = self.busy >= c.target_cpu - BUSY_MARGIN and self.rate > 0
+        if limiting and not self.limiting:  # a full bucket to start: a burst is absorbed, not shed
+            self._tokens, self._filled_at = self.rate * c.burst_seconds, wall
+        self.limiting = limiting
 
     def try_enter(self) -> bool:
         """Take a place for one request, or False: shed it (the caller answers 503 overloaded)."""
-        if self.config.enabled and self.in_flight >= self.limit:
-            self.shed += 1
-            return False
+        c = self.config
+        if c.enabled:
+            if self.in_flight >= c.max_in_flight:
+                self.shed += 1
+                return False
+            if self.limiting:
+                now = self.clock()
+                self._tokens = min(self.rate * c.burst_seconds, self._tokens + (now - self._filled_at) * self.rate)
+                self._filled_at = now
+                if self._tokens < 1:
+                    self.shed += 1
+                    return False
+                self._tokens -= 1
         self.in_flight += 1
+        self._seen += 0.5
         return True
 
     def leave(self) -> None:
         self.in_flight -= 1
+        self._seen += 0.5
 
     @property
     def retry_after(self) -> int:
         """Seconds a shed client is told to wait (the load balancer tries another host first)."""
         return 1
 
+    def reading(self) -> dict[str, object]:
+        """What the door is deciding on (the shed warning's fields)."""
+        cpu_ms = 1000 * self._cpu_rate / self._request_rate if self._request_rate > 0 else None
+        return {"cpu_busy": round(self.busy, 3), "limiting": self.limiting, "rate": round(self.rate, 1),
+                "cpu_ms_per_request": None if cpu_ms is None else round(cpu_ms, 3),
+                "loop_lag_ms": round(self.lag.lag * 1000, 1)}
+
     def snapshot(self) -> dict[str, object]:
-        return {"enabled": self.config.enabled, "in_flight": self.in_flight, "limit": int(self.limit),
-                "max_in_flight": self.config.max_in_flight, "shed_total": self.shed, "loop": self.lag.snapshot()}
+        return {"enabled": self.config.enabled, "in_flight": self.in_flight, "max_in_flight": self.config.max_in_flight,
+                "shed_total": self.shed, "target_cpu": self.config.target_cpu, **self.reading(),
+                "loop": self.lag.snapshot()}

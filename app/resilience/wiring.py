@@ -32,15 +32,18 @@ def build_redis(settings: Settings) -> aioredis.Redis | None:
 
 
 def build_admission(settings: Settings, metrics: Metrics) -> Admission:
-    """The loop-lag timer and the admission limit on it, its gauges kept by the timer's tick."""
+    """The loop-lag timer and the admission on the loop's CPU share, its gauges kept by the timer's tick."""
     config = LoadConfig(lag_bound=settings.ivy_loop_lag_bound_ms / 1000,
-                        max_in_flight=settings.ivy_admission_max_in_flight, enabled=settings.ivy_admission_enabled)
+                        max_in_flight=settings.ivy_admission_max_in_flight, enabled=settings.ivy_admission_enabled,
+                        target_cpu=settings.ivy_admission_target_cpu,
+                        burst_seconds=settings.ivy_admission_burst_seconds)
     admission = Admission(config, LoopLag(config))
 
     def gauges(lag: float, _: bool) -> None:
         metrics.loop_lag.set(admission.lag.lag)
         metrics.loop_lag_seconds.observe(lag)
-        metrics.admission_limit.set(admission.limit)
+        metrics.admission_rate.set(admission.rate if admission.limiting else 0.0)
+        metrics.loop_cpu_busy.set(admission.busy)
 
     admission.lag.listeners.append(gauges)
     return admission

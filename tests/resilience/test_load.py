@@ -1,4 +1,5 @@
-"""The loop-lag reading and the admission limit on it, driven by readings and an injected clock."""
+"""The loop-lag reading and the admission on the loop's CPU share, driven by readings and injected
+clocks (wall and CPU): nothing sleeps."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from app.resilience.load import Admission, LoadConfig, LoopLag
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
 
     def __call__(self) -> float:
         return self.t
@@ -17,6 +18,39 @@ def tick(lag: LoopLag, clock: Clock, reading: float, n: int = 1, step: float = 0
     for _ in range(n):
         clock.t += step + reading
         lag.observe(reading)
+
+
+class Worker:
+    """An admission over a simulated worker: ``offered`` requests arrive a second, each one admitted
+    costs the loop ``cpu_per_request`` of CPU (done within the tick it came in); a tick lasts its
+    interval or, when the work is more than that, as long as the work (the loop runs late)."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        self.clock, self.cpu = Clock(), Clock(5.0)
+        self.admission = Admission(config, LoopLag(config, self.clock), self.cpu)
+        self.admitted = self.shed = 0
+
+    def run(self, seconds: float, offered: float, cpu_per_request: float, idle_cpu: float = 0.0) -> None:
+        step = self.admission.config.interval
+        end, wall, owed = self.clock.t + seconds, step, 0.0
+        while self.clock.t < end:
+            owed += offered * wall
+            arrivals, admitted = int(owed), 0
+            owed -= arrivals
+            for _ in range(arrivals):
+                self.clock.t += wall / arrivals
+                if self.admission.try_enter():
+                    admitted += 1
+                    self.admission.leave()
+                else:
+                    self.shed += 1
+            self.admitted += admitted
+            work = admitted * cpu_per_request + idle_cpu * step
+            self.cpu.t += work
+            self.clock.t += 0.0 if arrivals else wall
+            late = max(0.0, work - step)
+            self.admission.lag.observe(late)
+            wall = max(step, work)
 
 
 def test_a_late_reading_marks_the_loop_late_and_it_is_on_time_again_after_a_few_good_ticks() -> None:
@@ -30,36 +64,72 @@ def test_a_late_reading_marks_the_loop_late_and_it_is_on_time_again_after_a_few_
     assert lag.late_since(since) and not lag.late_since(clock())  # a call started after it was on time
 
 
-def test_a_sustained_full_loop_shrinks_the_limit_towards_what_is_in_flight_and_sheds_the_rest() -> None:
-    clock = Clock()
-    config = LoadConfig(lag_bound=0.04, max_in_flight=1000, min_in_flight=8, sustain=1.0)
-    admission = Admission(config, LoopLag(config, clock))
-    for _ in range(200):
-        assert admission.try_enter()
-    tick(admission.lag, clock, 0.3, n=2)  # 0.7 s late: a burst, absorbed
-    assert admission.limit == 1000
-    tick(admission.lag, clock, 0.3, n=3)
-    assert admission.limit < 200
-    assert not admission.try_enter() and admission.shed == 1  # beyond the limit: shed at once, not queued
-    for _ in range(200):
-        admission.leave()
-    tick(admission.lag, clock, 0.0, n=200)  # on time again: the limit grows back to the bound
-    assert admission.limit == 1000 and admission.try_enter()
+def test_a_busy_worker_admits_its_target_cpu_share_worth_of_requests_and_sheds_the_rest() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85, burst_seconds=0.5))
+    worker.run(3, offered=1000, cpu_per_request=0.002)  # capacity 500/s: offered twice that
+    assert worker.admission.limiting
+    assert 400 <= worker.admission.rate <= 450  # 0.85 / 2 ms
+    before_admitted, before_shed = worker.admitted, worker.shed
+    worker.run(5, offered=1000, cpu_per_request=0.002)
+    admitted_rate = (worker.admitted - before_admitted) / 5
+    assert 380 <= admitted_rate <= 450 and worker.shed - before_shed >= 2500
+    assert worker.admission.busy < 0.95  # the loop keeps some idle share: a shed answers at once
 
 
-def test_many_requests_in_flight_on_an_on_time_loop_are_never_shed_below_the_hard_bound() -> None:
-    clock = Clock()
+def test_an_idle_worker_with_many_requests_in_flight_never_sheds_below_the_hard_bound() -> None:
     config = LoadConfig(max_in_flight=300)
-    admission = Admission(config, LoopLag(config, clock))
+    worker = Worker(config)
+    admission = worker.admission
     entered = [admission.try_enter() for _ in range(300)]  # a slow provider: 50/s x 5 s = 250 and more
-    tick(admission.lag, clock, 0.002, n=100)
-    assert all(entered) and admission.shed == 0
+    worker.run(5, offered=50, cpu_per_request=0.002, idle_cpu=0.01)  # ... on a CPU that is 11% busy
+    assert all(entered) and not admission.limiting
+    assert admission.shed == worker.shed  # only the hard bound shed, never the rate
     assert not admission.try_enter()  # the hard bound: nothing queues without end
+    admission.leave()
+    assert admission.try_enter()
 
 
-def test_lag_with_nothing_in_flight_does_not_shrink_the_limit() -> None:
-    clock = Clock()
-    config = LoadConfig()
-    admission = Admission(config, LoopLag(config, clock))
-    tick(admission.lag, clock, 0.5, n=10)  # start-up, a GC pause: not the requests' doing
-    assert admission.limit == config.max_in_flight
+def test_a_worker_recovers_once_it_is_no_longer_busy() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    worker.run(3, offered=1000, cpu_per_request=0.002)
+    assert worker.admission.limiting and worker.shed > 0
+    worker.run(2, offered=100, cpu_per_request=0.002)  # 20% of a core
+    assert not worker.admission.limiting and worker.admission.busy < 0.75
+    shed = worker.shed
+    worker.run(2, offered=300, cpu_per_request=0.002)  # 60%: room, nothing shed
+    assert worker.shed == shed
+
+
+def test_a_burst_on_a_busy_worker_is_absorbed_up_to_burst_seconds_of_the_rate() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85, burst_seconds=0.5))
+    worker.run(3, offered=420, cpu_per_request=0.002)  # busy ~0.84: limiting, the bucket stays full
+    admission = worker.admission
+    assert admission.limiting and worker.shed == 0
+    rate = admission.rate
+    burst = [admission.try_enter() for _ in range(int(rate))]  # a second's worth at one instant
+    assert 0.45 * rate <= sum(burst) <= 0.55 * rate + 1  # half a second of the rate got in, the rest shed
+
+
+def test_an_admission_turned_off_never_sheds_on_cpu() -> None:
+    worker = Worker(LoadConfig(enabled=False))
+    worker.run(3, offered=1000, cpu_per_request=0.002)
+    assert worker.shed == 0
+
+
+def test_a_worker_filling_up_starts_limiting_within_a_few_ticks_not_after_a_second() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    worker.run(0.2, offered=1000, cpu_per_request=0.002)  # from idle to twice its capacity
+    assert worker.admission.limiting
+
+
+def test_a_late_loop_whose_cpu_clock_reads_low_still_limits_and_lowers_its_rate() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    admission = worker.admission
+    worker.run(2, offered=200, cpu_per_request=0.002)  # 40% busy: room
+    assert not admission.limiting
+    rate = admission.rate
+    for _ in range(5):  # the core is taken by another process: the loop's clock reads 40%, its timer wakes late
+        worker.clock.t += 0.1
+        worker.cpu.t += 0.04
+        admission.lag.observe(0.05)
+    assert admission.limiting and admission.rate < 0.5 * rate
