@@ -17,7 +17,6 @@ import queue
 import re
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
 from enum import Enum
@@ -167,16 +166,10 @@ class _Writer(threading.Thread):
     It shares the GIL with the event loop, so the per-line work is a list append: the size and
     logrotate checks, the write and the flush happen once per batch and destination, using the
     stdlib handlers' own rollover and reopen. The busier the loop, the bigger (and cheaper per
-    line) the batches; it lingers after a batch's first line so that a batch holds more than one
-    (a line is written at most ``linger_seconds`` late). `None` on the queue means: write what came
-    before it, then stop.
+    line) the batches. `None` on the queue means: write what came before it, then stop.
     """
 
     max_batch = 1000  # bounds what one batch holds in memory (~250 KB of request lines)
-    # After the first line of a batch the writer sleeps this long before taking the rest: a line
-    # put while it sleeps wakes no thread (a put to a blocked reader costs a futex wake and a GIL
-    # hand-over, per request), and the writes and flushes are per batch of many lines.
-    linger_seconds = 0.05
 
     def __init__(self, lines: queue.SimpleQueue[str | None], file: logging.FileHandler,
                  console: logging.StreamHandler[TextIO]) -> None:
@@ -188,8 +181,6 @@ class _Writer(threading.Thread):
         while True:
             batch: list[str] = []
             line = self.lines.get()
-            if line is not None:
-                time.sleep(self.linger_seconds)
             with contextlib.suppress(queue.Empty):
                 while line is not None:
                     batch.append(line)
