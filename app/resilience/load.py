@@ -57,6 +57,9 @@ NEVER_LATE = NeverLate()
 
 BUSY_MARGIN = 0.1  # the rate applies while busy >= target_cpu - this (below it the worker has room)
 SMOOTHING = 0.15  # weight of one tick in the running CPU and request rates (~0.3 s at 50 ms ticks)
+# Fewer in flight than this and the door always admits: one more request cannot be what fills the
+# worker, and a late tick with almost nothing in flight is a GC pause or a stall, not load.
+ALWAYS_ADMITTED_IN_FLIGHT = 4
 RISE = 0.5  # weight of a tick that reads busier than ``busy``: a worker filling up limits within ~2 ticks
 
 
@@ -176,7 +179,7 @@ class Admission:
             if self.in_flight >= c.max_in_flight:
                 self.shed += 1
                 return False
-            if self.limiting:
+            if self.limiting and self.in_flight >= ALWAYS_ADMITTED_IN_FLIGHT:
                 now = self.clock()
                 self._tokens = min(self.rate * c.burst_seconds, self._tokens + (now - self._filled_at) * self.rate)
                 self._filled_at = now

@@ -3,6 +3,8 @@ clocks (wall and CPU): nothing sleeps."""
 
 from __future__ import annotations
 
+from collections import deque
+
 from app.resilience.load import Admission, LoadConfig, LoopLag
 
 
@@ -23,14 +25,17 @@ def tick(lag: LoopLag, clock: Clock, reading: float, n: int = 1, step: float = 0
 class Worker:
     """An admission over a simulated worker: ``offered`` requests arrive a second, each one admitted
     costs the loop ``cpu_per_request`` of CPU (done within the tick it came in); a tick lasts its
-    interval or, when the work is more than that, as long as the work (the loop runs late)."""
+    interval or, when the work is more than that, as long as the work (the loop runs late). An
+    admitted request stays in flight for ``latency`` seconds (waiting for its provider)."""
 
     def __init__(self, config: LoadConfig) -> None:
         self.clock, self.cpu = Clock(), Clock(5.0)
         self.admission = Admission(config, LoopLag(config, self.clock), self.cpu)
         self.admitted = self.shed = 0
+        self.leaving: deque[tuple[float, int]] = deque()  # (when, how many) still in flight
 
-    def run(self, seconds: float, offered: float, cpu_per_request: float, idle_cpu: float = 0.0) -> None:
+    def run(self, seconds: float, offered: float, cpu_per_request: float, idle_cpu: float = 0.0,
+            latency: float = 0.5) -> None:
         step = self.admission.config.interval
         end, wall, owed = self.clock.t + seconds, step, 0.0
         while self.clock.t < end:
@@ -41,9 +46,12 @@ class Worker:
                 self.clock.t += wall / arrivals
                 if self.admission.try_enter():
                     admitted += 1
-                    self.admission.leave()
                 else:
                     self.shed += 1
+            self.leaving.append((self.clock.t + latency, admitted))
+            while self.leaving and self.leaving[0][0] <= self.clock.t:
+                for _ in range(self.leaving.popleft()[1]):
+                    self.admission.leave()
             self.admitted += admitted
             work = admitted * cpu_per_request + idle_cpu * step
             self.cpu.t += work
@@ -102,9 +110,11 @@ def test_a_worker_recovers_once_it_is_no_longer_busy() -> None:
 
 def test_a_burst_on_a_busy_worker_is_absorbed_up_to_burst_seconds_of_the_rate() -> None:
     worker = Worker(LoadConfig(target_cpu=0.85, burst_seconds=0.5))
-    worker.run(3, offered=420, cpu_per_request=0.002)  # busy ~0.84: limiting, the bucket stays full
+    worker.run(1.5, offered=400, cpu_per_request=0.002)  # busy ~0.80: limiting ...
+    onset = worker.shed  # (while its first requests are still in flight the rate is underestimated)
+    worker.run(6, offered=380, cpu_per_request=0.002)
     admission = worker.admission
-    assert admission.limiting and worker.shed == 0
+    assert admission.limiting and worker.shed == onset  # ... and below the rate the bucket fills
     rate = admission.rate
     burst = [admission.try_enter() for _ in range(int(rate))]  # a second's worth at one instant
     assert 0.45 * rate <= sum(burst) <= 0.55 * rate + 1  # half a second of the rate got in, the rest shed
@@ -133,3 +143,19 @@ def test_a_late_loop_whose_cpu_clock_reads_low_still_limits_and_lowers_its_rate(
         worker.cpu.t += 0.04
         admission.lag.observe(0.05)
     assert admission.limiting and admission.rate < 0.5 * rate
+
+
+def test_a_late_loop_with_almost_nothing_in_flight_admits_the_next_request() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    admission = worker.admission
+    worker.run(2, offered=20, cpu_per_request=0.002, latency=0.0)  # one request at a time
+    for _ in range(5):  # a GC pause or a stall: every tick late, the loop's whole share
+        worker.clock.t += 0.2
+        worker.cpu.t += 0.2
+        admission.lag.observe(0.15)
+    assert admission.limiting  # the door would limit a busy worker ...
+    admitted = []
+    for _ in range(10):  # ... but a client asking one question after another is not what fills it
+        admitted.append(admission.try_enter())
+        admission.leave()
+    assert all(admitted) and admission.shed == 0
