@@ -91,8 +91,9 @@ def read_log(path: Path, until: Callable[[list[dict[str, Any]]], bool] = lambda 
     deadline = time.monotonic() + timeout
     while True:
         lines = []
-        if path.exists():
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists():  # a batch is written in pieces: a last line without its newline is not there yet
+            text = path.read_text()
+            lines = [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
         if until(lines) or time.monotonic() > deadline:
             return lines
         time.sleep(0.02)

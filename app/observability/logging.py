@@ -17,6 +17,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping, MutableMapping
 from enum import Enum
@@ -165,11 +166,15 @@ class _Writer(threading.Thread):
 
     It shares the GIL with the event loop, so the per-line work is a list append: the size and
     logrotate checks, the write and the flush happen once per batch and destination, using the
-    stdlib handlers' own rollover and reopen. The busier the loop, the bigger (and cheaper per
-    line) the batches. `None` on the queue means: write what came before it, then stop.
+    stdlib handlers' own rollover and reopen. After a batch it rests ``rest_seconds``: a line put
+    while it rests wakes no thread (a put to a blocked reader is a futex wake and a GIL hand-over,
+    per request), and the next batch takes them all. A line after a quiet spell is written at once,
+    one close behind another at most ``rest_seconds`` late. The busier the loop, the bigger (and
+    cheaper per line) the batches. `None` on the queue means: write what came before it, then stop.
     """
 
     max_batch = 1000  # bounds what one batch holds in memory (~250 KB of request lines)
+    rest_seconds = 0.02
 
     def __init__(self, lines: queue.SimpleQueue[str | None], file: logging.FileHandler,
                  console: logging.StreamHandler[TextIO]) -> None:
@@ -196,6 +201,7 @@ class _Writer(threading.Thread):
                 with contextlib.suppress(OSError):  # a failing disk was reported already
                     self.file.close()
                 return
+            time.sleep(self.rest_seconds)
 
     def _emit(self, handler: logging.Handler, write: Callable[[str], None], text: str) -> None:
         handler.acquire()  # logging.shutdown() at exit flushes and closes handlers under this lock

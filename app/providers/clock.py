@@ -98,14 +98,16 @@ class Alarm:
     where a cancel would land in its consumer); rung between waits, the next wait ends before it
     starts. Either way `wait` raises TimeoutError, as asyncio.timeout does. One timer per stream:
     one per wait (`Deadline.timeout`) cost a timer handle, its heap push and its cancel per chunk.
-    `close` when the stream is over."""
+    A stream is pulled by one task, so its waits are that task's: asked once (asyncio.current_task
+    costs a getpid system call on Python 3.11), not per chunk. `close` when the stream is over."""
 
-    __slots__ = ("_cutting", "_deadline", "_handle", "_task", "rung")
+    __slots__ = ("_cutting", "_deadline", "_handle", "_owner", "_task", "rung")
 
     def __init__(self, deadline: Deadline | None = None) -> None:
         self._deadline = deadline
         self._handle: Cancellable | None = None
         self._task: asyncio.Task[object] | None = None  # the task inside `wait`, None between waits
+        self._owner: asyncio.Task[object] | None = None  # the task that waits on it
         self._cutting = False  # this alarm cancelled it
         self.rung = False
 
@@ -128,7 +130,7 @@ class Alarm:
             if close is not None:
                 close()  # never awaited
             raise TimeoutError
-        task = self._task = asyncio.current_task()
+        task = self._task = self._owner or self._set_owner()
         try:
             return await awaitable
         except asyncio.CancelledError:
@@ -139,6 +141,10 @@ class Alarm:
             raise
         finally:
             self._task = None
+
+    def _set_owner(self) -> asyncio.Task[object] | None:
+        self._owner = asyncio.current_task()
+        return self._owner
 
     def close(self) -> None:
         if self._handle is not None:

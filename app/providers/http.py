@@ -135,6 +135,49 @@ def transport_error(provider: str, exc: BaseException, seconds: float, secret: s
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", secret)[:MAX_MESSAGE])
 
 
+class _Stall:
+    """The stall bound of one stream: no byte for ``seconds`` while it waits for one sets a
+    TimeoutError on the response's content, which the waiting read raises. One timer per stream,
+    moved only when it fires (at most once per ``seconds``): aiohttp's ``sock_read`` instead
+    cancels and re-arms a timer on every piece received, the costliest per-chunk step of the
+    adapters' reading (docs/PERFORMANCE.md). While the stream is suspended at a yield the time is
+    its consumer's, not the provider's, and is not counted."""
+
+    __slots__ = ("_content", "_handle", "_loop", "_seconds", "waiting_since")
+
+    def __init__(self, content: aiohttp.StreamReader, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content, self._seconds = content, seconds
+        self.waiting_since: float | None = None  # loop time the current wait began; None at a yield
+        self._handle = self._loop.call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        since, now = self.waiting_since, self._loop.time()
+        if since is not None and now - since >= self._seconds:
+            self._content.set_exception(TimeoutError())
+            return
+        self._handle = self._loop.call_at((now if since is None else since) + self._seconds, self._check)
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+def _one_event(piece: bytes) -> bytes | None:
+    """The payload when ``piece`` is exactly one event of one ``data:`` line (how both providers
+    send a chunk, one TCP read each), else None: the line splitting below then reads it."""
+    if not piece.startswith(b"data:"):
+        return None
+    if piece.endswith(b"\r\n\r\n"):
+        value = piece[5:-4]
+    elif piece.endswith(b"\n\n"):
+        value = piece[5:-2]
+    else:
+        return None
+    if b"\n" in value or value.endswith(b"\r"):
+        return None
+    return value.removeprefix(b" ")
+
+
 async def stream_sse(
     session: aiohttp.ClientSession,
     url: str,
@@ -149,15 +192,17 @@ async def stream_sse(
     """POST a JSON body and yield the ``data:`` payload of each SSE event, as bytes (orjson parses
     them as they are: no decode to a str per event).
 
-    ``deadline`` bounds the wait for the first bytes of the answer here; once text flows the
-    chain bounds each chunk by the same deadline (a timer here cannot run across a yield), and
-    a stall (``idle_seconds`` without a byte) or STREAM_MAX_SECONDS in all ends it too.
+    ``deadline`` bounds the wait for the first bytes of the answer here (and so does
+    ``idle_seconds``, whichever ends first); once text flows the chain bounds each chunk by the
+    same deadline (a timer here cannot run across a yield), and a stall (``idle_seconds`` waiting
+    without a byte, `_Stall`) or STREAM_MAX_SECONDS in all ends it too.
     Non-2xx, timeouts and a connection cut mid-stream raise from the error tree. Whether the
     stream ended properly is the caller's business (it knows the sentinel, if any).
     """
-    limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS, sock_read=idle_seconds)
+    limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS)
     started, flowing = time.monotonic(), False
-    seconds = deadline.seconds
+    seconds = min(deadline.seconds, idle_seconds)
+    stall: _Stall | None = None
     try:
         async with asyncio.timeout(seconds) as first_bytes, session.post(
             url, data=orjson.dumps(body), headers=dict(headers), timeout=limits
@@ -167,12 +212,22 @@ async def stream_sse(
                 raise error_for_status(provider, resp.status, resp.headers, raw, secret)
             if resp.content_type != "text/event-stream":
                 raise ProviderMalformedOutput(provider, f"2xx answer is {resp.content_type}, not an event stream")
+            content, clock = resp.content, asyncio.get_running_loop().time
+            stall = _Stall(content, idle_seconds)
             buffer = bytearray()
             data: list[bytearray] = []
-            async for piece in resp.content.iter_any():
+            while True:
+                stall.waiting_since = clock()
+                piece = await content.readany()
+                stall.waiting_since = None
+                if not piece:
+                    break
                 if not flowing:
                     first_bytes.reschedule(None)  # nothing may cancel us while suspended at a yield
                     flowing = True
+                if not buffer and not data and (event := _one_event(piece)) is not None:
+                    yield event
+                    continue
                 buffer += piece
                 if b"\n" not in piece:
                     continue
@@ -201,6 +256,9 @@ async def stream_sse(
                 limit = f"{STREAM_MAX_SECONDS:g}s in all"
             raise ProviderTimeout(provider, f"stream stalled mid-answer: {limit} (cut after {elapsed:.1f}s)") from exc
         raise transport_error(provider, exc, seconds, secret) from exc
+    finally:
+        if stall is not None:
+            stall.close()
 
 
 def parse_event(provider: str, data: bytes | bytearray) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -258,3 +259,25 @@ async def test_a_first_bytes_timeout_names_the_deadline_rounded(
     fake.set_fault("latency", ms=1500)
     _, exc = await collect(provider, make_request("a b c"), 0.4 - 1e-6)
     assert exc is not None and exc.message == "no complete answer within 0.40s"
+
+
+async def test_a_consumer_slower_than_the_idle_bound_does_not_make_the_stream_look_stalled(
+    provider: Adapter, make_request: MakeRequest
+) -> None:
+    # The stall bound counts only the adapter's own waits for a byte: time suspended at a yield is
+    # its consumer's (a slow client, a busy loop), not the provider's.
+    pieces = []
+    async for piece in provider.stream(make_request("one two three four"), deadline=Deadline.after(30)):
+        pieces.append(piece)
+        await asyncio.sleep(0.8)  # past the 0.5 s idle bound at every chunk
+    assert "".join(pieces).startswith("Fake answer")
+    assert len(pieces) >= 4
+
+
+async def test_a_provider_silent_before_its_first_byte_is_cut_at_the_idle_bound_when_that_comes_first(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest
+) -> None:
+    fake.set_fault("hang", seconds=5)
+    pieces, exc = await collect(provider, make_request("a b c"), 20)
+    assert pieces == [] and type(exc) is ProviderTimeout
+    assert exc.message == "no complete answer within 0.50s"  # the idle bound, not the 20 s deadline
