@@ -48,6 +48,7 @@ class RequestContext:
     cache: str | None = None  # hit | miss | bypass (the answer cache)
     outcome: str | None = None  # a stream that began as a 200 and ended otherwise
     client_gone: bool = False  # logged as 499
+    status: int | None = None  # the response's, once it has started (RequestContextMiddleware sets it)
     safety: SafetyReport | None = None  # what the output checks did (filled as a stream goes)
 
     def record(self, event: Event) -> None:

@@ -52,13 +52,12 @@ class RequestContextMiddleware:
         ctx = state_dict[CTX] = RequestContext(request_id)
         ivy: State | None = state_dict.get("ivy")
         path = scope["path"]
-        status_holder = [500]
         tracing = services.tracing if services is not None and is_router else None
         span = None if tracing is None else tracing.start_request(scope["method"], ROUTES[path], scope["headers"])
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
+                ctx.status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 if is_router:
@@ -71,9 +70,9 @@ class RequestContextMiddleware:
         length = header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._reject_too_large(send_with_id, ctx)
-            self._finish(ivy, scope, ctx, status_holder[0], started, is_router)
+            self._finish(ivy, scope, ctx, ctx.status or 500, started, is_router)
             if span is not None:
-                _end_span(span, ctx, status_holder[0])
+                _end_span(span, ctx, ctx.status or 500)
             return
 
         received = 0
@@ -94,7 +93,7 @@ class RequestContextMiddleware:
             if door is not None:
                 door.leave()
             # 499 (nginx's "client closed request"): not our error, so not a 5xx for the alerts.
-            status = 499 if ctx.client_gone else status_holder[0]
+            status = 499 if ctx.client_gone else ctx.status or 500  # never started: it failed
             self._finish(ivy, scope, ctx, status, started, is_router)  # inside the span: the line has its ids
             if span is not None:
                 _end_span(span, ctx, status)

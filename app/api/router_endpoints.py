@@ -14,7 +14,7 @@ import asyncio
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app import pipeline
 from app.api import sse
@@ -104,17 +104,10 @@ class RouterEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = context_of(scope)
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
-            await self._answer(scope, receive, tracked_send, ENDPOINTS[scope["path"]], ctx)
+            await self._answer(scope, receive, send, ENDPOINTS[scope["path"]], ctx)
         except ClientGone:
             ctx.client_gone = True
         except (IvyError, DomainError, HTTPException) as exc:  # HTTPException: the body limit, while reading
@@ -126,13 +119,13 @@ class RouterEndpoints:
             if (task := asyncio.current_task()) is not None:
                 task.uncancel()
             ctx.outcome = "shutting_down"
-            if not started:
+            if ctx.status is None:
                 await self._error(send, ctx, ShuttingDown("the server is restarting; ask again",
                                                           headers={"Retry-After": "5"}))
         except Exception as exc:
             log.error("unhandled_exception", request_id=ctx.request_id, path=scope["path"],
                       error=type(exc).__name__, exc_info=exc)
-            if started:  # a stream already under way: nothing more can be said on this response
+            if ctx.status is not None:  # a stream already under way: nothing more can be said on this response
                 raise
             await self._error(send, ctx, exc)
 

@@ -30,6 +30,7 @@ from app.providers.clock import Deadline
 
 STREAM_IDLE_SECONDS = 10.0
 STREAM_MAX_SECONDS = 120.0
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # stream_sse's own bounds, `_Watch`
 
 MAX_MESSAGE = 300
 # How much of an error body is read for its message: redaction runs on this whole text, before
@@ -135,28 +136,31 @@ def transport_error(provider: str, exc: BaseException, seconds: float, secret: s
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", secret)[:MAX_MESSAGE])
 
 
-class _Stall:
-    """The stall bound of one stream: no byte for ``seconds`` while it waits for one sets a
-    TimeoutError on the response's content, which the waiting read raises. One timer per stream,
-    moved only when it fires (at most once per ``seconds``): aiohttp's ``sock_read`` instead
-    cancels and re-arms a timer on every piece received, the costliest per-chunk step of the
-    adapters' reading (docs/PERFORMANCE.md). While the stream is suspended at a yield the time is
-    its consumer's, not the provider's, and is not counted."""
+class _Watch:
+    """The two bounds of one stream once its answer has begun: a stall (no byte for ``idle``
+    seconds while it waits for one) and STREAM_MAX_SECONDS in all. Either sets a TimeoutError on
+    the response's content, which the waiting (or the next) read raises. One timer per stream,
+    moved only when it fires (at most once per ``idle``): aiohttp's ``sock_read`` cancels and
+    re-arms a timer on every piece received, and its ``total`` enters a timer context (a
+    current_task call) on every wait, the costliest per-chunk steps of the adapters' reading
+    (docs/PERFORMANCE.md). While the stream is suspended at a yield the time is its consumer's,
+    not the provider's: it counts toward the total, not as a stall."""
 
-    __slots__ = ("_content", "_handle", "_loop", "_seconds", "waiting_since")
+    __slots__ = ("_content", "_ends", "_handle", "_idle", "_loop", "waiting_since")
 
-    def __init__(self, content: aiohttp.StreamReader, seconds: float) -> None:
+    def __init__(self, content: aiohttp.StreamReader, idle: float, ends: float) -> None:
         self._loop = asyncio.get_running_loop()
-        self._content, self._seconds = content, seconds
+        self._content, self._idle, self._ends = content, idle, ends
         self.waiting_since: float | None = None  # loop time the current wait began; None at a yield
-        self._handle = self._loop.call_later(seconds, self._check)
+        self._handle = self._loop.call_at(min(self._loop.time() + idle, ends), self._check)
 
     def _check(self) -> None:
         since, now = self.waiting_since, self._loop.time()
-        if since is not None and now - since >= self._seconds:
+        if now >= self._ends or (since is not None and now - since >= self._idle):
             self._content.set_exception(TimeoutError())
             return
-        self._handle = self._loop.call_at((now if since is None else since) + self._seconds, self._check)
+        due = (now if since is None else since) + self._idle
+        self._handle = self._loop.call_at(min(due, self._ends), self._check)
 
     def close(self) -> None:
         self._handle.cancel()
@@ -195,31 +199,31 @@ async def stream_sse(
     ``deadline`` bounds the wait for the first bytes of the answer here (and so does
     ``idle_seconds``, whichever ends first); once text flows the chain bounds each chunk by the
     same deadline (a timer here cannot run across a yield), and a stall (``idle_seconds`` waiting
-    without a byte, `_Stall`) or STREAM_MAX_SECONDS in all ends it too.
+    without a byte) or STREAM_MAX_SECONDS in all ends it too (`_Watch`).
     Non-2xx, timeouts and a connection cut mid-stream raise from the error tree. Whether the
     stream ended properly is the caller's business (it knows the sentinel, if any).
     """
-    limits = aiohttp.ClientTimeout(total=STREAM_MAX_SECONDS)
-    started, flowing = time.monotonic(), False
+    loop = asyncio.get_running_loop()
+    started, flowing, ends = time.monotonic(), False, loop.time() + STREAM_MAX_SECONDS
     seconds = min(deadline.seconds, idle_seconds)
-    stall: _Stall | None = None
+    watch: _Watch | None = None
     try:
         async with asyncio.timeout(seconds) as first_bytes, session.post(
-            url, data=orjson.dumps(body), headers=dict(headers), timeout=limits
+            url, data=orjson.dumps(body), headers=dict(headers), timeout=_NO_TIMEOUT
         ) as resp:
             if not 200 <= resp.status < 300:
                 raw = await resp.read()
                 raise error_for_status(provider, resp.status, resp.headers, raw, secret)
             if resp.content_type != "text/event-stream":
                 raise ProviderMalformedOutput(provider, f"2xx answer is {resp.content_type}, not an event stream")
-            content, clock = resp.content, asyncio.get_running_loop().time
-            stall = _Stall(content, idle_seconds)
+            content, clock = resp.content, loop.time
+            watch = _Watch(content, idle_seconds, ends)
             buffer = bytearray()
             data: list[bytearray] = []
             while True:
-                stall.waiting_since = clock()
+                watch.waiting_since = clock()
                 piece = await content.readany()
-                stall.waiting_since = None
+                watch.waiting_since = None
                 if not piece:
                     break
                 if not flowing:
@@ -257,8 +261,8 @@ async def stream_sse(
             raise ProviderTimeout(provider, f"stream stalled mid-answer: {limit} (cut after {elapsed:.1f}s)") from exc
         raise transport_error(provider, exc, seconds, secret) from exc
     finally:
-        if stall is not None:
-            stall.close()
+        if watch is not None:
+            watch.close()
 
 
 def parse_event(provider: str, data: bytes | bytearray) -> dict[str, Any]:

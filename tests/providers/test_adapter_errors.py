@@ -10,6 +10,7 @@ from email.utils import formatdate
 import aiohttp
 import pytest
 
+from app.providers import http
 from app.providers.base import (
     GenerationRequest,
     ProviderAuthError,
@@ -281,3 +282,13 @@ async def test_a_provider_silent_before_its_first_byte_is_cut_at_the_idle_bound_
     pieces, exc = await collect(provider, make_request("a b c"), 20)
     assert pieces == [] and type(exc) is ProviderTimeout
     assert exc.message == "no complete answer within 0.50s"  # the idle bound, not the 20 s deadline
+
+
+async def test_a_stream_flowing_past_its_total_bound_is_cut_and_says_so(
+    provider: Adapter, fake: FakeProviderServer, make_request: MakeRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "STREAM_MAX_SECONDS", 0.6)
+    fake.chunk_delay_ms = 60  # never a stall (0.5 s idle bound), but ~2 s in all
+    pieces, exc = await collect(provider, make_request(" ".join(f"w{i}" for i in range(40))), 30)
+    assert type(exc) is ProviderTimeout and "stream stalled mid-answer: 0.6s in all" in exc.message
+    assert 2 <= len(pieces) < 40
