@@ -41,6 +41,10 @@ KB_MIN_MATCH = 0.45
 KB_MIN_MATCH_BESIDE_LEAD = 2.3
 # Sections far below the best one are noise for the prompt, whatever their absolute score.
 KB_RELATIVE_CUTOFF = 0.4
+# The knowledge base does not change while the process runs, so each term's BM25 scores over its
+# sections are computed once: rank_bm25 builds a dense array per query term per search (~80 us a
+# search). Bounded: a stream of made-up words can pin at most this many (~0.5 KB each).
+KB_TERMS_KEPT = 4096
 
 # The context is written by outsiders and may be anything up to the 64 KiB body limit; these (and
 # MAX_CONTEXT_VALUES values walked, MAX_CONTEXT_CHARS characters indexed) bound one request's work
@@ -126,6 +130,7 @@ class KnowledgeBase:
         self._bm25 = BM25Okapi([_section_terms(s) for s in sections]) if sections else None
         idf = self._bm25.idf.values() if self._bm25 is not None else ()
         self._rare_idf = max(idf, default=0.0)
+        self._term_scores = lru_cache(maxsize=KB_TERMS_KEPT)(self._scores_of)
         # The content's version: part of every answer-cache key, so an edited doc is a miss.
         digest = hashlib.sha256()
         for section in sections:
@@ -152,13 +157,20 @@ class KnowledgeBase:
     def _search(self, terms: list[str], k: int, min_score: float) -> list[Passage]:
         if self._bm25 is None or not terms:
             return []
-        scores = self._bm25.get_scores(terms)
+        scores = self._term_scores(terms[0])
+        for term in terms[1:]:  # BM25 sums over the query's terms: what get_scores(terms) adds up
+            scores = scores + self._term_scores(term)
         ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)[:k]
         floor = max(min_score, KB_RELATIVE_CUTOFF * float(scores[ranked[0]]), 1e-9)
         return [
             Passage(self.sections[i].source, f"{self.sections[i].title}: {self.sections[i].text}", float(scores[i]))
             for i in ranked if scores[i] >= floor
         ]
+
+
+    def _scores_of(self, term: str) -> Any:
+        assert self._bm25 is not None
+        return self._bm25.get_scores([term])
 
 
 def context_passages(context: dict[str, Any]) -> list[Passage]:

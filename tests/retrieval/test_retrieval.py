@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from rank_bm25 import BM25Okapi
 
 from app.config import Settings
 from app.intent.classifier import classify
 from app.pipeline import build_generation_request
-from app.retrieval.retriever import KnowledgeBase, load_sections, retrieve
+from app.retrieval.retriever import KnowledgeBase, _section_terms, load_sections, retrieve
 from tests.conftest import LEAD, LEAD_NO_SCORE
 
 ACTIVITY = {
@@ -157,3 +158,16 @@ def test_the_retriever_reads_the_shared_lexicon_not_the_classifier() -> None:
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "app.intent.classifier" not in imported
     assert {"app.intent.lexicon", "app.intent.normalise"} <= imported
+
+
+@pytest.mark.parametrize("terms", [["pricing", "plans"], ["sso", "okta", "sso"], ["refund", "annual", "billing"],
+                                   ["zzzunknownword", "pricing"]])
+def test_a_knowledge_base_search_scores_exactly_as_bm25_over_all_its_terms(terms: list[str]) -> None:
+    # Each term's scores are kept once computed; their sum must be the library's own, repeats included.
+    sections = load_sections(Path("app/knowledge"))
+    kb = KnowledgeBase(sections)
+    reference = BM25Okapi([_section_terms(s) for s in sections]).get_scores(terms)
+    for _ in range(2):  # computed, then from what was kept
+        found = kb.search_terms(terms, k=len(sections), min_match=0.0)
+        assert found
+        assert all(p.score == reference[[f"{s.title}: {s.text}" for s in sections].index(p.text)] for p in found)
