@@ -196,12 +196,24 @@ async def fire_repeated(session: aiohttp.ClientSession, base: str, n: int, concu
 
 
 def cross_hits(samples: list[Sample]) -> int:
-    """Hits whose answer no miss of the same org and question produced: another org's or lead's entry."""
-    own: dict[tuple[str, int], set[str]] = {}
+    """Hits that served another org's entry or another lead's data. Each of the fake's answers is its
+    own (it quotes the prompt, then a random length of text), so a hit whose text no miss of its own
+    org produced came from another org's entry; a hit that names another lead (name, email, id,
+    budget or note; the fake quotes what the prompt held) carries that lead's data. Two leads whose
+    prompts come out the same (one retrieved fact, the same stage) rightly share an entry: neither
+    is named in it (the question-by-question check this replaces counted 15 such hits as leaks)."""
+    made_in_org: dict[str, set[str]] = {}
     for s in samples:
         if s.cache != "hit":
-            own.setdefault(s.origin, set()).add(s.answer)
-    return sum(1 for s in samples if s.cache == "hit" and s.answer not in own.get(s.origin, set()))
+            made_in_org.setdefault(s.origin[0], set()).add(s.answer)
+
+    def names_another_lead(s: Sample) -> bool:
+        own = REPEATED[s.origin[1]][1].get("lead")
+        return any(mark in s.answer for lead in LEADS if lead is not own
+                   for mark in (lead["name"], lead["email"], lead["id"], lead["budget"], lead["notes"][0]))
+
+    return sum(1 for s in samples if s.cache == "hit" and (
+        s.answer not in made_in_org.get(s.origin[0], set()) or names_another_lead(s)))
 
 
 async def run_scenario(sc: Scenario, args: argparse.Namespace, fake_base: str, session: aiohttp.ClientSession
