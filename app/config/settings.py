@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     ivy_admission_enabled: bool = True
     ivy_admission_max_in_flight: int = Field(default=1000, ge=1, le=100_000)
     ivy_admission_target_cpu: float = Field(default=0.85, ge=0.2, le=1.0)
-    ivy_admission_burst_seconds: float = Field(default=0.5, ge=0.05, le=10)
+    ivy_admission_burst_seconds: float = Field(default=0.1, ge=0.05, le=10)
     # Output-token caps per intent: they bound the answer's share of the latency.
     ivy_max_output_tokens_conversational: int = Field(default=256, ge=16, le=65_536)
     ivy_max_output_tokens_rag: int = Field(default=512, ge=16, le=65_536)

@@ -10,18 +10,25 @@ and the time it was last above the bound. Nothing of it runs per request.
   Then the call's timing is about the router, not the provider: no hedge, no outrun, no
   first-token or answer sample into the provider's norm, no deadline counted against its breaker.
 - `Admission` sheds requests at the door (503 ``overloaded``) by the loop's CPU share. On each
-  tick it reads the loop thread's CPU time and the wall time: ``busy`` is the share of the wall
-  the loop spent on the CPU, and the CPU per admitted request is the tick's CPU over the requests
-  seen in it (half counted when admitted, half when finished, so long streams count as they
-  run). All the loop's CPU is charged to admitted requests, shed ones' included: the rate then
-  falls as the shedding itself costs more. While ``busy`` is within 0.1 of ``target_cpu`` a
-  token bucket admits ``target_cpu / cpu per request`` requests a second (``burst_seconds`` of
-  that rate at once) and sheds the rest at once: nothing queues, and the loop keeps the idle
-  share that answers a shed request in a few milliseconds. A late loop counts as full (busy 1,
-  the rate cut to ``target_cpu`` x what it admits) whatever its CPU clock says: on a core shared
-  with another process the loop gets less CPU than the wall, and lag is what shows it. Below that nothing is shed but at
-  ``max_in_flight``, the hard bound: a slow but healthy provider holds many requests in flight on
-  an idle CPU (Little: 50/s x 5 s = 250), so in-flight work alone is no evidence of a full
+  tick it reads the loop thread's CPU time and the wall time. The CPU per admitted request is the
+  tick's CPU over the requests seen in it (half counted when admitted, half when finished, so long
+  streams count as they run); all the loop's CPU is charged to admitted requests, shed ones'
+  included: the rate then falls as the shedding itself costs more. ``busy`` is the share of the
+  wall the loop spent on the CPU or, when more, the share the tick's admissions will cost at that
+  CPU per request: a request is charged when it is admitted, not as its answer streams. (The
+  onset: from idle to twice its capacity, a streamed answer spends most of its CPU over the next
+  second; a door waiting to see that CPU let in more than the worker serves, the loop fell behind,
+  and every request that arrived, shed or not, waited for it.) While ``busy`` is within 0.1 of
+  ``target_cpu`` a token bucket admits ``target_cpu / cpu per request`` requests a second and
+  sheds the rest at once: nothing queues, and the loop keeps the idle share that answers a shed
+  request in a few milliseconds. The bucket holds ``burst_seconds`` of that rate, that is
+  ``burst_seconds`` x ``target_cpu`` of CPU: a burst of cheap requests is many, a burst of
+  streamed answers few, each only as much as the idle share takes without the loop falling
+  behind. A late loop counts as full (busy 1, the rate cut to ``target_cpu`` x what it admits,
+  the bucket still the CPU's) whatever its CPU clock says: on a core shared with another process
+  the loop gets less CPU than the wall, and lag is what shows it. Below that nothing is shed but
+  at ``max_in_flight``, the hard bound: a slow but healthy provider holds many requests in flight
+  on an idle CPU (Little: 50/s x 5 s = 250), so in-flight work alone is no evidence of a full
   worker; the CPU is. docs/PERFORMANCE.md has the measurements.
 
 Both take their time (and Admission its CPU time) from injected clocks and their lag from
@@ -69,7 +76,7 @@ class LoadConfig:
     lag_bound: float = 0.04  # seconds of lag above which the worker is late
     max_in_flight: int = 1000  # hard bound on router requests in flight in this worker
     target_cpu: float = 0.85  # the loop's CPU share the admitted rate is sized for
-    burst_seconds: float = 0.5  # the token bucket holds this many seconds of the admitted rate
+    burst_seconds: float = 0.1  # the token bucket holds this many seconds of the CPU-sized rate
     enabled: bool = True
 
 
@@ -142,7 +149,9 @@ class Admission:
         self._cpu_rate = 0.0  # CPU seconds a second, smoothed
         self._request_rate = 0.0  # requests seen a second, smoothed
         self._seen = 0.0  # requests seen since the last tick (a half at entry, a half at leaving)
+        self._admitted = 0  # requests admitted since the last tick
         self._tokens = 0.0
+        self._bucket = 0.0  # the tokens the bucket holds when full
         self._filled_at = self.clock()
         self._tick_wall = self._filled_at
         self._tick_cpu = cpu_clock()
@@ -158,18 +167,23 @@ class Admission:
         self._cpu_rate += SMOOTHING * (spent / elapsed - self._cpu_rate)
         self._request_rate += SMOOTHING * (self._seen / elapsed - self._request_rate)
         self._seen = 0.0
+        per_request = self._cpu_rate / self._request_rate if self._request_rate > 0 else 0.0
+        # Charged when admitted: a streamed answer's CPU comes over its next second, too late to stop
+        # the onset's arrivals.
+        committed, self._admitted = self._admitted * per_request, 0
         # A late loop is full whatever its CPU clock says: the core is shared with another process,
         # or taken by the worker's other threads, and the loop gets less of it than the wall.
-        share = 1.0 if self.lag.late else min(1.0, spent / elapsed)
+        share = 1.0 if self.lag.late else min(1.0, max(spent, committed) / elapsed)
         # Fast up, slow down: at the onset of overload every tick it waits admits a tick's arrivals
         # the worker cannot serve, and the requests shed after them wait behind that backlog.
         self.busy += (RISE if share > self.busy else SMOOTHING) * (share - self.busy)
-        load = 1.0 if self.lag.late else self._cpu_rate  # late: the admitted rate falls until on time
-        if self._request_rate > 0 and load > 0:
-            self.rate = c.target_cpu * self._request_rate / load  # target / (CPU per request)
+        if per_request > 0:
+            sized = c.target_cpu / per_request
+            self.rate = c.target_cpu * self._request_rate if self.lag.late else sized  # late: falls until on time
+            self._bucket = max(1.0, sized * c.burst_seconds)
         limiting = self.busy >= c.target_cpu - BUSY_MARGIN and self.rate > 0
         if limiting and not self.limiting:  # a full bucket to start: a burst is absorbed, not shed
-            self._tokens, self._filled_at = self.rate * c.burst_seconds, wall
+            self._tokens, self._filled_at = self._bucket, wall
         self.limiting = limiting
 
     def try_enter(self) -> bool:
@@ -181,13 +195,14 @@ class Admission:
                 return False
             if self.limiting and self.in_flight >= ALWAYS_ADMITTED_IN_FLIGHT:
                 now = self.clock()
-                self._tokens = min(self.rate * c.burst_seconds, self._tokens + (now - self._filled_at) * self.rate)
+                self._tokens = min(self._bucket, self._tokens + (now - self._filled_at) * self.rate)
                 self._filled_at = now
                 if self._tokens < 1:
                     self.shed += 1
                     return False
                 self._tokens -= 1
         self.in_flight += 1
+        self._admitted += 1
         self._seen += 0.5
         return True
 

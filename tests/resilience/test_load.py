@@ -26,16 +26,20 @@ class Worker:
     """An admission over a simulated worker: ``offered`` requests arrive a second, each one admitted
     costs the loop ``cpu_per_request`` of CPU (done within the tick it came in); a tick lasts its
     interval or, when the work is more than that, as long as the work (the loop runs late). An
-    admitted request stays in flight for ``latency`` seconds (waiting for its provider)."""
+    admitted request stays in flight for ``latency`` seconds (waiting for its provider); a
+    ``streamed`` share of its CPU is spent evenly over that time (a streamed answer's chunks)
+    instead of when it is admitted."""
 
     def __init__(self, config: LoadConfig) -> None:
         self.clock, self.cpu = Clock(), Clock(5.0)
         self.admission = Admission(config, LoopLag(config, self.clock), self.cpu)
         self.admitted = self.shed = 0
+        self.max_lag = 0.0
         self.leaving: deque[tuple[float, int]] = deque()  # (when, how many) still in flight
+        self.streaming: deque[tuple[float, float]] = deque()  # (until when, CPU seconds a second)
 
     def run(self, seconds: float, offered: float, cpu_per_request: float, idle_cpu: float = 0.0,
-            latency: float = 0.5) -> None:
+            latency: float = 0.5, streamed: float = 0.0) -> None:
         step = self.admission.config.interval
         end, wall, owed = self.clock.t + seconds, step, 0.0
         while self.clock.t < end:
@@ -53,10 +57,16 @@ class Worker:
                 for _ in range(self.leaving.popleft()[1]):
                     self.admission.leave()
             self.admitted += admitted
-            work = admitted * cpu_per_request + idle_cpu * step
+            if admitted and streamed:
+                self.streaming.append((self.clock.t + latency, admitted * cpu_per_request * streamed / latency))
+            while self.streaming and self.streaming[0][0] <= self.clock.t:
+                self.streaming.popleft()
+            work = (admitted * cpu_per_request * (1 - streamed) + sum(r for _, r in self.streaming) * wall
+                    + idle_cpu * step)
             self.cpu.t += work
             self.clock.t += 0.0 if arrivals else wall
             late = max(0.0, work - step)
+            self.max_lag = max(self.max_lag, late)
             self.admission.lag.observe(late)
             wall = max(step, work)
 
@@ -159,3 +169,40 @@ def test_a_late_loop_with_almost_nothing_in_flight_admits_the_next_request() -> 
         admitted.append(admission.try_enter())
         admission.leave()
     assert all(admitted) and admission.shed == 0
+
+
+def test_a_worker_going_from_idle_to_twice_its_capacity_with_streamed_answers_builds_no_backlog() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    admission = worker.admission
+    answers = {"cpu_per_request": 0.0024, "latency": 1.0, "streamed": 0.65}  # 2/3 of the CPU over the answer
+    worker.run(4, offered=150, **answers)  # warm, well below capacity (~420/s)
+    worker.run(3, offered=0, **answers)  # idle: the next load starts from an empty loop
+    worker.max_lag, admitted = 0.0, worker.admitted
+    worker.run(1.5, offered=840, **answers)  # its first 1.5 s at twice its capacity
+    assert worker.max_lag < admission.config.lag_bound  # the loop never ran late ...
+    assert worker.admitted - admitted <= 1.5 * 420  # ... it did not take in more than it serves
+    worker.run(3, offered=840, **answers)
+    assert worker.max_lag < admission.config.lag_bound and admission.limiting
+
+
+def test_a_worker_whose_answers_spend_their_cpu_after_admission_limits_within_two_ticks_of_an_onset() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85))
+    answers = {"cpu_per_request": 0.0024, "latency": 1.0, "streamed": 0.7}  # the CPU seen in a tick: 30%
+    worker.run(2, offered=0, **answers)
+    worker.run(0.1, offered=840, **answers)  # from idle to twice its capacity: two ticks
+    assert worker.admission.limiting  # charged when admitted, not when the answers' chunks are sent
+
+
+def test_a_late_loop_still_lets_in_a_burst_of_cheap_requests_as_large_as_its_cpu_can_take() -> None:
+    worker = Worker(LoadConfig(target_cpu=0.85, burst_seconds=0.1))
+    admission = worker.admission
+    for _ in range(10):  # 100 cheap requests a second on a core shared with another process: late
+        for _ in range(10):
+            assert admission.try_enter()
+            admission.leave()
+        worker.clock.t += 0.1
+        worker.cpu.t += 10 * 0.0004
+        admission.lag.observe(0.05)
+    assert admission.limiting and admission.rate < 100  # late: the rate is cut below what it admits ...
+    burst = [admission.try_enter() for _ in range(60)]  # ... yet a burst of 24 ms of CPU at one instant
+    assert all(burst)  # fits in 0.1 s of the CPU: the bucket is the CPU's, not the late rate's
