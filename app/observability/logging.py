@@ -125,7 +125,8 @@ def _escape_line_breaks(text: str) -> str:
 
 def _dumps(obj: Any, **_: Any) -> str:
     # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
-    return greppable.guard(obj, _escape_line_breaks(orjson.dumps(obj, default=str).decode()))
+    # Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too.
+    return _escape_line_breaks(greppable.guard(obj, orjson.dumps(obj, default=str).decode()))
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}

@@ -45,6 +45,19 @@ def test_every_field_of_every_line_is_escaped_by_the_renderer(tmp_path: Path) ->
     assert "boom" + BREAKS in third["exception"]
 
 
+def test_a_line_the_refusal_guard_re_renders_is_escaped_too(tmp_path: Path) -> None:
+    # A "429" in a field of a line not about a refusal (a timestamp's digits, here a count) makes
+    # the guard render the line anew: its line breaks must still be escaped.
+    log_file = tmp_path / "ivy.log"
+    configure_logging(log_file, level="INFO", max_bytes=0, backups=0)
+    try:
+        get_logger().info("counted", seen="4290 rows" + BREAKS, note="after" + BREAKS)
+    finally:
+        shutdown_logging()
+    (line,) = lines_of(log_file)
+    assert line["note"] == "after" + BREAKS and "429" not in log_file.read_text()
+
+
 def test_stdlib_records_carry_no_unicode_line_breaks(tmp_path: Path, capsys: Any) -> None:
     handler = logging.StreamHandler()  # as uvicorn's own, in place before the app configures logging
     logger = logging.getLogger("uvicorn.error")
