@@ -130,7 +130,9 @@ class Alarm:
             if close is not None:
                 close()  # never awaited
             raise TimeoutError
-        task = self._task = self._owner or self._set_owner()
+        if self._owner is None:
+            self._owner = asyncio.current_task()
+        task = self._task = self._owner
         try:
             return await awaitable
         except asyncio.CancelledError:
@@ -141,10 +143,6 @@ class Alarm:
             raise
         finally:
             self._task = None
-
-    def _set_owner(self) -> asyncio.Task[object] | None:
-        self._owner = asyncio.current_task()
-        return self._owner
 
     def close(self) -> None:
         if self._handle is not None:
