@@ -3,6 +3,7 @@
 
     flock /tmp/ivy-bench.lock python scripts/bench_busy.py [--seconds 10] [--only capacity,load,slow]
                                                           [--capacity N] [--brownout-runs 5] [--no-pin]
+                                                          [--router-env NAME=VALUE ...]
 
 Both servers stand in front of the fake provider in realistic mode (gemini's published shape,
 tools/fake_provider/realism.py); the floor is tools/bench/floor.py (FastAPI streaming one Gemini
@@ -23,6 +24,9 @@ the server measured has a core of its own and the generator's cost does not land
    ~3 s, ~40 tokens/s) at 50/s: share of real answers, p50 / p95, breaker transitions.
 4. ``--brownout-runs N``: issue 12's brownout ratio, scripts/bench_realistic.py --only
    healthy,brownout N times (seeds 1..N), its check lines printed.
+
+``--router-env NAME=VALUE`` (repeatable) runs the routers of 1-3 with that setting, to measure one
+(e.g. ``IVY_ADMISSION_TARGET_CPU=0.95``) against the defaults in another run.
 
 The generator is one asyncio loop on raw asyncio Protocols (tools/bench/rawhttp.py: a keep-alive
 pool, the streamed SSE answer read to its end): a request costs it a task and a few parses, so it
@@ -194,6 +198,9 @@ def verdict(rows: dict[float, dict[str, Any]], capacity: float) -> str:
             f"{sum(r['transitions'] for r in rows.values()):.0f} (0)")
 
 
+ROUTER_ENV: dict[str, str] = {}  # --router-env: settings the router runs with (an experiment's)
+
+
 def start_router(fake_base: str, cpus: str | None, tag: str) -> Target:
     port = free_port()
     logdir = Path(tempfile.mkdtemp(prefix=f"ivy-busy-{tag}-"))
@@ -201,7 +208,7 @@ def start_router(fake_base: str, cpus: str | None, tag: str) -> Target:
     env.update({"GEMINI_API_KEY": "bench-gemini-key-000000", "OPENAI_API_KEY": "bench-openai-key-000000",
                 "GEMINI_BASE_URL": fake_base, "OPENAI_BASE_URL": f"{fake_base}/v1",
                 "AI_RATE_LIMIT_PER_MIN": "1000000", "AI_ORG_RATE_LIMIT_PER_MIN": "10000000",
-                "IVY_LOG_FILE": str(logdir / "ai_router.log"), "IVY_CACHE_ENABLED": "false"})
+                "IVY_LOG_FILE": str(logdir / "ai_router.log"), "IVY_CACHE_ENABLED": "false", **ROUTER_ENV})
     server = Server(f"router-{tag}", pinned([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                              "--log-level", "warning"], cpus), env=env, port=port,
                     log=logdir / "uvicorn.log").start()
@@ -340,8 +347,15 @@ def main() -> None:
     parser.add_argument("--slow-rate", type=float, default=50.0)
     parser.add_argument("--slow-seconds", type=float, default=20.0)
     parser.add_argument("--brownout-runs", type=int, default=0)
+    parser.add_argument("--router-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting the router runs with (repeatable), e.g. IVY_ADMISSION_TARGET_CPU=0.95")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset / sched_setaffinity")
     args = parser.parse_args()
+    for setting in args.router_env:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            parser.error(f"--router-env takes NAME=VALUE, not {setting!r}")
+        ROUTER_ENV[name] = value
     code = asyncio.run(main_async(args)) if args.only else 0
     brownout_runs(args.brownout_runs)
     sys.exit(code)
