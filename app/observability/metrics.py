@@ -154,7 +154,8 @@ class Metrics:
         )
         self.hedges = Counter(
             "ivy_provider_hedges", "Hedged calls: fired (a hedge started), won (a hedge answered), cancelled "
-            "(a call stopped because another answered first).", ["provider", "event"], registry=r,
+            "(a call stopped because another answered first), deferred (a hedge due while the event loop was "
+            "late, put off by one hedge delay).", ["provider", "event"], registry=r,
         )
         self.provider_tokens = Counter(
             "ivy_provider_tokens", "Tokens the providers reported, by direction (input or output).",

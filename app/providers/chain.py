@@ -26,7 +26,8 @@ one request with one hard deadline::
                           provider's own answer times (twice their p99, within its bounds)
 
 While the worker's event loop is late (app/resilience/load.py) its timings are about the router,
-not the provider: no hedge fires, no call is judged outrun or presumed hung, no sample enters a
+not the provider: no hedge fires (one due is put off by a hedge delay, so a lag spike does not
+cost the request its hedge), no call is judged outrun or presumed hung, no sample enters a
 provider's norm, and a deadline reached counts nothing against the provider's breaker.
 
 Why race for the first chunk rather than the whole answer: the length of an answer belongs to
@@ -254,6 +255,9 @@ class ProviderChain:
 
     def hedged(self, attempt: Attempt) -> None:
         self.metrics.hedges.labels(attempt.name, "fired").inc()
+
+    def deferred(self, slow: Attempt) -> None:
+        self.metrics.hedges.labels(slow.name, "deferred").inc()
 
     def hedge_target(self, slow: Link, pending: list[Link], streamed: bool) -> Link | None:
         """The same provider when its norm is known, it is not suspect and it is the faster;

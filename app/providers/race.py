@@ -129,6 +129,10 @@ class Referee(Protocol):
 
     def hedged(self, attempt: Attempt) -> None: ...
 
+    def deferred(self, slow: Attempt) -> None:
+        """``slow``'s hedge was due while the loop was late: it is looked at again one hedge delay later."""
+        ...
+
     async def won(self, winner: Attempt, losers: list[Attempt], trace: Trace) -> None:
         """``winner`` yielded the first chunk; ``losers`` were cancelled."""
         ...
@@ -241,8 +245,13 @@ class Race:
             now = self.clock.now()
             if self.hedge_at is not None and now >= self.hedge_at:
                 self.hedge_at = None
-                if self.hedge_for is not None and self.hedge_for in running.values() and not referee.late:
-                    await self.hedge(self.hedge_for)
+                slow = self.hedge_for
+                if slow is not None and slow in running.values():
+                    if referee.late:  # put off, not dropped: a lag spike must not cost the request its hedge
+                        self.hedge_at = now + slow.delay
+                        referee.deferred(slow)
+                    else:
+                        await self.hedge(slow)
             elif self.failover_at is not None and now >= self.failover_at:
                 self.failover_at = None
                 if referee.late:  # the wait is the router's: look again once it has had as long again

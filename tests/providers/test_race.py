@@ -18,6 +18,7 @@ from app.providers.hedging import HedgeBudget, HedgeConfig
 from app.providers.links import Link, Trace
 from app.providers.race import Race
 from app.resilience.breaker import BreakerConfig, CircuitBreaker
+from app.resilience.load import NEVER_LATE, LagSource
 from tests.scripted import Call, FakeClock, ScriptedProvider
 
 HEDGE = HedgeConfig(min_delay=0.005, max_delay=1.0, initial_delay=0.1, min_samples=10, budget_floor=3)
@@ -31,16 +32,26 @@ async def clock() -> AsyncIterator[FakeClock]:
     c.close()
 
 
+class LateSpell:
+    """A loop late from ``start`` to ``end`` on the fake clock (what LoopLag reports of a lag spike)."""
+
+    def __init__(self, clock: FakeClock, start: float, end: float) -> None:
+        self.clock, self.start, self.end = clock, start, end
+
+    def late_since(self, since: float) -> bool:
+        return self.start <= self.clock.now() and since < self.end
+
+
 class Setup:
     def __init__(self, clock: FakeClock, deadline: float = 2.0, breaker: BreakerConfig | None = None,
-                 **hedge: Any) -> None:
+                 lag: LagSource = NEVER_LATE, **hedge: Any) -> None:
         self.clock = clock
         self.gemini = ScriptedProvider("gemini", clock)
         self.openai = ScriptedProvider("openai", clock)
         config = breaker or BreakerConfig(min_calls=5)
         self.links = [Link(p, CircuitBreaker(p.name, config, clock=clock.now)) for p in (self.gemini, self.openai)]
         self.chain = ProviderChain(self.links, Metrics(), deadline=deadline, clock=clock,
-                                   hedge=replace(HEDGE, **hedge))
+                                   hedge=replace(HEDGE, **hedge), lag=lag)
 
     def breaker(self, name: str) -> CircuitBreaker:
         return next(link.breaker for link in self.links if link.provider.name == name)
@@ -80,6 +91,22 @@ async def test_a_call_with_no_chunk_by_its_hedge_delay_is_hedged_and_the_hedge_c
     assert [(f.provider, f.reason) for f in trace.failures] == [("gemini", "slow")]
     assert s.gemini.stopped == 1  # the outrun call was cancelled, its connection closed
     assert s.breaker("gemini").snapshot()["failures_in_window"] == 0  # slow, not failed
+
+
+async def test_a_hedge_due_while_the_loop_is_late_is_put_off_one_hedge_delay_not_dropped(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    t0 = clock.now()
+    s = Setup(clock, lag=LateSpell(clock, t0 + 0.05, t0 + 0.15))  # a lag spike across the hedge delay (0.1)
+    s.gemini.script = [Call(ttft=1.0)]
+    s.openai.usual = Call(ttft=0.2)
+    _chunks, trace, took = await s.ask(make_request())
+    assert s.openai.started == [pytest.approx(t0 + 0.2)]  # not at 0.1 (late), at the next look (on time)
+    assert trace.provider == "openai" and trace.hedged and took == pytest.approx(0.4)
+    deferred = s.chain.metrics.registry.get_sample_value("ivy_provider_hedges_total",
+                                                         {"provider": "gemini", "event": "deferred"})
+    assert deferred == 1
+    # Timed across the late spell, the outrun call is no evidence against gemini.
+    assert trace.failures == [] and s.breaker("gemini").snapshot()["failures_in_window"] == 0
 
 
 async def test_a_hedge_cancelled_because_the_original_answered_counts_for_nothing(
