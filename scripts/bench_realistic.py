@@ -290,6 +290,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "p50": pct([s.seconds for s in samples], 50),
         "hit_ratio": sum(s.cache == "hit" for s in samples) / len(samples),
         "cross_hits": cross_hits(samples),
+        # Ticks of the router's lag timer above its bound: hedges due then were put off.
+        "late_ticks": result["health"].get("load", {}).get("loop", {}).get("late_ticks", 0),
     }
 
 
@@ -387,7 +389,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 rows.append((sc.name, summary))
                 checks[sc.name] = check(sc.name, summary, healthy, deadline)
                 print(f"{sc.name}: real {summary['real_share']:.1%}, p95 {summary['p95'] * 1000:.0f} ms, "
-                      f"extra {summary['extra']:.2f}, {summary['wall']:.0f} s", file=sys.stderr, flush=True)
+                      f"extra {summary['extra']:.2f}, late loop ticks {summary['late_ticks']}, {summary['wall']:.0f} s",
+                      file=sys.stderr, flush=True)
     finally:
         fake.stop()
     print(render(rows, checks))
