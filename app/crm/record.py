@@ -56,6 +56,9 @@ class Flatten:
         self._size = 0
 
     def __call__(self, value: Any) -> str:
+        if not isinstance(value, (dict, list)):  # a scalar, most values: what the walk makes of it, without the walk
+            self.left -= 1
+            return str(value)[:MAX_VALUE_CHARS]
         self._parts, self._size = [], 0
         self._walk(value)
         return "".join(self._parts)[:MAX_VALUE_CHARS]
@@ -88,6 +91,8 @@ class Flatten:
 
 def flatten(value: Any) -> str:
     """A context value as one line of text (`key: value; ...`), empty parts left out, bounded."""
+    if not isinstance(value, (dict, list)):
+        return str(value)[:MAX_VALUE_CHARS]
     return Flatten()(value)
 
 
