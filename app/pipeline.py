@@ -130,7 +130,9 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
 
 def _citations(p: Plan) -> list[Citation]:
     """Each passage's source and a snippet, links held to the same rule as the answer's."""
-    return [Citation(source=x.source, snippet=p.guard.snippet(x.text[:300])) for x in p.passages]
+    guard = p.guard
+    return [Citation(source=x.source, snippet=guard.knowledge_snippet(x.text[:300]) if x.source.startswith("kb/")
+                     else guard.snippet(x.text[:300])) for x in p.passages]
 
 
 def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:

@@ -119,6 +119,9 @@ class CrmRecord:
 
     @classmethod
     def read(cls, context: dict[str, Any]) -> CrmRecord:
+        if isinstance(context, dict) and not context:  # no lead open (most chat): what the walk finds in {}
+            return cls(context=context, lead={}, outside=(), addresses=frozenset(), primary="", hosts=frozenset(),
+                       correspondents=frozenset(), secrets_masked=0)
         walk = _Walk()
         walk.collect(context, "", 0)
         # One RE2 pass over every string tells whether any needs masking (almost never): only then
