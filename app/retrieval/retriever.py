@@ -180,25 +180,32 @@ class KnowledgeBase:
 def context_passages(context: dict[str, Any]) -> list[Passage]:
     """Every fact the request carries, one passage each, named by where it sits in the context
     (at most MAX_LIST_ITEMS of a list and MAX_PASSAGES in all)."""
-    passages: list[Passage] = []
+    return [Passage(source, text) for source, text in _context_facts(context)]
+
+
+Fact = tuple[str, str]  # (source, text): a passage before it is chosen (only those chosen are made Passages)
+_EMPTY: tuple[Any, ...] = (None, "", [], {})  # what a fact is not made of (made once: never changed)
+
+
+def _context_facts(context: dict[str, Any]) -> list[Fact]:
+    facts: list[Fact] = []
     flatten = Flatten()
     lead = context.get("lead")
     if isinstance(lead, dict):
         for key, value in lead.items():
-            if len(passages) >= MAX_PASSAGES or flatten.left <= 0:
+            if len(facts) >= MAX_PASSAGES or flatten.left <= 0:
                 break
-            if value in (None, "", [], {}):
+            if value in _EMPTY:
                 continue
             if isinstance(value, list):
-                passages.extend(Passage(f"lead.{key}[{i}]", f"{key}: {flatten(v)}")
-                                for i, v in enumerate(value[:MAX_LIST_ITEMS]))
+                facts.extend((f"lead.{key}[{i}]", f"{key}: {flatten(v)}") for i, v in enumerate(value[:MAX_LIST_ITEMS]))
             else:
-                passages.append(Passage(f"lead.{key}", f"{key}: {flatten(value)}"))
+                facts.append((f"lead.{key}", f"{key}: {flatten(value)}"))
     for section in ("activities", "emails", "notes"):
         items = context.get(section)
-        if isinstance(items, list) and len(passages) < MAX_PASSAGES and flatten.left > 0:
-            passages.extend(Passage(f"{section}[{i}]", flatten(v)) for i, v in enumerate(items[:MAX_LIST_ITEMS]))
-    return passages[:MAX_PASSAGES]
+        if isinstance(items, list) and len(facts) < MAX_PASSAGES and flatten.left > 0:
+            facts.extend((f"{section}[{i}]", flatten(v)) for i, v in enumerate(items[:MAX_LIST_ITEMS]))
+    return facts[:MAX_PASSAGES]
 
 
 def _fact_terms(source: str, text: str) -> list[str]:
@@ -248,16 +255,16 @@ def fact_index(facts: tuple[tuple[str, str], ...]) -> FactIndex:
     return FactIndex([_fact_terms(source, text) for source, text in facts])
 
 
-def _rank_facts(facts: list[Passage], terms: list[str], k: int) -> list[Passage]:
+def _rank_facts(facts: list[Fact], terms: list[str], k: int) -> list[Passage]:
     if not facts or not terms:
         return []
     indexed, left = [], MAX_CONTEXT_CHARS
-    for p in facts:  # each passage indexed by what is left of the request's budget
-        indexed.append((p.source, p.text[:left]))
-        left = max(0, left - len(p.text))
+    for source, text in facts:  # each passage indexed by what is left of the request's budget
+        indexed.append((source, text[:left]))
+        left = max(0, left - len(text))
     scores = fact_index(tuple(indexed)).get_scores(terms)
     ranked = sorted(range(len(facts)), key=scores.__getitem__, reverse=True)
-    return [Passage(facts[i].source, facts[i].text, scores[i]) for i in ranked[:k] if scores[i] > 0]
+    return [Passage(*facts[i], scores[i]) for i in ranked[:k] if scores[i] > 0]
 
 
 
@@ -284,9 +291,12 @@ def _most_recent(context: dict[str, Any], tokens: list[str]) -> list[Passage]:
     return chosen
 
 
-def _core_record(facts: list[Passage], k: int) -> list[Passage]:
-    core = {f"lead.{name}" for name in _CORE_LEAD_FIELDS}
-    return [p for p in facts if p.source.split("[")[0] in core][:k] or facts[:k]
+_CORE_SOURCES = frozenset(f"lead.{name}" for name in _CORE_LEAD_FIELDS)
+
+
+def _core_record(facts: list[Fact], k: int) -> list[Passage]:
+    chosen = [fact for fact in facts if fact[0].split("[")[0] in _CORE_SOURCES][:k] or facts[:k]
+    return [Passage(source, text) for source, text in chosen]
 
 
 def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4,
@@ -298,7 +308,7 @@ def retrieve(query: str, context: dict[str, Any], kb: KnowledgeBase, k: int = 4,
     """
     tokens = list(tokens) if tokens is not None else normalise(query)  # normalised once, by the pipeline
     terms = _query_terms(tokens)
-    facts = context_passages(context)
+    facts = _context_facts(context)
     matched = _rank_facts(facts, [t for t in terms if t not in LEAD_GENERIC], k)
     recent = _most_recent(context, tokens)
     if recent:
