@@ -53,9 +53,10 @@ class AnswerGuard:
                  correspondents: frozenset[str] = frozenset(), report: SafetyReport) -> None:
         self.policy = policy
         self.addresses = addresses  # where a draft may go: the lead's own
-        self.mentionable = addresses | correspondents  # addresses an answer may name (the emails' senders too)
+        # addresses an answer may name (the emails' senders too); a union copies, so only when it adds
+        self.mentionable = addresses | correspondents if correspondents else addresses
         self.primary = primary
-        self.domains = policy.domains | hosts
+        self.domains = policy.domains | hosts if hosts else policy.domains
         self.report = report
 
     def text_filter(self) -> TextFilter:

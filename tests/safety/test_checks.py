@@ -347,3 +347,11 @@ def test_an_empty_context_reads_as_a_record_with_nothing_in_it() -> None:
     assert (record.addresses, record.primary, record.hosts, record.correspondents, record.secrets_masked) == (
         frozenset(), "", frozenset(), frozenset(), 0)
     assert record.lead is not CrmRecord.read({}).lead  # each request's own: a prompt may be built from it
+
+
+def test_the_leads_outside_strings_are_read_in_order_with_their_paths_and_its_computed_ones_left_out() -> None:
+    lead = {"id": "L-1", "name": "Dana", "stage": "proposal", "notes": ["call her", {"by": "Raj"}], "score": 82,
+            "aiInsights": ["hot"], "company": "Northwind", "stage.note": "x", "budget[0]": "y"}
+    record = CrmRecord.read({"lead": lead, "emails": [{"from": "a@b.io", "body": "hello"}]})
+    assert record.outside == (("lead.name", "Dana"), ("lead.notes[0]", "call her"), ("lead.notes[1].by", "Raj"),
+                              ("lead.company", "Northwind"), ("emails[0].from", "a@b.io"), ("emails[0].body", "hello"))
