@@ -56,6 +56,9 @@ class Flatten:
         self._size = 0
 
     def __call__(self, value: Any) -> str:
+        if not isinstance(value, (dict, list)):  # a scalar, most values: what the walk makes of it, without the walk
+            self.left -= 1
+            return str(value)[:MAX_VALUE_CHARS]
         self._parts, self._size = [], 0
         self._walk(value)
         return "".join(self._parts)[:MAX_VALUE_CHARS]
@@ -88,6 +91,8 @@ class Flatten:
 
 def flatten(value: Any) -> str:
     """A context value as one line of text (`key: value; ...`), empty parts left out, bounded."""
+    if not isinstance(value, (dict, list)):
+        return str(value)[:MAX_VALUE_CHARS]
     return Flatten()(value)
 
 
@@ -114,6 +119,9 @@ class CrmRecord:
 
     @classmethod
     def read(cls, context: dict[str, Any]) -> CrmRecord:
+        if isinstance(context, dict) and not context:  # no lead open (most chat): what the walk finds in {}
+            return cls(context=context, lead={}, outside=(), addresses=frozenset(), primary="", hosts=frozenset(),
+                       correspondents=frozenset(), secrets_masked=0)
         walk = _Walk()
         walk.collect(context, "", 0)
         # One RE2 pass over every string tells whether any needs masking (almost never): only then

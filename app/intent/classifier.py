@@ -83,6 +83,13 @@ _ADVICE_OPENERS = (
     re.compile(r"^(?:tips|advice|best|any tips|any advice|whats a good|whats the best|what makes|is it ok)\b"),
     re.compile(r"^(?:should i|do i|is it better)\b"),
 )
+# Unions and sets the rules test against, made once (not per request or per clause).
+_COMPOSE_OR_SEND = COMPOSE_VERBS | SEND_VERBS
+_EMAIL_NOUNS_BUT_DRAFT = EMAIL_NOUNS - {"draft"}
+_LEAD_REFERENCES = PRONOUNS | LEAD_NOUNS
+_REPLY_TAIL = frozenset({"to", "with", "on", "for", "all"})
+_SCORE_QUESTION = frozenset({"why", "explain", "is", "a", "an"})
+_CONVERSATION_NOUNS = frozenset({"emails", "email", "thread", "call", "notes", "meeting"})
 _ABOUT_IVY = re.compile(
     r"^(?:what can you (?:do|help)|how can you help|what (?:are|do) you (?:do|able|capable|good)"
     r"|who (?:made|built|created|trained|are) you|are you (?:a|an|human|real|ai|chatgpt|gpt|bot|there|ok)"
@@ -160,7 +167,7 @@ def _request_body(clause: list[str]) -> list[str] | None:
     elif first in QUESTION_START:
         return None
     i = 0
-    while i < len(words) - 1 and words[i] in REQUEST_PREFIX and words[i] not in COMPOSE_VERBS | SEND_VERBS:
+    while i < len(words) - 1 and words[i] in REQUEST_PREFIX and words[i] not in _COMPOSE_OR_SEND:
         i += 1
     return words[i:]
 
@@ -179,23 +186,23 @@ def _object_is_email(after: list[str], loose: bool) -> bool:
 
 def _sent_to_lead(after: list[str], recipients: frozenset[str]) -> bool:
     """ "send over the case study to marcus": whatever is sent, it goes to the lead by email."""
-    return any(w == "to" and nxt in recipients - {"back"} for w, nxt in itertools.pairwise(after))
+    return any(w == "to" and nxt != "back" and nxt in recipients for w, nxt in itertools.pairwise(after))
 
 
 def _email_rule(clause: list[str], names: frozenset[str]) -> str | None:
     body = _request_body(clause)
     if body:
         verb, after = body[0], body[1:]
-        recipients = RECIPIENTS | names
+        recipients = RECIPIENTS | names if names else RECIPIENTS
         if verb in COMPOSE_VERBS and _object_is_email(after, loose=verb in LOOSE_COMPOSE_VERBS):
             return "email:compose_verb"
-        if verb in LOOSE_COMPOSE_VERBS and (not after or after[0] in recipients | {"to", "up"}):
+        if verb in LOOSE_COMPOSE_VERBS and (not after or after[0] in recipients or after[0] in ("to", "up")):
             return "email:compose_verb"
         if verb in SEND_VERBS and after and (
             after[0] in recipients or _object_is_email(after, loose=False) or _sent_to_lead(after, recipients)
         ):
             return "email:send_verb"
-        if verb in REPLY_VERBS and (not after or after[0] in recipients | {"to", "with", "on", "for", "all"}):
+        if verb in REPLY_VERBS and (not after or after[0] in recipients or after[0] in _REPLY_TAIL):
             return "email:reply_verb"
         if verb in OPEN_VERBS and "composer" in after[:4]:
             return "email:open_composer"
@@ -203,7 +210,7 @@ def _email_rule(clause: list[str], names: frozenset[str]) -> str | None:
     words = _strip_fillers(clause)
     if words and words[0] not in QUESTION_START and words[0] not in AUX:
         i = 0
-        while i < len(words) and words[i] in TERSE_MODIFIERS and words[i] not in EMAIL_NOUNS - {"draft"}:
+        while i < len(words) and words[i] in TERSE_MODIFIERS and words[i] not in _EMAIL_NOUNS_BUT_DRAFT:
             i += 1
         j = i
         while j < len(words) and words[j] in EMAIL_NOUNS:
@@ -236,7 +243,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     has_insights = lead_has_insights(lead)
     has_activity = bool(context.get("activities") or context.get("emails") or context.get("notes"))
     names = _lead_names(lead) if has_lead else frozenset()
-    lead_ref = bool(word_set & (PRONOUNS | LEAD_NOUNS | names)) or "this one" in _joined(words)
+    lead_ref = bool(word_set & _LEAD_REFERENCES or word_set & names) or "this one" in _joined(words)
     signals = {
         "has_lead": has_lead, "lead_has_insights": has_insights, "has_activity": has_activity,
         "modal_heuristics": modal_heuristics, "mentions_lead": lead_ref,
@@ -286,17 +293,17 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     text = _joined(words)
     insight_hits = word_set & INSIGHT_NOUNS
     score = lead.get("leadScore")
-    if score not in (None, "") and str(score) in word_set and word_set & {"why", "explain", "is", "a", "an"}:
+    if score not in (None, "") and str(score) in word_set and word_set & _SCORE_QUESTION:
         insight_hits = insight_hits | {"score_value"}
     body = bodies[0] if bodies else None
     if body and body[0] in RATE_VERBS and lead_ref:
         insight_hits = insight_hits | {"rate"}
     if "ai" in word_set and word_set & AI_OPINION and not advice_question:
         insight_hits = insight_hits | {"ai_opinion"}
-    analyze = bool(word_set & ANALYZE) and not word_set & {"emails", "email", "thread", "call", "notes", "meeting"}
+    analyze = bool(word_set & ANALYZE) and not word_set & _CONVERSATION_NOUNS
     temperature = bool(word_set & TEMPERATURE) and lead_ref and not word_set & EMAIL_NOUNS
     feature_question = bool(insight_hits) and bool(word_set & FEATURE_MARKERS) and not (
-        word_set & (PRONOUNS | names) or "this" in word_set
+        word_set & PRONOUNS or word_set & names or "this" in word_set
     )
     content = [w for w in words if w not in FILLERS and w not in ("the", "a", "an", "me", "for", "my")]
     wants_insights = not feature_question and not (advice_question and not lead_ref) and (
@@ -349,7 +356,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
     if _ABOUT_IVY.search(first_clause) or _ABOUT_IVY.search(text):
         reasons.append("chat:about_ivy")
         return result("conversational", 0.85)
-    if not word_set - SMALL_TALK:
+    if word_set <= SMALL_TALK:
         reasons.append("chat:small_talk")
         return result("conversational", 0.95)
     has_context = has_lead or has_activity
@@ -361,7 +368,7 @@ def classify(query: str, context: dict[str, Any], *, modal_heuristics: bool = Tr
 
     # 5. The lead's record, notes, activity and emails.
     fact_hits = word_set & LEAD_FACTS
-    advice = any(p.search(first_clause) for p in _ADVICE_OPENERS) or generic
+    advice = advice_question or generic  # the same openers over the same first clause
     if has_context and (lead_ref or ((fact_hits or summary) and not advice)):
         tag = sorted(fact_hits)[:3] or (["summary"] if summary else ["reference"])
         reasons.append("lead_data:" + ",".join(tag))

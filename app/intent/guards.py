@@ -53,6 +53,10 @@ _INJECTION = re.compile(
 )
 _DRAFTING = STRICT_COMPOSE_VERBS | EMAIL_NOUNS | SEND_VERBS | REPLY_VERBS | LOOSE_COMPOSE_VERBS | {"anything"}
 _NEGATION_WINDOW = 4
+# `is_feedback`'s unions, made once, not per clause.
+_REPORT_WORDS = ARTEFACTS | DONE | FILLERS
+_THANKS_OR_PRAISE = THANKS | PRAISE
+_THANKS_PRAISE_OR_FILLERS = THANKS | PRAISE | FILLERS
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z]{2,}\b")
 
 
@@ -80,11 +84,11 @@ def is_feedback(clause: list[str]) -> bool:
     "thanks, draft one for marcus" is two clauses, and the second is a request.
     """
     words = set(clause)
-    if words <= ARTEFACTS | DONE | FILLERS and words & DONE:  # "email sent", "done": a report, not a request
+    if words <= _REPORT_WORDS and words & DONE:  # "email sent", "done": a report, not a request
         return True
-    if not words & (THANKS | PRAISE):
+    if not words & _THANKS_OR_PRAISE:
         return False
-    if words <= THANKS | PRAISE | FILLERS:  # "excellent", "great, thanks"
+    if words <= _THANKS_PRAISE_OR_FILLERS:  # "excellent", "great, thanks"
         return True
     head = _head(clause)
     if head[0] in STRICT_COMPOSE_VERBS or (head[0] in THANKS and len(head) > 1 and head[1] in STRICT_COMPOSE_VERBS):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.safety.flags import SafetyReport
@@ -27,12 +27,19 @@ from app.safety.recipient import check_recipient
 DATAMARK = "\u02c6"
 
 
+# Knowledge-base texts whose verdict `AnswerGuard.knowledge_snippet` keeps: far above the KB's
+# sections (46 shipped), so it only bounds what an IVY_KNOWLEDGE_DIR of any size could pin.
+KNOWLEDGE_VERDICTS_KEPT = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class OutputPolicy:
     """Per process: the hosts anyone may link to (the KB's and the allow-list) and the leak check."""
 
     domains: frozenset[str]
     leak: LeakCheck
+    # knowledge-base text -> it holds no link or address these domains alone would remove
+    knowledge_clean: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, *, allowed_domains: Iterable[str], kb_hosts: Iterable[str], leak: LeakCheck) -> OutputPolicy:
@@ -46,9 +53,10 @@ class AnswerGuard:
                  correspondents: frozenset[str] = frozenset(), report: SafetyReport) -> None:
         self.policy = policy
         self.addresses = addresses  # where a draft may go: the lead's own
-        self.mentionable = addresses | correspondents  # addresses an answer may name (the emails' senders too)
+        # addresses an answer may name (the emails' senders too); a union copies, so only when it adds
+        self.mentionable = addresses | correspondents if correspondents else addresses
         self.primary = primary
-        self.domains = policy.domains | hosts
+        self.domains = policy.domains | hosts if hosts else policy.domains
         self.report = report
 
     def text_filter(self) -> TextFilter:
@@ -87,6 +95,19 @@ class AnswerGuard:
             self.report.links_removed += removed
             self.report.flag("link_removed")
         return cleaned
+
+    def knowledge_snippet(self, text: str) -> str:
+        """`snippet` of a knowledge-base passage's text. The KB does not change while the process
+        runs, and a guard's domains and addresses only add to the policy's (`allowed` is
+        monotone in them): a text from which the policy's domains alone remove nothing loses
+        nothing to any request's guard, so it is returned as it is, found so once per text."""
+        verdicts = self.policy.knowledge_clean
+        clean = verdicts.get(text)
+        if clean is None:
+            if len(verdicts) >= KNOWLEDGE_VERDICTS_KEPT:
+                verdicts.clear()
+            clean = verdicts[text] = not strip_links(text, self.policy.domains)[1]
+        return text if clean else self.snippet(text)
 
     def clean(self, text: str) -> str:
         """Answer text: foreign links and addresses removed (whole tokens only: see TextFilter)."""

@@ -313,3 +313,22 @@ def test_the_gate_never_opens_a_modal_below_its_threshold(threshold: float) -> N
         c = classify(case["query"], case["context"], modal_heuristics=_flag(case), modal_min_confidence=threshold)
         if c.intent == "modal":
             assert c.confidence >= threshold
+
+
+@pytest.mark.parametrize(("query", "with_lead", "reasons"), [
+    ("reply to dana with the pricing", True, ("email:reply_verb",)),
+    ("reply all", True, ("email:reply_verb",)),
+    ("write to dana", True, ("email:compose_verb",)),
+    ("send the case study over to dana", True, ("email:send_verb",)),  # dana: the lead's own name
+    ("send the case study over to dana", False, ("default:conversational",)),  # no lead: no name
+    ("send the case study over to back", True, ("default:conversational",)),
+    ("quick followup email to dana", True, ("email:terse",)),
+    ("how should i handle a pricing objection from this lead?", True, ("lead_data:reference",)),
+    ("is 82 a good score for this lead?", True, ("insights:score,score_value",)),
+    ("analyze the emails with this lead", True, ("lead_data:emails",)),
+    ("what does the score feature do?", True, ("kb:score",)),
+    ("thanks, email sent", True, ("chat:feedback",)),
+])
+def test_each_rule_over_the_lexicons_word_sets_fires_on_the_query_it_names(query: str, with_lead: bool,
+                                                                              reasons: tuple[str, ...]) -> None:
+    assert classify(query, {"lead": LEAD} if with_lead else {}).reasons == reasons

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.crm import Flatten, flatten
+from app.crm.record import MAX_VALUE_CHARS
 from app.intent.classifier import classify
 from app.intent.guards import context_names
 from app.intent.normalise import MAX_CONTEXT_CHARS, MAX_CONTEXT_VALUES
@@ -129,3 +131,12 @@ def test_the_indexes_kept_of_lead_contexts_are_at_most_fact_indexes_kept(kb: Kno
     for i in range(FACT_INDEXES_KEPT + 20):
         retrieve("the deal", {"notes": [f"Deal number {i} closes in May."]}, kb)
     assert fact_index.cache_info().currsize <= FACT_INDEXES_KEPT
+
+
+def test_a_scalar_value_flattens_as_its_text_cut_at_max_value_chars_and_spends_one_value() -> None:
+    reader = Flatten()
+    assert reader("x" * (MAX_VALUE_CHARS + 10)) == "x" * MAX_VALUE_CHARS
+    assert (reader(82), reader(True), reader(0.5)) == ("82", "True", "0.5")
+    assert reader.left == MAX_CONTEXT_VALUES - 4
+    assert flatten("y" * (MAX_VALUE_CHARS + 1)) == "y" * MAX_VALUE_CHARS
+    assert flatten({"score": 82, "tags": ["a", "b"]}) == "score: 82; tags: a; b"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from rank_bm25 import BM25Okapi
 from app.config import Settings
 from app.intent.classifier import classify
 from app.pipeline import build_generation_request
-from app.retrieval.retriever import KnowledgeBase, _section_terms, load_sections, retrieve
+from app.retrieval.retriever import FactIndex, KnowledgeBase, Section, _section_terms, load_sections, retrieve
 from tests.conftest import LEAD, LEAD_NO_SCORE
 
 ACTIVITY = {
@@ -171,3 +172,25 @@ def test_a_knowledge_base_search_scores_exactly_as_bm25_over_all_its_terms(terms
         found = kb.search_terms(terms, k=len(sections), min_match=0.0)
         assert found
         assert all(p.score == reference[[f"{s.title}: {s.text}" for s in sections].index(p.text)] for p in found)
+
+
+def test_the_lead_facts_index_scores_every_fact_exactly_as_bm25okapi() -> None:
+    # Corpora of one fact, of empty facts, of terms in most facts (rank-bm25's epsilon idf) and
+    # queries with repeated and unknown terms: equal floats, not close ones.
+    rng = random.Random(20)
+    words = [f"w{i}" for i in range(24)]
+    for _ in range(400):
+        documents = [[rng.choice(words[:rng.randint(1, len(words))]) for _ in range(rng.randint(0, 25))]
+                     for _ in range(rng.randint(1, 16))]
+        if not any(documents):
+            continue
+        query = [rng.choice([*words, "unknown"]) for _ in range(rng.randint(1, 10))]
+        assert FactIndex(documents).get_scores(query) == BM25Okapi(documents).get_scores(query).tolist()
+
+
+def test_a_knowledge_base_search_ranks_tied_sections_in_the_knowledge_bases_order() -> None:
+    sections = [Section(f"kb/s.md#{i}", "Plans", "seats pricing annual" if i in (1, 2, 5) else "kickoff call agenda")
+                for i in range(8)]
+    found = KnowledgeBase(sections).search("pricing", k=2, min_score=0.0)
+    assert [p.source for p in found] == ["kb/s.md#1", "kb/s.md#2"]
+    assert found[0].score == found[1].score > 0

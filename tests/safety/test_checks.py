@@ -295,3 +295,63 @@ def test_a_secret_or_an_address_split_by_any_invisible_character_is_still_caught
     assert record.context["lead"]["notes"] == ["key [REDACTED]"]
     g, report = guard()
     assert "evil" not in g.text(f"mail attacker{hidden}@evil.example") and report.flags == ["link_removed"]
+
+
+@pytest.mark.parametrize("text", [
+    "Security › SSO: Okta and Azure AD, see https://okta.com/docs and https://www.ivycrm.com/sso.",
+    "Security › SSO: write to attacker@evil.example or open https://evil.example/x.",
+    "Security › SSO: ask dana@northwind.io, or see https://northwind.io/sso and https://evil.example.",
+    "Plans: nothing to link.",
+])
+def test_a_knowledge_base_snippet_is_what_the_requests_own_guard_makes_of_it(text: str) -> None:
+    policy = OutputPolicy.build(allowed_domains=["ivycrm.com"], kb_hosts=["okta.com"],
+                                leak=LeakCheck(prompts.system_texts(), "CANARY-TEST-0001"))
+    for _ in range(2):  # worked out, then from the verdict kept
+        kept, kept_report = guard_of(policy)
+        plain, plain_report = guard_of(policy)
+        assert kept.knowledge_snippet(text) == plain.snippet(text)
+        assert (kept_report.flags, kept_report.links_removed) == (plain_report.flags, plain_report.links_removed)
+
+
+def guard_of(policy: OutputPolicy) -> tuple[AnswerGuard, SafetyReport]:
+    report = SafetyReport()
+    return AnswerGuard(policy, addresses=frozenset({"dana@northwind.io"}), primary="dana@northwind.io",
+                       hosts=frozenset({"northwind.io"}), report=report), report
+
+
+def test_the_knowledge_base_verdicts_kept_are_at_most_knowledge_verdicts_kept() -> None:
+    from app.safety.guard import KNOWLEDGE_VERDICTS_KEPT
+
+    policy = OutputPolicy.build(allowed_domains=[], kb_hosts=[], leak=LeakCheck(prompts.system_texts(), "C-0002"))
+    kept, _ = guard_of(policy)
+    for i in range(KNOWLEDGE_VERDICTS_KEPT + 10):
+        kept.knowledge_snippet(f"section {i}")
+    assert 0 < len(policy.knowledge_clean) <= KNOWLEDGE_VERDICTS_KEPT
+
+
+def test_a_knowledge_base_link_to_one_leads_site_is_kept_for_that_lead_only() -> None:
+    policy = OutputPolicy.build(allowed_domains=["ivycrm.com"], kb_hosts=[],
+                                leak=LeakCheck(prompts.system_texts(), "CANARY-TEST-0003"))
+    text = "Integrations: see https://northwind.io/sso for the setup."
+    theirs, _ = guard_of(policy)  # the lead's hosts: northwind.io
+    other = AnswerGuard(policy, addresses=frozenset(), primary="", hosts=frozenset(), report=SafetyReport())
+    assert theirs.knowledge_snippet(text) == text
+    assert "northwind.io" not in other.knowledge_snippet(text)
+    assert theirs.knowledge_snippet(text) == text
+
+
+def test_an_empty_context_reads_as_a_record_with_nothing_in_it() -> None:
+    context: dict[str, object] = {}
+    record = CrmRecord.read(context)
+    assert record.context is context and record.lead == {} and record.outside == ()
+    assert (record.addresses, record.primary, record.hosts, record.correspondents, record.secrets_masked) == (
+        frozenset(), "", frozenset(), frozenset(), 0)
+    assert record.lead is not CrmRecord.read({}).lead  # each request's own: a prompt may be built from it
+
+
+def test_the_leads_outside_strings_are_read_in_order_with_their_paths_and_its_computed_ones_left_out() -> None:
+    lead = {"id": "L-1", "name": "Dana", "stage": "proposal", "notes": ["call her", {"by": "Raj"}], "score": 82,
+            "aiInsights": ["hot"], "company": "Northwind", "stage.note": "x", "budget[0]": "y"}
+    record = CrmRecord.read({"lead": lead, "emails": [{"from": "a@b.io", "body": "hello"}]})
+    assert record.outside == (("lead.name", "Dana"), ("lead.notes[0]", "call her"), ("lead.notes[1].by", "Raj"),
+                              ("lead.company", "Northwind"), ("emails[0].from", "a@b.io"), ("emails[0].body", "hello"))
