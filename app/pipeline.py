@@ -28,14 +28,21 @@ from app.crm import CrmRecord
 from app.domain import (
     BudgetExhausted,
     Caller,
+    CallUsage,
+    Citation,
     Delta,
     Done,
     Event,
     Failed,
+    Fallback,
+    IntentInfo,
     Meta,
+    Modal,
     RateLimitExceeded,
     RouterResponse,
+    Safety,
     Saved,
+    UsageInfo,
 )
 from app.drafts.email import make_email_json_fallback, parse_email
 from app.intent.classifier import Classification, classify, lead_has_insights
@@ -121,11 +128,11 @@ def _limiter_failed(state: State, exc: Exception) -> dict[str, str]:
 
 # --- stages 2-5 ----------------------------------------------------------------------------------
 
-def _citations(p: Plan) -> list[dict[str, str]]:
-    """Each passage's source and a snippet (a Citation's fields), links held to the same rule as the answer's."""
+def _citations(p: Plan) -> list[Citation]:
+    """Each passage's source and a snippet, links held to the same rule as the answer's."""
     guard = p.guard
-    return [{"source": x.source, "snippet": guard.knowledge_snippet(x.text[:300]) if x.source.startswith("kb/")
-             else guard.snippet(x.text[:300])} for x in p.passages]
+    return [Citation(source=x.source, snippet=guard.knowledge_snippet(x.text[:300]) if x.source.startswith("kb/")
+                     else guard.snippet(x.text[:300])) for x in p.passages]
 
 
 def _suggestions(c: Classification, lead: dict[str, Any]) -> list[str]:
@@ -432,18 +439,17 @@ async def _release_once_reserved(tab: Tab, reserving: asyncio.Future[Refusal | N
     tab.close()
 
 
-def usage_of(trace: Trace, saved: Saved | None = None) -> dict[str, Any]:
-    """What the answer's calls cost (every billed call, hedges and failovers included): a
-    UsageInfo's fields, its calls a CallUsage's each (`respond` validates them all at once)."""
+def usage_of(trace: Trace, saved: Saved | None = None) -> UsageInfo:
+    """What the answer's calls cost (every billed call, hedges and failovers included)."""
     bills = trace.bills
     costs = [b.cost for b in bills]
-    return {
-        "input_tokens": sum(b.input_tokens for b in bills), "output_tokens": sum(b.output_tokens for b in bills),
-        "cost_usd": None if None in costs else sum(c or 0 for c in costs) / NANO_PER_USD,
-        "calls": [{"provider": b.provider, "model": b.model, "role": b.role, "input_tokens": b.input_tokens,
-                   "cached_input_tokens": b.cached_tokens, "output_tokens": b.output_tokens, "cost_usd": b.cost_usd,
-                   "estimated": b.estimated} for b in bills],
-        "saved": saved}
+    return UsageInfo(
+        input_tokens=sum(b.input_tokens for b in bills), output_tokens=sum(b.output_tokens for b in bills),
+        cost_usd=None if None in costs else sum(c or 0 for c in costs) / NANO_PER_USD,
+        calls=[CallUsage(provider=b.provider, model=b.model, role=b.role, input_tokens=b.input_tokens,
+                         cached_input_tokens=b.cached_tokens, output_tokens=b.output_tokens, cost_usd=b.cost_usd,
+                         estimated=b.estimated) for b in bills],
+        saved=saved)
 
 
 def saved(state: State, hit: CachedAnswer) -> Saved:
@@ -459,7 +465,7 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
     are not cached): a JSON response and a stream's `done` are this same object."""
     c, request = p.c, p.request
     reason = trace.degraded_reason
-    modal: dict[str, Any] | None = None  # a Modal's fields
+    modal: Modal | None = None
     if c.modal_type == "email_composer":
         with tracing.stage("tool", **{"ivy.tool": "email_json"}):
             draft, reason = email_tool(text, request, trace)
@@ -467,28 +473,26 @@ def respond(caller: Caller, p: Plan, flags: Flags, timer: Timer, text: str, *, c
             if tracing.on():
                 tracing.annotate(**{"ivy.tool.fallback": reason})
         timer.lap("tool")
-        modal = {"type": "email_composer", "payload": draft}
+        modal = Modal(type="email_composer", payload=draft)
         text = f"I drafted an email to {draft.get('to') or 'the lead'}: \"{draft.get('subject', '')}\"."
     elif c.modal_type == "lead_insights":
-        modal = {"type": "lead_insights", "payload": _insights_payload(request.lead, text)}
-    # Validated once, as plain data: the nested models are made by the validator, not each by a
-    # BaseModel.__init__ of its own (the same models and fields set, a few us less per answer).
-    return RouterResponse.model_validate({
-        "request_id": caller.request_id,
-        "intent": c.intent,
-        "provider": trace.provider,
-        "model": trace.model,
-        "answer": text,
-        "modal": modal,
-        "citations": _citations(p),
-        "fallback": _fallback(reason, trace.failures),
-        "intent_detail": {"confidence": c.confidence, "reasons": list(c.reasons)},
-        "suggestions": _suggestions(c, request.lead) if flags.organic else [],
-        "latency_ms": timer.total(),
-        "cache": cache,
-        "safety": {"flags": list(p.report.flags)},
-        "usage": usage_of(trace, saved),
-    })
+        modal = Modal(type="lead_insights", payload=_insights_payload(request.lead, text))
+    return RouterResponse(
+        request_id=caller.request_id,
+        intent=c.intent,
+        provider=trace.provider,
+        model=trace.model,
+        answer=text,
+        modal=modal,
+        citations=_citations(p),
+        fallback=_fallback(reason, trace.failures),
+        intent_detail=IntentInfo(confidence=c.confidence, reasons=list(c.reasons)),
+        suggestions=_suggestions(c, request.lead) if flags.organic else [],
+        latency_ms=timer.total(),
+        cache=cache,
+        safety=Safety(flags=list(p.report.flags)),
+        usage=usage_of(trace, saved),
+    )
 
 
 def record_safety(state: State, report: SafetyReport) -> None:
@@ -498,9 +502,8 @@ def record_safety(state: State, report: SafetyReport) -> None:
         state.metrics.safety_flags.labels(flag).inc()
 
 
-def _fallback(reason: str | None, failures: list[LinkFailure]) -> dict[str, Any]:
-    """A Fallback's fields."""
-    return {"used": reason is not None, "reason": reason, "failures": [f"{f.provider}:{f.reason}" for f in failures]}
+def _fallback(reason: str | None, failures: list[LinkFailure]) -> Fallback:
+    return Fallback(used=reason is not None, reason=reason, failures=[f"{f.provider}:{f.reason}" for f in failures])
 
 
 def email_tool(text: str, request: GenerationRequest, trace: Trace) -> tuple[dict[str, Any], str | None]:
