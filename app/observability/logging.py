@@ -9,6 +9,7 @@ listener thread, so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import logging
 import logging.handlers
@@ -45,6 +46,21 @@ def _is_secret_key(key: str) -> bool:
     return _SECRET_KEYS.search(key) is not None
 
 
+_KEY_SHAPES_KEPT = 512  # a line's fields in order; the app's log calls make a few dozen
+_secret_keys_by_shape: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _secret_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of a line's field names are secret, looked up once per set of names (one tuple
+    lookup, not one cached call per field); past _KEY_SHAPES_KEPT shapes, computed each time."""
+    found = _secret_keys_by_shape.get(keys)
+    if found is None:
+        found = tuple(k for k in keys if _is_secret_key(str(k)))
+        if len(_secret_keys_by_shape) < _KEY_SHAPES_KEPT:
+            _secret_keys_by_shape[keys] = found
+    return found
+
+
 # Values no secret can be in: numbers, flags, None, and the enums' own names (checked apart).
 _PLAIN = frozenset({int, float, bool, type(None)})
 
@@ -56,7 +72,13 @@ def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
         if len(value) < FRAGMENT or (not has_secrets() and not any(m in value for m in _SHAPE_MARKERS)):
             return value
         return scrub(value)
-    if value is None or isinstance(value, int | float):
+    if type(value) in _PLAIN:
+        return value
+    if type(value) is dict:  # before the Mapping ABC's slower isinstance: a line's usage, its headers
+        secret = _secret_keys(tuple(value))
+        return {k: "[REDACTED]" if secret and k in secret else v if type(v) in _PLAIN else _redact_value(v, scrub)
+                for k, v in value.items()}
+    if isinstance(value, int | float):
         return value
     if isinstance(value, Mapping):
         return {k: "[REDACTED]" if _is_secret_key(str(k)) else _redact_value(v, scrub) for k, v in value.items()}
@@ -73,11 +95,13 @@ def redact_secrets(_: Any, method: str, event_dict: MutableMapping[str, Any]) ->
     # (one RE2 pass, not one substitution each); fragments (WARNING and up) are looked for one by one.
     texts = [v for v in event_dict.values() if type(v) is str and len(v) >= FRAGMENT] if scrub is redact else ()
     clean = bool(texts) and redacts_nothing("\n".join(texts))
+    secret = _secret_keys(tuple(event_dict))
     for key, value in event_dict.items():  # values replaced in place: no key is added or removed
-        if _is_secret_key(key):
-            event_dict[key] = "[REDACTED]"
-        elif not (type(value) in _PLAIN or isinstance(value, Enum) or (clean and type(value) is str)):
+        kind = type(value)
+        if not (kind in _PLAIN or (clean and kind is str) or isinstance(value, Enum) or (secret and key in secret)):
             event_dict[key] = _redact_value(value, scrub)
+    for key in secret:
+        event_dict[key] = "[REDACTED]"
     return event_dict
 
 
@@ -127,6 +151,25 @@ def _dumps(obj: Any, **_: Any) -> str:
     # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
     # Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too.
     return _escape_line_breaks(greppable.guard(obj, orjson.dumps(obj, default=str).decode()))
+
+
+class _Stamp:
+    """`ts` as structlog's TimeStamper(fmt="iso", utc=True) writes it (`2026-12-07T23:06:09.732832Z`,
+    no fraction at .000000), the date and time of day formatted once a second, not per line."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.clock_ns = clock_ns
+        self.second: tuple[int, str] = (-1, "")  # replaced whole: a thread reads one or the other
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # Floored to the microsecond, as datetime.now() is.
+        second, micro = divmod(self.clock_ns() // 1000, 1_000_000)
+        cached = self.second
+        if cached[0] != second:
+            text = datetime.datetime.fromtimestamp(second, datetime.UTC).replace(tzinfo=None).isoformat()
+            cached = self.second = (second, text)
+        event_dict["ts"] = f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+        return event_dict
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}

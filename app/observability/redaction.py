@@ -105,7 +105,8 @@ def _high_entropy(token: str) -> bool:
 def redacts_nothing(text: str) -> bool:
     """True when ``redact(text)`` is ``text`` (one RE2 pass): callers with many short strings ask
     once for all of them, joined."""
-    return _registry.quick.search(text) is None
+    # As bytes: what RE2 searches either way, without the wrapper's str offset bookkeeping.
+    return _registry.quick.search(text.encode()) is None
 
 
 def may_hold_secret(text: str) -> bool:
