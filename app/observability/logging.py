@@ -316,7 +316,7 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
     structlog.configure(
         processors=[
             _drop_below_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _Stamp(),
             structlog.processors.format_exc_info,
             redact_secrets,
             add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
