@@ -107,8 +107,8 @@ class RequestContextMiddleware:
         if scope["path"] == "/metrics":
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        fields: dict[str, Any] = {"request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
-                                  "status": status, "latency_ms": round(latency_ms, 2), **ctx.log_fields()}
+        fields = ctx.log_fields({"request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
+                                 "status": status, "latency_ms": round(latency_ms, 2)})
         intent, provider = fields["intent"], fields["model_provider"]
         outcome = ctx.outcome  # a stream that began as a 200 and ended with `event: error`
         if status == 429:

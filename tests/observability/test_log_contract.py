@@ -160,6 +160,22 @@ def test_identity_values_reach_the_log_line_printable_with_line_breaks_and_contr
     assert len(text.splitlines()) == len(text.split("\n")) - 1  # no Unicode line break inside a line
 
 
+def test_a_request_lines_fields_follow_its_first_ones_in_order_and_leave_out_what_is_unset() -> None:
+    from app.api.context import RequestContext
+    from app.safety.flags import SafetyReport
+
+    ctx = RequestContext("req-1", user_id="rep-7", intent="rag", provider="gemini", model="gemini-2.5-flash",
+                         hedged=False, provider_calls=1, usage={"input": 3, "output": 5}, cache="miss",
+                         safety=SafetyReport(secrets_masked=2))
+    fields = ctx.log_fields({"request_id": "req-1", "status": 200})
+    assert list(fields.items()) == [
+        ("request_id", "req-1"), ("status", 200), ("user_id", "rep-7"), ("org_id", None), ("intent", "rag"),
+        ("model_provider", "gemini"), ("model", "gemini-2.5-flash"), ("hedged", False), ("provider_calls", 1),
+        ("usage", {"input": 3, "output": 5}), ("cache", "miss"), ("crm_masked", 2)]
+    assert list(RequestContext("req-2").log_fields().items()) == [
+        ("user_id", None), ("org_id", None), ("intent", "none"), ("model_provider", "none")]
+
+
 @pytest.mark.parametrize("ns", [
     1_796_684_769_732_832_123,  # 2026-12-07T23:06:09.732832
     1_796_684_769_000_000_999,  # a whole second: isoformat() writes no fraction
