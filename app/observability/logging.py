@@ -90,16 +90,28 @@ def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
 def redact_secrets(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Every configured secret out of every value; on WARNING and ERROR lines (error texts, tracebacks)
     also any 8+ character run of one, in case something upstream cut or masked it."""
-    scrub = redact_fragments if _LEVELS.get(method, 20) >= 30 else redact
-    # An INFO line's top-level strings are asked at once whether `redact` would change any of them
-    # (one RE2 pass, not one substitution each); fragments (WARNING and up) are looked for one by one.
-    texts = [v for v in event_dict.values() if type(v) is str and len(v) >= FRAGMENT] if scrub is redact else ()
-    clean = bool(texts) and redacts_nothing("\n".join(texts))
     secret = _secret_keys(tuple(event_dict))
-    for key, value in event_dict.items():  # values replaced in place: no key is added or removed
-        kind = type(value)
-        if not (kind in _PLAIN or (clean and kind is str) or isinstance(value, Enum) or (secret and key in secret)):
-            event_dict[key] = _redact_value(value, scrub)
+    if _LEVELS.get(method, 20) >= 30:  # fragments (WARNING and up) are looked for value by value
+        for key, value in event_dict.items():  # values replaced in place: no key is added or removed
+            if not (type(value) in _PLAIN or isinstance(value, Enum) or (secret and key in secret)):
+                event_dict[key] = _redact_value(value, redact_fragments)
+    else:
+        # An INFO line's top-level strings are asked at once whether `redact` would change any of
+        # them (one RE2 pass, not one substitution each); one walk finds them and what else to walk.
+        texts, text_keys, others = [], [], []
+        for key, value in event_dict.items():
+            kind = type(value)
+            if kind is str:
+                if len(value) >= FRAGMENT:
+                    texts.append(value)
+                    text_keys.append(key)
+            elif not (kind in _PLAIN or isinstance(value, Enum)):
+                others.append(key)
+        if texts and not redacts_nothing("\n".join(texts)):
+            others.extend(text_keys)
+        for key in others:
+            if not (secret and key in secret):
+                event_dict[key] = _redact_value(event_dict[key], redact)
     for key in secret:
         event_dict[key] = "[REDACTED]"
     return event_dict

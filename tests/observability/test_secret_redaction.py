@@ -163,3 +163,18 @@ def test_a_registered_secret_after_multibyte_characters_is_redacted_from_an_info
     register_secrets(secret)
     line = _info_line(note="élan 😀 café", upstream=f"ключ: {secret} ✓")
     assert line["upstream"] == "ключ: [REDACTED] ✓" and line["note"] == "élan 😀 café"
+
+
+class _Text(str):
+    pass
+
+
+def test_an_info_lines_lists_dicts_and_str_subclasses_are_walked_when_its_plain_strings_hold_no_secret(
+        clean_registry: None) -> None:
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    register_secrets(secret)
+    line = _info_line(notes=["fine", f"key {secret}"], extra={"why": f"got {secret}"}, raw=_Text(f"x {secret}"),
+                      lane=_Lane.RAG, short="sk-1", status=200)
+    assert line["notes"] == ["fine", "key [REDACTED]"] and line["extra"] == {"why": "got [REDACTED]"}
+    assert line["raw"] == "x [REDACTED]"
+    assert (line["lane"], line["short"], line["status"], line["path"]) == (_Lane.RAG, "sk-1", 200, "/ai/router/v2")
