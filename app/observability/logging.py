@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import FilteringBoundLogger, Processor
 
 from app.observability import greppable
 from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments, redacts_nothing
@@ -199,6 +199,7 @@ class _LineSink:
         self.queue: queue.SimpleQueue[str | None] | None = None
         self.level = logging.INFO
         self.writer: _Writer | None = None
+        self.processors: list[Processor] | None = None  # configure_logging's chain, for `write_line`
 
     def msg(self, line: str) -> None:
         if self.queue is not None:
@@ -325,15 +326,17 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     _filter_stdlib_handlers()
 
+    processors: list[Processor] = [
+        _drop_below_level,
+        _Stamp(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
+        structlog.processors.JSONRenderer(serializer=_dumps),
+    ]
+    _sink.processors = processors
     structlog.configure(
-        processors=[
-            _drop_below_level,
-            _Stamp(),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
-            structlog.processors.JSONRenderer(serializer=_dumps),
-        ],
+        processors=processors,
         logger_factory=lambda *_: _sink,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
@@ -347,6 +350,23 @@ def shutdown_logging() -> None:
         _sink.queue = _sink.writer = None  # lines logged from here on are dropped, not left queued
         lines.put(None)
         writer.join()
+
+
+def write_line(method: str, event: str, fields: dict[str, Any]) -> None:
+    """The line `get_logger().<method>(event, **fields)` writes, from a dict the caller hands over:
+    for the line every request writes, without structlog's wrapper calls and their copies of it."""
+    processors = _sink.processors  # the chain structlog runs too: configure_logging is its one configurer
+    if processors is None:
+        getattr(get_logger(), method)(event, **fields)  # not configured yet: structlog's defaults
+        return
+    event_dict: Any = fields
+    event_dict["event"] = event
+    try:
+        for processor in processors:
+            event_dict = processor(_sink, method, event_dict)
+    except structlog.DropEvent:
+        return
+    _sink.msg(event_dict)
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:
