@@ -159,10 +159,11 @@ def _escape_line_breaks(text: str) -> str:
     return text
 
 
-def _dumps(obj: Any, **_: Any) -> str:
-    # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
-    # Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too.
-    return _escape_line_breaks(greppable.guard(obj, orjson.dumps(obj, default=str).decode()))
+def _render(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The line as JSON (the chain's last step, as JSONRenderer(serializer=...) was, one call fewer).
+    greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
+    Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too."""
+    return _escape_line_breaks(greppable.guard(event_dict, orjson.dumps(event_dict, default=str).decode()))
 
 
 class _Stamp:
@@ -185,7 +186,8 @@ class _Stamp:
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
-_LEVEL_NAMES = {"warn": "WARNING", "exception": "ERROR"}
+_LEVEL_NAMES = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING", "error": "ERROR",
+                "exception": "ERROR", "critical": "CRITICAL"}
 
 
 class _LineSink:
@@ -214,7 +216,7 @@ _sink = _LineSink()
 def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _LEVELS.get(method, 20) < _sink.level:
         raise structlog.DropEvent
-    event_dict["level"] = _LEVEL_NAMES.get(method, method.upper())
+    event_dict["level"] = _LEVEL_NAMES.get(method) or method.upper()
     return event_dict
 
 
@@ -332,7 +334,7 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
         structlog.processors.format_exc_info,
         redact_secrets,
         add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
-        structlog.processors.JSONRenderer(serializer=_dumps),
+        _render,
     ]
     _sink.processors = processors
     structlog.configure(

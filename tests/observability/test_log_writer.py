@@ -158,3 +158,15 @@ def test_a_line_written_from_a_handed_over_dict_is_the_line_the_logger_writes_fo
     by_logger, by_write_line = log_file.read_text().splitlines()
     assert by_write_line.split('"ts":')[0] == by_logger.split('"ts":')[0]
     assert json.loads(by_write_line)["level"] == level and secret not in by_write_line
+
+
+def test_each_logger_method_writes_its_level_in_capitals_as_the_runbooks_greps_expect(log_file: Path) -> None:
+    configure_logging(log_file, level="DEBUG", max_bytes=0, backups=0)
+    methods = ("debug", "info", "warning", "warn", "error", "exception", "critical")
+    for method in methods:
+        getattr(log, method)("levels", method=method)
+    shutdown_logging()
+    lines = [json.loads(text) for text in log_file.read_text().splitlines()]
+    assert [(x["method"], x["level"]) for x in lines] == [
+        ("debug", "DEBUG"), ("info", "INFO"), ("warning", "WARNING"), ("warn", "WARNING"), ("error", "ERROR"),
+        ("exception", "ERROR"), ("critical", "CRITICAL")]
