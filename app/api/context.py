@@ -8,6 +8,7 @@ metrics from it. One typed object instead of loose string keys.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ _FAILED_OUTCOME = {"provider_stream_interrupted": "stream_interrupted", "shuttin
 # Fields that go on the request's log line when set (after the ones every line has).
 _OPTIONAL = ("model", "provider_ms", "fallback", "hedged", "provider_calls", "usage", "bucket", "code",
              "retry_after", "outcome", "cache")
+_optional_values = operator.attrgetter(*_OPTIONAL)
 
 
 @dataclass(slots=True)
@@ -99,11 +101,13 @@ class RequestContext:
         elif self.usage is not None:
             self.usage["cost_usd"] = cost_usd
 
-    def log_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"user_id": self.user_id, "org_id": self.org_id,
-                                  "intent": self.intent or "none", "model_provider": self.provider or "none"}
-        for key in _OPTIONAL:
-            value = getattr(self, key)
+    def log_fields(self, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's fields for its log line, added to ``fields`` (the line's first ones) if given."""
+        if fields is None:
+            fields = {}
+        fields["user_id"], fields["org_id"] = self.user_id, self.org_id
+        fields["intent"], fields["model_provider"] = self.intent or "none", self.provider or "none"
+        for key, value in zip(_OPTIONAL, _optional_values(self), strict=True):  # one C call reads them all
             if value is not None:
                 fields[key] = value
         if self.safety is not None:

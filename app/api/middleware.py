@@ -21,11 +21,9 @@ from app.api.errors import PayloadTooLarge, render
 from app.api.responses import send_json
 from app.api.router_endpoints import ENDPOINTS
 from app.api.services import SERVICES, ApiServices
-from app.observability.logging import get_logger
+from app.observability.logging import write_line
 from app.observability.tracing import RequestSpan
 from app.state import State
-
-log = get_logger()
 
 ROUTER_PATHS = frozenset(ENDPOINTS)
 ROUTES = {path: "/ai/router/v2" if version == "v2" else "/ai/router/" for path, version in ENDPOINTS.items()}
@@ -107,18 +105,18 @@ class RequestContextMiddleware:
         if scope["path"] == "/metrics":
             return
         latency_ms = (time.perf_counter() - started) * 1000
-        fields: dict[str, Any] = {"request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
-                                  "status": status, "latency_ms": round(latency_ms, 2), **ctx.log_fields()}
+        fields = ctx.log_fields({"request_id": ctx.request_id, "method": scope["method"], "path": scope["path"],
+                                 "status": status, "latency_ms": round(latency_ms, 2)})
         intent, provider = fields["intent"], fields["model_provider"]
         outcome = ctx.outcome  # a stream that began as a 200 and ended with `event: error`
         if status == 429:
-            log.warning("rate_limited", **fields)
+            write_line("warning", "rate_limited", fields)
         elif status >= 500:
-            log.error("request", **fields)
+            write_line("error", "request", fields)
         elif outcome is not None:
-            log.warning("request", **fields)
+            write_line("warning", "request", fields)
         else:
-            log.info("request", **fields)
+            write_line("info", "request", fields)
         if ivy is None or not is_router:
             return
         served = ivy.metrics.served("v2" if scope["path"].endswith("v2") else "v1", intent, provider)

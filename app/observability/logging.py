@@ -9,6 +9,7 @@ listener thread, so a slow disk never stalls the event loop.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import logging
 import logging.handlers
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from structlog.typing import FilteringBoundLogger
+from structlog.typing import FilteringBoundLogger, Processor
 
 from app.observability import greppable
 from app.observability.redaction import FRAGMENT, has_secrets, redact, redact_fragments, redacts_nothing
@@ -45,6 +46,21 @@ def _is_secret_key(key: str) -> bool:
     return _SECRET_KEYS.search(key) is not None
 
 
+_KEY_SHAPES_KEPT = 512  # a line's fields in order; the app's log calls make a few dozen
+_secret_keys_by_shape: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _secret_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of a line's field names are secret, looked up once per set of names (one tuple
+    lookup, not one cached call per field); past _KEY_SHAPES_KEPT shapes, computed each time."""
+    found = _secret_keys_by_shape.get(keys)
+    if found is None:
+        found = tuple(k for k in keys if _is_secret_key(str(k)))
+        if len(_secret_keys_by_shape) < _KEY_SHAPES_KEPT:
+            _secret_keys_by_shape[keys] = found
+    return found
+
+
 # Values no secret can be in: numbers, flags, None, and the enums' own names (checked apart).
 _PLAIN = frozenset({int, float, bool, type(None)})
 
@@ -56,7 +72,13 @@ def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
         if len(value) < FRAGMENT or (not has_secrets() and not any(m in value for m in _SHAPE_MARKERS)):
             return value
         return scrub(value)
-    if value is None or isinstance(value, int | float):
+    if type(value) in _PLAIN:
+        return value
+    if type(value) is dict:  # before the Mapping ABC's slower isinstance: a line's usage, its headers
+        secret = _secret_keys(tuple(value))
+        return {k: "[REDACTED]" if secret and k in secret else v if type(v) in _PLAIN else _redact_value(v, scrub)
+                for k, v in value.items()}
+    if isinstance(value, int | float):
         return value
     if isinstance(value, Mapping):
         return {k: "[REDACTED]" if _is_secret_key(str(k)) else _redact_value(v, scrub) for k, v in value.items()}
@@ -68,16 +90,30 @@ def _redact_value(value: Any, scrub: Callable[[str], str]) -> Any:
 def redact_secrets(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Every configured secret out of every value; on WARNING and ERROR lines (error texts, tracebacks)
     also any 8+ character run of one, in case something upstream cut or masked it."""
-    scrub = redact_fragments if _LEVELS.get(method, 20) >= 30 else redact
-    # An INFO line's top-level strings are asked at once whether `redact` would change any of them
-    # (one RE2 pass, not one substitution each); fragments (WARNING and up) are looked for one by one.
-    texts = [v for v in event_dict.values() if type(v) is str and len(v) >= FRAGMENT] if scrub is redact else ()
-    clean = bool(texts) and redacts_nothing("\n".join(texts))
-    for key, value in event_dict.items():  # values replaced in place: no key is added or removed
-        if _is_secret_key(key):
-            event_dict[key] = "[REDACTED]"
-        elif not (type(value) in _PLAIN or isinstance(value, Enum) or (clean and type(value) is str)):
-            event_dict[key] = _redact_value(value, scrub)
+    secret = _secret_keys(tuple(event_dict))
+    if _LEVELS.get(method, 20) >= 30:  # fragments (WARNING and up) are looked for value by value
+        for key, value in event_dict.items():  # values replaced in place: no key is added or removed
+            if not (type(value) in _PLAIN or isinstance(value, Enum) or (secret and key in secret)):
+                event_dict[key] = _redact_value(value, redact_fragments)
+    else:
+        # An INFO line's top-level strings are asked at once whether `redact` would change any of
+        # them (one RE2 pass, not one substitution each); one walk finds them and what else to walk.
+        texts, text_keys, others = [], [], []
+        for key, value in event_dict.items():
+            kind = type(value)
+            if kind is str:
+                if len(value) >= FRAGMENT:
+                    texts.append(value)
+                    text_keys.append(key)
+            elif not (kind in _PLAIN or isinstance(value, Enum)):
+                others.append(key)
+        if texts and not redacts_nothing("\n".join(texts)):
+            others.extend(text_keys)
+        for key in others:
+            if not (secret and key in secret):
+                event_dict[key] = _redact_value(event_dict[key], redact)
+    for key in secret:
+        event_dict[key] = "[REDACTED]"
     return event_dict
 
 
@@ -123,14 +159,35 @@ def _escape_line_breaks(text: str) -> str:
     return text
 
 
-def _dumps(obj: Any, **_: Any) -> str:
-    # greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
-    # Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too.
-    return _escape_line_breaks(greppable.guard(obj, orjson.dumps(obj, default=str).decode()))
+def _render(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The line as JSON (the chain's last step, as JSONRenderer(serializer=...) was, one call fewer).
+    greppable.guard: `grep "429"` and `grep -i error` match only the lines they are for.
+    Escaped after the guard: a line it re-renders (a "429" in a timestamp) is escaped too."""
+    return _escape_line_breaks(greppable.guard(event_dict, orjson.dumps(event_dict, default=str).decode()))
+
+
+class _Stamp:
+    """`ts` as structlog's TimeStamper(fmt="iso", utc=True) writes it (`2026-12-07T23:06:09.732832Z`,
+    no fraction at .000000), the date and time of day formatted once a second, not per line."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.clock_ns = clock_ns
+        self.second: tuple[int, str] = (-1, "")  # replaced whole: a thread reads one or the other
+
+    def __call__(self, _: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # Floored to the microsecond, as datetime.now() is.
+        second, micro = divmod(self.clock_ns() // 1000, 1_000_000)
+        cached = self.second
+        if cached[0] != second:
+            text = datetime.datetime.fromtimestamp(second, datetime.UTC).replace(tzinfo=None).isoformat()
+            cached = self.second = (second, text)
+        event_dict["ts"] = f"{cached[1]}.{micro:06d}Z" if micro else f"{cached[1]}Z"
+        return event_dict
 
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
-_LEVEL_NAMES = {"warn": "WARNING", "exception": "ERROR"}
+_LEVEL_NAMES = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING", "error": "ERROR",
+                "exception": "ERROR", "critical": "CRITICAL"}
 
 
 class _LineSink:
@@ -144,6 +201,7 @@ class _LineSink:
         self.queue: queue.SimpleQueue[str | None] | None = None
         self.level = logging.INFO
         self.writer: _Writer | None = None
+        self.processors: list[Processor] | None = None  # configure_logging's chain, for `write_line`
 
     def msg(self, line: str) -> None:
         if self.queue is not None:
@@ -158,7 +216,7 @@ _sink = _LineSink()
 def _drop_below_level(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _LEVELS.get(method, 20) < _sink.level:
         raise structlog.DropEvent
-    event_dict["level"] = _LEVEL_NAMES.get(method, method.upper())
+    event_dict["level"] = _LEVEL_NAMES.get(method) or method.upper()
     return event_dict
 
 
@@ -270,15 +328,17 @@ def configure_logging(log_file: Path, *, level: str = "INFO", max_bytes: int, ba
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     _filter_stdlib_handlers()
 
+    processors: list[Processor] = [
+        _drop_below_level,
+        _Stamp(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
+        _render,
+    ]
+    _sink.processors = processors
     structlog.configure(
-        processors=[
-            _drop_below_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            add_trace_ids,  # after redaction: ids are hex of ours or a validated traceparent's, never a secret
-            structlog.processors.JSONRenderer(serializer=_dumps),
-        ],
+        processors=processors,
         logger_factory=lambda *_: _sink,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
@@ -292,6 +352,23 @@ def shutdown_logging() -> None:
         _sink.queue = _sink.writer = None  # lines logged from here on are dropped, not left queued
         lines.put(None)
         writer.join()
+
+
+def write_line(method: str, event: str, fields: dict[str, Any]) -> None:
+    """The line `get_logger().<method>(event, **fields)` writes, from a dict the caller hands over:
+    for the line every request writes, without structlog's wrapper calls and their copies of it."""
+    processors = _sink.processors  # the chain structlog runs too: configure_logging is its one configurer
+    if processors is None:
+        getattr(get_logger(), method)(event, **fields)  # not configured yet: structlog's defaults
+        return
+    event_dict: Any = fields
+    event_dict["event"] = event
+    try:
+        for processor in processors:
+            event_dict = processor(_sink, method, event_dict)
+    except structlog.DropEvent:
+        return
+    _sink.msg(event_dict)
 
 
 def get_logger(**bound: Any) -> FilteringBoundLogger:

@@ -158,3 +158,40 @@ def test_identity_values_reach_the_log_line_printable_with_line_breaks_and_contr
     assert line["user_id"].startswith("rep") and "\\x" in line["user_id"] and line["user_id"].endswith("x")
     text = log_file.read_text(encoding="utf-8")
     assert len(text.splitlines()) == len(text.split("\n")) - 1  # no Unicode line break inside a line
+
+
+def test_a_request_lines_fields_follow_its_first_ones_in_order_and_leave_out_what_is_unset() -> None:
+    from app.api.context import RequestContext
+    from app.safety.flags import SafetyReport
+
+    ctx = RequestContext("req-1", user_id="rep-7", intent="rag", provider="gemini", model="gemini-2.5-flash",
+                         hedged=False, provider_calls=1, usage={"input": 3, "output": 5}, cache="miss",
+                         safety=SafetyReport(secrets_masked=2))
+    fields = ctx.log_fields({"request_id": "req-1", "status": 200})
+    assert list(fields.items()) == [
+        ("request_id", "req-1"), ("status", 200), ("user_id", "rep-7"), ("org_id", None), ("intent", "rag"),
+        ("model_provider", "gemini"), ("model", "gemini-2.5-flash"), ("hedged", False), ("provider_calls", 1),
+        ("usage", {"input": 3, "output": 5}), ("cache", "miss"), ("crm_masked", 2)]
+    assert list(RequestContext("req-2").log_fields().items()) == [
+        ("user_id", None), ("org_id", None), ("intent", "none"), ("model_provider", "none")]
+
+
+@pytest.mark.parametrize("ns", [
+    1_796_684_769_732_832_123,  # 2026-12-07T23:06:09.732832
+    1_796_684_769_000_000_999,  # a whole second: isoformat() writes no fraction
+    1_796_684_769_000_001_000,
+    1_798_761_599_999_999_999,  # the last microsecond of 2026
+    1_798_761_600_000_000_000,
+    0,
+])
+def test_a_lines_timestamp_is_what_an_iso_utc_stamper_writes_for_that_instant(ns: int) -> None:
+    import datetime
+
+    from app.observability.logging import _Stamp
+
+    clock = iter([ns, ns - 1_000_000_000, ns])  # a second back and forth: the cached second follows
+    stamp = _Stamp(lambda: next(clock))
+    for at in (ns, ns - 1_000_000_000, ns):
+        # structlog's TimeStamper(fmt="iso", utc=True): datetime.now(utc).isoformat(), +00:00 as Z
+        instant = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(microseconds=at // 1000)
+        assert stamp(None, "info", {})["ts"] == instant.isoformat().replace("+00:00", "Z")

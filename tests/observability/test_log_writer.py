@@ -135,3 +135,38 @@ def test_a_broken_stderr_does_not_stop_the_file(log_file: Path, monkeypatch: pyt
         _log(i)
     shutdown_logging()
     assert _ids(log_file) == list(range(100))
+
+
+@pytest.mark.parametrize(("method", "level"), [("info", "INFO"), ("warning", "WARNING"), ("error", "ERROR")])
+def test_a_line_written_from_a_handed_over_dict_is_the_line_the_logger_writes_for_the_same_fields(
+        log_file: Path, method: str, level: str) -> None:
+    from app.observability.logging import write_line
+    from app.observability.redaction import forget_secrets, register_secrets
+
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    register_secrets(secret)
+    try:
+        configure_logging(log_file, level="WARNING" if method == "warning" else "INFO", max_bytes=0, backups=0)
+        fields = {"request_id": "req-1", "status": 200, "note": f"key {secret}", "api_key": "x",
+                  "usage": {"input": 1, "refresh_token": 2}, "latency_ms": 1429.37}
+        getattr(log, method)("request", **fields)
+        write_line(method, "request", dict(fields))
+        write_line("debug", "request", dict(fields))  # below the level: dropped, as the logger drops it
+        shutdown_logging()
+    finally:
+        forget_secrets()
+    by_logger, by_write_line = log_file.read_text().splitlines()
+    assert by_write_line.split('"ts":')[0] == by_logger.split('"ts":')[0]
+    assert json.loads(by_write_line)["level"] == level and secret not in by_write_line
+
+
+def test_each_logger_method_writes_its_level_in_capitals_as_the_runbooks_greps_expect(log_file: Path) -> None:
+    configure_logging(log_file, level="DEBUG", max_bytes=0, backups=0)
+    methods = ("debug", "info", "warning", "warn", "error", "exception", "critical")
+    for method in methods:
+        getattr(log, method)("levels", method=method)
+    shutdown_logging()
+    lines = [json.loads(text) for text in log_file.read_text().splitlines()]
+    assert [(x["method"], x["level"]) for x in lines] == [
+        ("debug", "DEBUG"), ("info", "INFO"), ("warning", "WARNING"), ("warn", "WARNING"), ("error", "ERROR"),
+        ("exception", "ERROR"), ("critical", "CRITICAL")]

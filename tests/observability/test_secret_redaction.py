@@ -144,3 +144,53 @@ def test_no_fragment_of_any_secret_reaches_logs_stderr_responses_metrics_or_heal
     assert "[REDACTED]" in log_file.read_text()  # the echoed keys were there to remove
     for name, secret in {**keys, "admin": admin_token, "jwt": jwt_secret}.items():
         assert fragments_in(everything, secret) == [], f"a piece of the {name} secret leaked"
+
+
+def test_secret_named_fields_are_redacted_in_every_line_of_a_shape_and_past_the_shapes_kept(
+        clean_registry: None) -> None:
+    from app.observability.logging import _KEY_SHAPES_KEPT
+
+    for i in range(_KEY_SHAPES_KEPT + 20):  # each line a new set of names: the kept shapes fill up
+        for _ in range(2):  # the same shape again: found in the kept ones
+            line = _info_line(**{f"field_{i}": 1, "api_key": i, "status": 200,
+                                 "usage": {"input": 1, f"key_{i}": "x", "refresh_token": 99}})
+            assert line["api_key"] == "[REDACTED]" and line["status"] == 200
+            assert line["usage"] == {"input": 1, f"key_{i}": "x", "refresh_token": "[REDACTED]"}
+
+
+def test_a_registered_secret_after_multibyte_characters_is_redacted_from_an_info_line(clean_registry: None) -> None:
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    register_secrets(secret)
+    line = _info_line(note="élan 😀 café", upstream=f"ключ: {secret} ✓")
+    assert line["upstream"] == "ключ: [REDACTED] ✓" and line["note"] == "élan 😀 café"
+
+
+class _Text(str):
+    pass
+
+
+def test_an_info_lines_lists_dicts_and_str_subclasses_are_walked_when_its_plain_strings_hold_no_secret(
+        clean_registry: None) -> None:
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    register_secrets(secret)
+    line = _info_line(notes=["fine", f"key {secret}"], extra={"why": f"got {secret}"}, raw=_Text(f"x {secret}"),
+                      lane=_Lane.RAG, short="sk-1", status=200)
+    assert line["notes"] == ["fine", "key [REDACTED]"] and line["extra"] == {"why": "got [REDACTED]"}
+    assert line["raw"] == "x [REDACTED]"
+    assert (line["lane"], line["short"], line["status"], line["path"]) == (_Lane.RAG, "sk-1", 200, "/ai/router/v2")
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_the_one_pass_check_answers_as_the_re2_wrappers_search_does(clean_registry: None, registered: bool) -> None:
+    from app.observability import redaction
+
+    secret = "Zq8Lm3Vx9Pw2Rt7Ky4Hb6Nc1"
+    if registered:
+        register_secrets(secret)
+    texts = ["", "plain words", "/ai/router/v2\nconversational", f"key {secret}", f"ключ {secret} ✓",
+             "Bearer\u00a0abcdefgh12345678", "sk-proj-abcdefgh1234", "AIza" + "x" * 30, "é" * 40 + "sk-abcdefgh",
+             "-----BEGIN RSA PRIVATE KEY-----", "github_pat_" + "a" * 22, secret[:12]]
+    answers = [redaction.redacts_nothing(text) for text in texts]
+    assert answers == [redaction._registry.quick.search(text) is None for text in texts]
+    assert answers == [redaction.redact(text) == text for text in texts]
+    assert answers.count(False) >= 6
