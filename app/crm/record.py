@@ -91,8 +91,6 @@ class Flatten:
 
 def flatten(value: Any) -> str:
     """A context value as one line of text (`key: value; ...`), empty parts left out, bounded."""
-    if not isinstance(value, (dict, list)):
-        return str(value)[:MAX_VALUE_CHARS]
     return Flatten()(value)
 
 
