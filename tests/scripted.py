@@ -136,12 +136,14 @@ class _FakeTimeout:
 @dataclass(frozen=True)
 class Call:
     """One scripted call: ``ttft`` seconds to the first chunk (None: it never comes), then
-    ``chunks`` ``gap`` seconds apart; ``error`` is raised instead of the first chunk, and a cut
-    after ``cut_after`` chunks raises ProviderUnavailable."""
+    ``chunks`` ``gap`` seconds apart (or ``gaps``: the wait before each chunk after the first);
+    ``error`` is raised instead of the first chunk, and a cut after ``cut_after`` chunks raises
+    ProviderUnavailable."""
 
     ttft: float | None = 0.05
     chunks: tuple[str, ...] = ("Hello", " from", " the model")
     gap: float = 0.0
+    gaps: tuple[float, ...] = ()
     error: ProviderError | None = None
     cut_after: int | None = None
 
@@ -172,8 +174,9 @@ class ScriptedProvider:
                 ended = True
                 raise call.error
             for i, chunk in enumerate(call.chunks):
-                if i and call.gap:
-                    await self.clock.sleep(call.gap)
+                wait = (call.gaps[i - 1] if call.gaps else call.gap) if i else 0.0
+                if wait:
+                    await self.clock.sleep(wait)
                 if call.cut_after is not None and i == call.cut_after:
                     ended = True
                     raise ProviderUnavailable(self.name, "stream cut mid-answer")

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     # request's provider calls, sized to the slowest healthy provider's tail (gpt-4.1-mini writing
     # a long answer), not to the SLO: past it the offline provider answers.
     # The deadline follows the first provider's own answer times (twice their p99); these are its
-    # bounds: never less than IVY_REQUEST_DEADLINE_SECONDS, never more than the MAX (docs/HEDGING.md).
+    # bounds: never less than IVY_REQUEST_DEADLINE_SECONDS, never more than the MAX, which is also
+    # as far as an answer still flowing at the deadline may run (docs/HEDGING.md).
     ivy_request_deadline_seconds: float = Field(default=8.0, ge=0.5, le=120)
     ivy_request_deadline_max_seconds: float = Field(default=60.0, ge=0.5, le=600)
     ivy_hedge_enabled: bool = True

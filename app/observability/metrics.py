@@ -157,6 +157,10 @@ class Metrics:
             "(a call stopped because another answered first), deferred (a hedge due while the event loop was "
             "late, put off by one hedge delay).", ["provider", "event"], registry=r,
         )
+        self.overtime = Counter(
+            "ivy_provider_overtime", "Answers still flowing at the request's deadline, let run on to "
+            "IVY_REQUEST_DEADLINE_MAX_SECONDS (a stalled one is cut at the deadline).", ["provider"], registry=r,
+        )
         self.provider_tokens = Counter(
             "ivy_provider_tokens", "Tokens the providers reported, by direction (input or output).",
             ["provider", "model", "intent", "direction"], registry=r,

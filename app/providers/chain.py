@@ -21,9 +21,11 @@ one request with one hard deadline::
                           the hedge's delay) when the hedge went to the same provider
     a first chunk         that call wins; the others are cancelled and their connections closed
     deadline              the calls still running are cancelled (a failure for their breakers)
-                          and the offline provider answers; the deadline bounds the whole
-                          answer, the chunks after the first included, and follows the first
-                          provider's own answer times (twice their p99, within its bounds)
+                          and the offline provider answers; the deadline follows the first
+                          provider's own answer times (twice their p99, within its bounds) and
+                          bounds the chunks after the first too, but an answer still flowing
+                          at its own pace then (`Pace`) runs on to the ceiling,
+                          IVY_REQUEST_DEADLINE_MAX_SECONDS
 
 While the worker's event loop is late (app/resilience/load.py) its timings are about the router,
 not the provider: no hedge fires (one due is put off by a hedge delay, so a lag spike does not
@@ -46,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine
+from typing import Protocol
 
 from app.budget import Budgets, Hold, Tab
 from app.observability import tracing
@@ -71,11 +74,48 @@ from app.vocabulary import ProviderName
 log = get_logger()
 
 NO_PROVIDER = LinkFailure("none", "no_provider_configured")
+FLOWING_GAPS = 4  # at the deadline, an answer whose last chunk is within this many of its mean gaps flows
 
 
 def _track(races: list[Race], race: Race) -> Race:
     races.append(race)
     return race
+
+
+class Counts(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class Pace:
+    """An answer's chunks after its first, as they come, for its deadline: an answer still flowing
+    when the deadline comes (it has given a chunk after its first, and its last one within
+    FLOWING_GAPS of its own mean gap between chunks) runs on to the deadline's ceiling, once; one
+    that has stalled, or has given only its first chunk, is cut at the deadline. A stall after that
+    is the adapter's (no byte for STREAM_IDLE_SECONDS). A long answer written at its provider's
+    steady pace is the question's length, not the provider's fault: cutting it mid-sentence would
+    show the rep half an answer and an error, and count a failure against a healthy provider."""
+
+    __slots__ = ("_ceiling", "_clock", "_counted", "_first", "_gaps", "_last")
+
+    def __init__(self, clock: Clock, deadline: Deadline, counted: Counts) -> None:
+        self._clock, self._ceiling, self._counted = clock, deadline.ceiling, counted
+        self._first = self._last = clock.now()  # the first chunk's arrival
+        self._gaps = 0
+
+    def chunk(self) -> None:
+        self._last = self._clock.now()
+        self._gaps += 1
+
+    def renew(self) -> float | None:
+        """At the deadline: the ceiling, for an answer still flowing; None: cut it now."""
+        now, ceiling = self._clock.now(), self._ceiling
+        if ceiling is None or now >= ceiling or self._gaps == 0:
+            return None
+        if now - self._last > FLOWING_GAPS * (self._last - self._first) / self._gaps:
+            return None
+        self._counted.inc()
+        self._ceiling = None  # once: at the ceiling it is cut whatever its pace
+        return ceiling
 
 
 class ProviderChain:
@@ -101,6 +141,7 @@ class ProviderChain:
         names = [link.provider.name for link in links]
         self._first_token = {name: metrics.provider_first_token.labels(name) for name in names}
         self._answered_in = {name: metrics.provider_latency.labels(name, "ok") for name in names}
+        self._overtime = {name: metrics.overtime.labels(name) for name in names}
         self._background: set[asyncio.Task[object]] = set()
 
     @property
@@ -116,8 +157,9 @@ class ProviderChain:
     def deadline(self, first: str | None = None) -> Deadline:
         """A request's deadline, from now, on the chain's clock: twice the p99 of the first
         provider's answers, within IVY_REQUEST_DEADLINE_SECONDS .. _MAX_SECONDS; before that norm
-        is known (256 answers), twice the least (a thinking model's first answers are not cut at 8 s)."""
-        return Deadline.after(self.deadline_for(first), self.clock)
+        is known (256 answers), twice the least (a thinking model's first answers are not cut at 8 s).
+        Its ceiling, for an answer still flowing at the deadline (`Pace`), is the MAX."""
+        return Deadline.after(self.deadline_for(first), self.clock, ceiling=self.deadline_max)
 
     def deadline_for(self, first: str | None = None) -> float:
         least, most = self.deadline_seconds, self.deadline_max
@@ -147,11 +189,17 @@ class ProviderChain:
             while (won := await _track(races, Race(self, request, pending, deadline, trace, tab, json_mode=json_mode,
                                                    streamed=not buffered)).run()) is not None:
                 attempt, chunk = won
+                pace = Pace(self.clock, deadline, self._overtime[attempt.name])
+                stream, alarm = attempt.stream, Alarm(deadline, pace.renew)
                 if buffered:
                     parts = [chunk]
                     try:
-                        async with deadline.timeout():
-                            parts.extend([piece async for piece in attempt.stream])
+                        while True:
+                            try:
+                                parts.append(await alarm.wait(anext(stream)))
+                            except StopAsyncIteration:
+                                break
+                            pace.chunk()
                     except ProviderError as exc:
                         await self.failed(attempt, exc, trace)
                         continue
@@ -161,12 +209,14 @@ class ProviderChain:
                     except asyncio.CancelledError:
                         attempt.end("cancelled")  # the request was cancelled mid-answer
                         raise
+                    finally:
+                        alarm.close()
                     await self.answered(attempt, request, trace)
                     yield "".join(parts)
                     return
                 yield chunk
-                stream, alarm, whole = attempt.stream, Alarm(deadline), False
-                try:  # the chunks after the first, each within the deadline
+                whole = False
+                try:  # the chunks after the first, each within the deadline (or its overtime)
                     while True:
                         try:
                             piece = await alarm.wait(anext(stream))
@@ -180,6 +230,7 @@ class ProviderChain:
                         except ProviderError as error:
                             await self.failed(attempt, error, trace)
                             raise
+                        pace.chunk()
                         yield piece
                 finally:
                     alarm.close()

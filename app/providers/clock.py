@@ -69,14 +69,18 @@ MONOTONIC = MonotonicClock()
 
 @dataclass(frozen=True, slots=True)
 class Deadline:
-    """When the request's remote calls must be over, on ``clock``'s scale."""
+    """When the request's remote calls must be over, on ``clock``'s scale; ``ceiling``: how far an
+    answer still flowing at ``at`` may run on (the chain's `Pace`), None: not at all."""
 
     at: float
     clock: Clock = MONOTONIC
+    ceiling: float | None = None
 
     @classmethod
-    def after(cls, seconds: float, clock: Clock = MONOTONIC) -> Deadline:
-        return cls(clock.now() + seconds, clock)
+    def after(cls, seconds: float, clock: Clock = MONOTONIC, ceiling: float | None = None) -> Deadline:
+        """``ceiling``: seconds from now, as ``seconds`` (at least ``seconds``)."""
+        now = clock.now()
+        return cls(now + seconds, clock, None if ceiling is None else now + max(seconds, ceiling))
 
     @property
     def seconds(self) -> float:
@@ -96,15 +100,18 @@ class Alarm:
     """One cut over a stream's many waits, at ``deadline`` (if any) or at `ring`: the task is
     cancelled only while it waits inside `wait` (between two waits it is elsewhere, at a yield,
     where a cancel would land in its consumer); rung between waits, the next wait ends before it
-    starts. Either way `wait` raises TimeoutError, as asyncio.timeout does. One timer per stream:
+    starts. Either way `wait` raises TimeoutError, as asyncio.timeout does. At the deadline
+    ``renew`` (if any) may put the ring off to a later time it returns (None: ring now), so a
+    stream's pace is judged when the deadline comes, not on every chunk. One timer per stream:
     one per wait (`Deadline.timeout`) cost a timer handle, its heap push and its cancel per chunk.
     A stream is pulled by one task, so its waits are that task's: asked once (asyncio.current_task
     costs a getpid system call on Python 3.11), not per chunk. `close` when the stream is over."""
 
-    __slots__ = ("_cutting", "_deadline", "_handle", "_owner", "_task", "rung")
+    __slots__ = ("_cutting", "_deadline", "_handle", "_owner", "_renew", "_task", "rung")
 
-    def __init__(self, deadline: Deadline | None = None) -> None:
+    def __init__(self, deadline: Deadline | None = None, renew: Callable[[], float | None] | None = None) -> None:
         self._deadline = deadline
+        self._renew = renew
         self._handle: Cancellable | None = None
         self._task: asyncio.Task[object] | None = None  # the task inside `wait`, None between waits
         self._owner: asyncio.Task[object] | None = None  # the task that waits on it
@@ -117,14 +124,23 @@ class Alarm:
             self._cutting = True
             self._task.cancel()
 
+    def _due(self) -> None:
+        later = self._renew() if self._renew is not None else None
+        if later is None or self._deadline is None:
+            self.ring()
+        else:
+            self._handle = self._deadline.clock.call_at(later, self._due)
+
     async def wait(self, awaitable: Awaitable[T]) -> T:
         """What ``awaitable`` gives, or TimeoutError once rung."""
         deadline = self._deadline
         if self._handle is None and deadline is not None and not self.rung:
+            later: float | None = deadline.at
             if deadline.expired:
-                self.rung = True
-            else:
-                self._handle = deadline.clock.call_at(deadline.at, self.ring)
+                later = self._renew() if self._renew is not None else None
+                self.rung = later is None
+            if later is not None:
+                self._handle = deadline.clock.call_at(later, self._due)
         if self.rung:
             close = getattr(awaitable, "close", None)
             if close is not None:

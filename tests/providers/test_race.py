@@ -44,14 +44,15 @@ class LateSpell:
 
 class Setup:
     def __init__(self, clock: FakeClock, deadline: float = 2.0, breaker: BreakerConfig | None = None,
-                 lag: LagSource = NEVER_LATE, **hedge: Any) -> None:
+                 lag: LagSource = NEVER_LATE, deadline_max: float | None = None, **hedge: Any) -> None:
         self.clock = clock
         self.gemini = ScriptedProvider("gemini", clock)
         self.openai = ScriptedProvider("openai", clock)
         config = breaker or BreakerConfig(min_calls=5)
         self.links = [Link(p, CircuitBreaker(p.name, config, clock=clock.now)) for p in (self.gemini, self.openai)]
-        self.chain = ProviderChain(self.links, Metrics(), deadline=deadline, clock=clock,
-                                   hedge=replace(HEDGE, **hedge), lag=lag)
+        self.metrics = Metrics()
+        self.chain = ProviderChain(self.links, self.metrics, deadline=deadline, clock=clock,
+                                   hedge=replace(HEDGE, **hedge), lag=lag, deadline_max=deadline_max)
 
     def breaker(self, name: str) -> CircuitBreaker:
         return next(link.breaker for link in self.links if link.provider.name == name)
@@ -189,6 +190,73 @@ async def test_the_deadline_bounds_a_stream_after_its_first_chunk_too(
     assert s.gemini.stopped == 1
 
 
+def overtime(s: Setup, provider: str = "gemini") -> float:
+    return s.metrics.registry.get_sample_value("ivy_provider_overtime_total", {"provider": provider}) or 0.0
+
+
+# Cold, the deadline is twice the least: 2 x 2.0 = 4.0 s; its ceiling the MAX, 10 s.
+FLOWING = Call(ttft=0.1, chunks=tuple("abcdefg"), gap=0.8)  # a..g at 0.1, 0.9, ..., 4.9: e at 3.3
+
+
+async def test_an_answer_still_flowing_at_its_deadline_runs_on_to_its_end(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0, deadline_max=10.0)
+    s.gemini.script = [FLOWING]
+    got: list[str] = []
+    t0 = clock.now()
+    async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+        got.append(chunk)
+    assert got == list("abcdefg") and clock.now() - t0 == pytest.approx(4.9)
+    assert s.breaker("gemini").snapshot()["failures_in_window"] == 0 and s.gemini.finished == 1
+    assert overtime(s) == 1
+
+
+async def test_a_whole_answer_still_flowing_at_its_deadline_is_the_providers_not_the_offline_text(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0, deadline_max=10.0)
+    s.gemini.script = [FLOWING]
+    chunks, trace, took = await s.ask(make_request())
+    assert chunks == ["abcdefg"] and trace.provider == "gemini" and took == pytest.approx(4.9)
+    assert overtime(s) == 1
+
+
+async def test_an_answer_stalled_at_its_deadline_is_cut_there(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0, deadline_max=10.0)
+    # b, c, d 0.2 s apart, then nothing for 3.5 s: at 4.0 its last chunk is 3.3 s old, 16 of its gaps
+    s.gemini.script = [Call(ttft=0.1, chunks=tuple("abcde"), gaps=(0.2, 0.2, 0.2, 3.5))]
+    got: list[str] = []
+    t0 = clock.now()
+    with pytest.raises(ProviderTimeout):
+        async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+            got.append(chunk)
+    assert got == list("abcd") and clock.now() - t0 == pytest.approx(4.0)
+    assert s.breaker("gemini").snapshot()["failures_in_window"] == 1 and overtime(s) == 0
+
+
+async def test_an_answer_with_only_its_first_chunk_by_the_deadline_is_cut_there(
+        clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0, deadline_max=10.0)
+    s.gemini.script = [Call(ttft=0.1, chunks=("a", "b"), gap=5.0)]  # no pace to judge at 4.0
+    got: list[str] = []
+    t0 = clock.now()
+    with pytest.raises(ProviderTimeout):
+        async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+            got.append(chunk)
+    assert got == ["a"] and clock.now() - t0 == pytest.approx(4.0) and overtime(s) == 0
+
+
+async def test_a_flowing_answer_is_cut_at_the_deadlines_ceiling(clock: FakeClock, make_request: MakeRequest) -> None:
+    s = Setup(clock, deadline=2.0, deadline_max=6.0)
+    s.gemini.script = [Call(ttft=0.1, chunks=tuple("abcdefghijkl"), gap=0.8)]  # would end at 8.9
+    got: list[str] = []
+    t0 = clock.now()
+    with pytest.raises(ProviderTimeout):
+        async for chunk in s.chain.stream(make_request(), deadline=s.chain.deadline(), trace=Trace()):
+            got.append(chunk)
+    assert got == list("abcdefgh") and clock.now() - t0 == pytest.approx(6.0)  # h at 5.7, i due at 6.5
+    assert overtime(s) == 1 and s.breaker("gemini").snapshot()["failures_in_window"] == 1
+
+
 async def test_a_whole_answer_whose_stream_breaks_after_its_first_chunk_still_fails_over(
         clock: FakeClock, make_request: MakeRequest) -> None:
     s = Setup(clock)
@@ -284,6 +352,38 @@ async def test_the_deadline_never_cuts_a_stream_while_it_is_away_at_a_yield_only
     with pytest.raises(TimeoutError):
         await alarm.wait(clock.sleep(0.1))
     alarm.close()
+
+
+async def test_at_the_deadline_renew_puts_the_ring_off_to_the_time_it_gives_then_rings(clock: FakeClock) -> None:
+    asked: list[float] = []
+
+    def renew() -> float | None:
+        asked.append(clock.now())
+        return clock.now() + 2.0 if len(asked) == 1 else None
+
+    alarm = Alarm(Deadline.after(1.0, clock), renew)
+    t0 = clock.now()
+    with pytest.raises(TimeoutError):
+        await alarm.wait(clock.sleep(10.0))
+    assert [a - t0 for a in asked] == [pytest.approx(1.0), pytest.approx(3.0)]
+    assert clock.now() - t0 == pytest.approx(3.0)
+    alarm.close()
+
+
+async def test_a_deadline_passed_before_the_first_wait_asks_renew_before_it_rings(clock: FakeClock) -> None:
+    answers: list[float | None] = [None]
+    alarm = Alarm(Deadline.after(1.0, clock), lambda: answers[0])
+    await clock.sleep(1.5)  # the deadline passed with no wait yet
+    answers[0] = clock.now() + 1.0
+    assert await alarm.wait(clock.sleep(0.5)) is None  # put off to 2.5: this wait ends first
+    answers[0] = None
+    with pytest.raises(TimeoutError):
+        await alarm.wait(clock.sleep(5.0))  # rung at 2.5
+    alarm.close()
+    cut = Alarm(Deadline.after(1.0, clock), lambda: None)
+    await clock.sleep(1.5)
+    with pytest.raises(TimeoutError):
+        await cut.wait(clock.sleep(0.1))
 
 
 async def test_the_deadline_cuts_a_wait_in_progress_as_a_timeout_and_leaves_the_task_uncancelled(
