@@ -194,7 +194,7 @@ def verdict(rows: dict[float, dict[str, Any]], capacity: float) -> str:
     at2, half = rows[2.0], rows[0.5]
     goodput, ratio = at2["goodput"] / capacity, at2["p95"] / half["p95"]
     return (f"\nat 2x: goodput {goodput:.0%} of capacity (>= 90%), admitted p95 {ratio:.2f} x the 0.5x p95 "
-            f"(<= 1.3), shed p50 {at2['shed_p50_ms']:.1f} ms (<= 5), breaker transitions "
+            f"(<= 1.3), shed p50 {at2['shed_p50_ms']:.1f} ms (<= 5; p95 {at2['shed_p95_ms']:.1f}), breaker transitions "
             f"{sum(r['transitions'] for r in rows.values()):.0f} (0)")
 
 
