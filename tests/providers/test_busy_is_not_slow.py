@@ -135,3 +135,19 @@ async def test_a_slow_but_healthy_thinking_model_keeps_real_answers_with_the_def
     offline = [t for t in traces if t.provider == "local"]
     assert len(offline) == 0, [t.failures for t in offline][:5]
     assert chain.links[0].breaker.snapshot()["state"] == "closed"
+
+
+async def test_a_long_answer_written_at_a_steady_pace_past_its_deadline_is_the_providers_not_cut(
+        gemini_provider: GeminiProvider, openai_provider: OpenAIProvider, fake: FakeProviderServer,
+        make_request: Callable[..., GenerationRequest]) -> None:
+    # ~80 tokens at 4 tokens/s: ~20 s of steady writing (2 s at the tenth), past the cold deadline
+    # of twice the least (1.6 s at the tenth); the ceiling, the MAX, is 6 s.
+    steady = Profile(ttft_median=0.33, speed_min=3.9, speed_max=4.1, answer_median=80.0, answer_sigma=0.05)
+    fake.realism = Realism(seed=3, time_scale=SCALE, profiles={**PROFILES, "gemini": steady})
+    chain = chain_of(gemini_provider, openai_provider, LoopLag(LoadConfig()), deadline=8.0 * SCALE,
+                     deadline_max=60.0 * SCALE)
+    assert chain.deadline_for() == 2 * 8.0 * SCALE  # cold: twice the least
+    traces = await ask_many(chain, make_request(), 8, concurrency=8)
+    assert [t.provider for t in traces] == ["gemini"] * 8, [t.failures for t in traces]
+    assert chain.metrics.registry.get_sample_value("ivy_provider_overtime_total", {"provider": "gemini"}) == 8
+    assert chain.links[0].breaker.snapshot()["state"] == "closed"
